@@ -1,0 +1,127 @@
+"""Typed configs from YAML plus ``key=value`` overrides, as the CLI takes them.
+
+``load_config("configs/x.yaml", ["train.lr=0.01"])`` returns a plain dict; ``build(SomeDataclass, d)``
+turns it into a (nested) dataclass and rejects unknown keys with one clear line. Every run dumps its
+resolved config next to its outputs (``dump_config``), with secret-looking keys removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from ffr.errors import FFRError
+
+T = TypeVar("T")
+SECRET_MARKERS = ("secret", "password", "token", "access_key", "session_key", "credential")
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise FFRError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        if not key:
+            raise FFRError(f"override {item!r} has an empty key")
+        out[key] = yaml.safe_load(raw) if raw else ""
+    return out
+
+
+def set_dotted(d: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        nxt = d.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise FFRError(f"override {dotted!r}: {p!r} is a value, not a section")
+        d = nxt
+    d[leaf] = value
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a YAML config file (or start empty) and apply ``key.sub=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FFRError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise FFRError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise FFRError(f"config file {str(path)!r} must hold a mapping at the top level, got {type(data).__name__}")
+    for key, value in parse_overrides(overrides or []).items():
+        set_dotted(data, key, value)
+    return data
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        if len(args) == 1:
+            return _coerce(args[0], value, where)
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise FFRError(f"config key {where!r} = {value!r}; expected {tp.__name__}")
+    if origin in (tuple, list) and isinstance(value, (list, tuple)):
+        return origin(value)
+    return value
+
+
+def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise FFRError."""
+    if not isinstance(data, dict):
+        raise FFRError(f"config section {where or cls.__name__!r} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise FFRError(f"unknown config key {key!r}; expected one of: {', '.join(sorted(fields))}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise FFRError(f"config section {where or cls.__name__!r}: {e}") from None
+
+
+def redact(obj: Any) -> Any:
+    """Drop values whose key looks like a secret, recursively (configs dumped beside runs, MLflow params)."""
+    if isinstance(obj, dict):
+        return {k: ("<redacted>" if any(m in str(k).lower() for m in SECRET_MARKERS) else redact(v))
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def dump_config(obj: Any) -> str:
+    """The resolved config as pretty JSON, secrets redacted — written beside every run's outputs."""
+    return json.dumps(redact(to_dict(obj)), indent=2, sort_keys=True, default=str)

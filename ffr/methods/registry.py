@@ -1,0 +1,3 @@
+from ffr.registry import Registry
+
+METHODS: Registry = Registry("stage-2 method")
