@@ -1,0 +1,130 @@
+"""The contract every dataset follows (one registry, ``ffr.datasets.create(name, **options)``).
+
+A dataset reader turns a root (local path or ``s3://``) into three :class:`GroupedSplit` objects. Each
+split is a table with one row per example — ``key`` (a path *relative to the root*, or a shard image
+key), ``y``, ``b``, ``source`` (0 real, 1 synthetic) — plus the :class:`GroupSpec` with class and bias
+names and a ``load_image(key) -> PIL.Image`` function. Nothing here imports Ray or touches the GPU.
+
+Splits are computed reproducibly from a seed and saved as a small Parquet next to a run
+(:func:`save_splits`), relative keys only, so a run can be repeated anywhere.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from ffr.errors import FFRError
+from ffr.groups import GroupSpec
+from ffr.registry import Registry
+
+SPLITS = ("train", "val", "test")
+DATASETS: Registry = Registry("dataset")
+
+
+@dataclass
+class GroupedSplit:
+    spec: GroupSpec
+    table: pd.DataFrame  # columns: key, y, b, source (+ anything else a reader wants to keep)
+    load_image: Callable[[str], Image.Image] = field(repr=False)
+    name: str = "train"
+
+    def __post_init__(self) -> None:
+        missing = {"key", "y", "b", "source"} - set(self.table.columns)
+        if missing:
+            raise FFRError(f"split {self.name!r} table lacks columns {sorted(missing)}")
+        self.table = self.table.reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.table["y"].to_numpy(np.int64)
+
+    @property
+    def b(self) -> np.ndarray:
+        return self.table["b"].to_numpy(np.int64)
+
+    @property
+    def source(self) -> np.ndarray:
+        return self.table["source"].to_numpy(np.int64)
+
+    def groups(self, spec: GroupSpec | None = None) -> np.ndarray:
+        """Group ids under ``spec`` (default: this split's own spec; pass ``spec.with_sources()`` for USB/ASB)."""
+        spec = spec or self.spec
+        return np.asarray(spec.group_id(self.y, self.b, self.source if spec.with_source else None), dtype=np.int64)
+
+    def subset(self, indices: np.ndarray, name: str | None = None) -> "GroupedSplit":
+        return GroupedSplit(self.spec, self.table.iloc[np.asarray(indices)], self.load_image, name or self.name)
+
+    @staticmethod
+    def concat(parts: list["GroupedSplit"], name: str) -> "GroupedSplit":
+        """Concatenate splits (e.g. real + synthetic); keys become 'part\0key' so each row keeps its loader."""
+        tables, loaders = [], []
+        for i, p in enumerate(parts):
+            t = p.table.copy()
+            t["_part"] = i
+            tables.append(t)
+            loaders.append(p.load_image)
+        table = pd.concat(tables, ignore_index=True)
+
+        def load(key: str) -> Image.Image:
+            part, _, inner = key.partition("\0")
+            return loaders[int(part)](inner)
+
+        table["key"] = table["_part"].astype(str) + "\0" + table["key"].astype(str)
+        return GroupedSplit(parts[0].spec, table.drop(columns="_part"), load, name)
+
+
+class GroupedImageDataset(torch.utils.data.Dataset):
+    """torch Dataset over a split: returns (image tensor, y, b, source, group, index)."""
+
+    def __init__(self, split: GroupedSplit, transform: Callable, group_spec: GroupSpec | None = None) -> None:
+        self.split, self.transform = split, transform
+        self.keys = split.table["key"].astype(str).tolist()
+        self.y, self.b, self.source = split.y, split.b, split.source
+        self.groups = split.groups(group_spec)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int):
+        image = self.split.load_image(self.keys[i]).convert("RGB")
+        return self.transform(image), int(self.y[i]), int(self.b[i]), int(self.source[i]), int(self.groups[i]), i
+
+
+def decode_image(data: bytes, where: str) -> Image.Image:
+    """Bytes → PIL image; a corrupt file is one clear error line naming it."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image
+    except Exception as e:  # PIL raises several types for corrupt data
+        raise FFRError(f"image {where!r} cannot be decoded ({type(e).__name__}); the file is corrupt or not an image")
+
+
+def save_splits(splits: dict[str, GroupedSplit], path: str) -> None:
+    """One small Parquet with every split's rows (relative keys only) and a ``split`` column."""
+    from ffr.storage import filesystem
+
+    frames = [s.table.assign(split=name) for name, s in splits.items()]
+    fs, inner = filesystem(path)
+    with fs.open(inner, "wb") as f:
+        pd.concat(frames, ignore_index=True).to_parquet(f, index=False)
+
+
+def load_split_table(path: str) -> pd.DataFrame:
+    from ffr.storage import filesystem
+
+    fs, inner = filesystem(path)
+    if not fs.exists(inner):
+        raise FFRError(f"split file {path!r} does not exist")
+    with fs.open(inner, "rb") as f:
+        return pd.read_parquet(f)
