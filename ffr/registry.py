@@ -7,7 +7,8 @@ entry is tested the moment it is registered.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from ffr.errors import FFRError
 

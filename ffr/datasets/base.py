@@ -12,8 +12,8 @@ Splits are computed reproducibly from a seed and saved as a small Parquet next t
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -107,7 +107,7 @@ def decode_image(data: bytes, where: str) -> Image.Image:
         image.load()
         return image
     except Exception as e:  # PIL raises several types for corrupt data
-        raise FFRError(f"image {where!r} cannot be decoded ({type(e).__name__}); the file is corrupt or not an image")
+        raise FFRError(f"image {where!r} cannot be decoded ({type(e).__name__}); the file is corrupt or not an image") from None
 
 
 def save_splits(splits: dict[str, GroupedSplit], path: str) -> None:

@@ -11,8 +11,9 @@ turns ``space`` into Ray Tune search spaces, so the core never imports Ray.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch

@@ -66,7 +66,7 @@ class DeepFeatureReweighting(Method):
 
     @staticmethod
     def _fit(x, y, c, seed):
-        model = LogisticRegression(penalty="l1", C=c, solver="liblinear", max_iter=10000, random_state=seed)
+        model = LogisticRegression(l1_ratio=1.0, C=c, solver="liblinear", max_iter=10000, random_state=seed)  # L1
         return model.fit(x, y)
 
     def fit_last_layer(self, val_features: np.ndarray, val_targets: np.ndarray, val_groups: np.ndarray,

@@ -1,4 +1,3 @@
-import numpy as np
 import torch
 
 from ffr.errors import FFRError
