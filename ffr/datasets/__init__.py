@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ffr.datasets.base import DATASETS, SPLITS, GroupedImageDataset, GroupedSplit
-
 # Reader modules register themselves on import; add one import line per new reader module.
+import ffr.datasets.celeba_hq  # noqa: F401
+import ffr.datasets.folder  # noqa: F401
+import ffr.datasets.spuco_animals  # noqa: F401
+import ffr.datasets.utk_face  # noqa: F401
+import ffr.datasets.waterbirds  # noqa: F401
+from ffr.datasets.base import DATASETS, SPLITS, GroupedImageDataset, GroupedSplit
 
 
 def create(name: str, **options: Any) -> dict[str, GroupedSplit]:

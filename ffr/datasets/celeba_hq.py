@@ -1,0 +1,78 @@
+"""CelebA-HQ in the CelebAMask-HQ layout: target ``Smiling``, bias ``Male`` by default (as in FFR).
+
+Layout under ``root``::
+
+    CelebA-HQ-img/0.jpg ... 29999.jpg
+    CelebAMask-HQ-attribute-anno.txt   line 1: row count; line 2: the 40 attribute names;
+                                       then "<filename> v1 ... v40" with values 1 / -1
+
+Any two attributes can be target and bias. The split is a seeded 80/10/10 (FFR used ``os.listdir`` order,
+which is not reproducible). Train and val get FFR's forced-direction pre-downsampling at 0.9 (or at the
+bias ratio if lower) so the two classes have *opposite* majority biases, then the bias ratio.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ffr.datasets.base import DATASETS, GroupedSplit
+from ffr.datasets.readers import DatasetRoot, build_splits, check_options
+from ffr.errors import FFRError
+from ffr.groups import GroupSpec
+
+IMAGE_DIR = "CelebA-HQ-img"
+ANNOTATION_FILE = "CelebAMask-HQ-attribute-anno.txt"
+FFR_PRE_RATIO = 0.9  # FFR pre-downsamples train/val to this ratio with forced directions before make_harder
+
+
+def _names(attribute: str) -> tuple[str, str]:
+    """(name for -1, name for 1); gender has proper names, other attributes are 'not X' / 'X'."""
+    return ("Female", "Male") if attribute == "Male" else (f"not {attribute}", attribute)
+
+
+def parse_annotations(text: str, where: str) -> pd.DataFrame:
+    """The attribute file → DataFrame indexed by filename, one 0/1 column per attribute."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < 2:
+        raise FFRError(f"attribute file {where!r} has {len(lines)} lines; expected a count, a header and rows")
+    try:
+        declared = int(lines[0].split()[0])
+    except ValueError:
+        raise FFRError(f"attribute file {where!r} line 1 is {lines[0][:40]!r}; expected the row count") from None
+    names = lines[1].split()
+    rows, files = [], []
+    for number, line in enumerate(lines[2:], start=3):
+        fields = line.split()
+        if len(fields) != len(names) + 1 or any(v not in ("1", "-1") for v in fields[1:]):
+            raise FFRError(f"attribute file {where!r} line {number} is malformed; expected a filename and "
+                           f"{len(names)} values of 1 or -1")
+        files.append(fields[0])
+        rows.append([v == "1" for v in fields[1:]])
+    if len(rows) != declared:
+        raise FFRError(f"attribute file {where!r} declares {declared} rows but holds {len(rows)}; is it truncated?")
+    return pd.DataFrame(rows, index=files, columns=names).astype("int64")
+
+
+@DATASETS.register("celeba-hq")
+def celeba_hq(root: str, bias_ratio: float | None = None, seed: int = 0, target: str = "Smiling",
+              bias: str = "Male", oppose_bias: bool = True, verify: bool = False) -> dict[str, GroupedSplit]:
+    """CelebA-HQ grouped by (target attribute, bias attribute).
+
+    ``oppose_bias=False`` skips FFR's forced-direction pre-downsampling and keeps the natural correlation.
+    """
+    check_options(bias_ratio, seed)
+    data = DatasetRoot(root, "celeba-hq")
+    table = parse_annotations(data.read_text(ANNOTATION_FILE, "attribute file"), data.uri_of(ANNOTATION_FILE))
+    data.require_dir(IMAGE_DIR, "image directory")
+    for role, attribute in (("target", target), ("bias", bias)):
+        if attribute not in table.columns:
+            raise FFRError(f"celeba-hq: {role} attribute {attribute!r} is unknown; expected one of: "
+                           f"{', '.join(table.columns)}")
+    if target == bias:
+        raise FFRError(f"celeba-hq: target and bias are both {target!r}; expected two different attributes")
+    rows = pd.DataFrame({"key": [f"{IMAGE_DIR}/{name}" for name in table.index],
+                         "y": table[target].to_numpy(), "b": table[bias].to_numpy()})
+    spec = GroupSpec(_names(target), _names(bias))
+    pre = min(FFR_PRE_RATIO, float(bias_ratio)) if bias_ratio is not None else FFR_PRE_RATIO
+    return build_splits(data, rows, spec, bias_ratio=bias_ratio, seed=seed, verify=verify,
+                        oppose_bias_ratio=pre if oppose_bias else None)

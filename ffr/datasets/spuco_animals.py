@@ -1,0 +1,47 @@
+"""SpuCo Animals: SpuCo's birds and dogs, 4 classes × 4 backgrounds with 8 non-empty groups.
+
+Layout under ``root`` (the official SpuCo folders)::
+
+    spuco_birds/{train,val,test}/{landbirds,waterbirds}/{land,water}/*
+    spuco_dogs/{train,val,test}/{small_dogs,big_dogs}/{indoor,outdoor}/*
+
+Birds only ever appear on land/water and dogs indoors/outdoors, so 8 of the 16 (class, background)
+pairs are populated. The native splits are used; the native training bias is 0.95 (10,000 vs 500 per
+class), so only ratios above that change anything (FFR allows ≥ 0.95).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ffr.datasets.base import DATASETS, SPLITS, GroupedSplit
+from ffr.datasets.readers import DatasetRoot, build_splits, check_options
+from ffr.groups import GroupSpec
+
+CLASS_NAMES = ("landbird", "waterbird", "small_dog", "big_dog")
+BIAS_NAMES = ("land", "water", "indoors", "outdoors")
+# (top folder, class folder → y, background folder → b)
+LAYOUT = (
+    ("spuco_birds", {"landbirds": 0, "waterbirds": 1}, {"land": 0, "water": 1}),
+    ("spuco_dogs", {"small_dogs": 2, "big_dogs": 3}, {"indoor": 2, "outdoor": 3}),
+)
+
+
+@DATASETS.register("spuco-animals")
+def spuco_animals(root: str, bias_ratio: float | None = None, seed: int = 0,
+                  verify: bool = False) -> dict[str, GroupedSplit]:
+    """SpuCo Animals with its native train/val/test folders."""
+    check_options(bias_ratio, seed)
+    data = DatasetRoot(root, "spuco-animals")
+    frames = []
+    for top, classes, backgrounds in LAYOUT:
+        data.require_dir(top, "folder")
+        for split in SPLITS:
+            for class_dir, y in classes.items():
+                for background_dir, b in backgrounds.items():
+                    folder = data.require_dir(f"{top}/{split}/{class_dir}/{background_dir}", "group folder")
+                    keys = data.list_files(folder)
+                    frames.append(pd.DataFrame({"key": keys, "y": y, "b": b, "split": split}))
+    table = pd.concat(frames, ignore_index=True)
+    return build_splits(data, table, GroupSpec(CLASS_NAMES, BIAS_NAMES), bias_ratio=bias_ratio, seed=seed,
+                        verify=verify, check_files=False)
