@@ -1,0 +1,121 @@
+"""The typed config of one generation run; ``ffr generate --config FILE key=value`` and ``pipelines.generate``.
+
+Every field has a default except the recipe name and the output root. ``None`` under ``generator``
+means "the recipe's default" (e.g. D3S: img2img, strength 0.9, guidance 5, 50 steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ffr.config import build
+from ffr.errors import FFRError
+
+IMAGE_FORMATS = ("png", "jpg", "webp")
+
+
+@dataclass
+class RecipeConfig:
+    name: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BudgetConfig:
+    """Images per group: ``per_group`` (an int, or {"y,b": n}), or FFR's rule from the real set's counts."""
+
+    per_group: Any = None
+    real_counts: dict[str, int] | None = None  # {"y,b": n} of the real training set
+    mode: str = "ffr"  # usb | asb | ffr (ffr.balance.synthetic_counts)
+
+
+@dataclass
+class GeneratorConfig:
+    mode: str | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    strength: float | None = None
+    height: int | None = None
+    width: int | None = None
+    negative_prompt: str | None = None
+
+
+@dataclass
+class BackendConfig:
+    name: str | None = None  # default: the recipe's backend (diffusers, or procedural for colored-digits)
+    settings: dict[str, Any] = field(default_factory=dict)  # passed to the backend's constructor
+
+
+@dataclass
+class FilterConfig:
+    gray_threshold: float | None = None  # per pixel; None = the recipe's (FFR's) value; 0 = off
+    clip_model: str | None = None  # a local dir or s3:// prefix of a CLIP model; None = no CLIP filter
+    clip_threshold: float = 20.0
+
+
+@dataclass
+class RayConfig:
+    min_actors: int = 1
+    max_actors: int = 1
+    num_gpus_per_actor: float = 0.0
+    num_cpus_per_actor: float = 1.0
+    max_tasks_in_flight_per_actor: int = 2  # 2: the next shard is queued while one runs
+
+
+@dataclass
+class GenerateConfig:
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    output: str = ""
+    seed: int = 0
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    shard_size: int = 1000
+    batch_size: int = 8  # images per backend call (per GPU)
+    image_format: str = "png"
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    runner: str = "ray"  # ray: Ray Data over an actor pool; local: the same worker in this process
+    ray: RayConfig = field(default_factory=RayConfig)
+    contact_sheet_size: int = 16  # samples per group in each contact sheet
+    progress: bool = True
+
+    def validate(self) -> "GenerateConfig":
+        if not self.recipe.name:
+            raise FFRError("config key 'recipe.name' is missing; expected a recipe name (see 'ffr generate --help')")
+        if not self.output:
+            raise FFRError("config key 'output' is missing; expected a local folder or an s3:// prefix")
+        for key in ("shard_size", "batch_size"):
+            if getattr(self, key) < 1:
+                raise FFRError(f"config key {key!r} = {getattr(self, key)!r}; expected an integer >= 1")
+        if self.image_format not in IMAGE_FORMATS:
+            raise FFRError(f"config key 'image_format' = {self.image_format!r}; expected one of {IMAGE_FORMATS}")
+        if self.runner not in ("ray", "local"):
+            raise FFRError(f"config key 'runner' = {self.runner!r}; expected 'ray' or 'local'")
+        if not 1 <= self.ray.min_actors <= self.ray.max_actors:
+            raise FFRError(f"config keys ray.min_actors/max_actors = {self.ray.min_actors}/{self.ray.max_actors}; "
+                           "expected 1 <= min_actors <= max_actors")
+        if self.generator.mode not in (None, "t2i", "img2img"):
+            raise FFRError(f"config key 'generator.mode' = {self.generator.mode!r}; expected 't2i' or 'img2img'")
+        return self
+
+
+def to_config(config: "GenerateConfig | dict[str, Any]") -> GenerateConfig:
+    """A GenerateConfig from a dict (``recipe: name`` is short for ``recipe: {name: name}``) or as is."""
+    if isinstance(config, GenerateConfig):
+        return config.validate()
+    if not isinstance(config, dict):
+        raise FFRError(f"a generation config must be a mapping or GenerateConfig, got {type(config).__name__}")
+    data = dict(config)
+    if isinstance(data.get("recipe"), str):
+        data["recipe"] = {"name": data["recipe"]}
+    cfg = build(GenerateConfig, data)
+    for key in ("recipe", "budget", "generator", "backend", "filters", "ray"):
+        value = getattr(cfg, key)
+        if not hasattr(value, "__dataclass_fields__"):
+            raise FFRError(f"config section {key!r} must be a mapping, got {value!r}")
+    for key in ("recipe.options", "backend.settings"):
+        section, leaf = key.split(".")
+        if not isinstance(getattr(getattr(cfg, section), leaf), dict):
+            raise FFRError(f"config key {key!r} must be a mapping, got {getattr(getattr(cfg, section), leaf)!r}")
+    return cfg.validate()

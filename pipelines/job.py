@@ -1,0 +1,54 @@
+"""Ray glue (thin): pending shard indices → ``map_batches`` over an actor pool of :class:`ShardWorker`.
+
+The dataset holds one row per pending shard, one block each, so the job streams shard by shard (Ray's
+bundler can never fuse two shards or cut one in half) and an actor processes a whole shard and writes it
+itself. Only a small stats row travels back through the object store; images go straight from the actor
+to storage as encoded bytes. ``num_gpus`` per actor makes Ray place one actor per GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import ray
+
+from pipelines.config import RayConfig
+from pipelines.worker import ShardWorker, WorkerSettings
+
+
+class ShardActor:
+    """The callable class Ray Data runs on each actor: builds the backend once, then one shard per call."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.worker = ShardWorker(settings)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        stats = [self.worker.process_shard(int(shard)) for shard in batch["shard"]]
+        return {"shard": np.asarray([s["shard"] for s in stats], dtype=np.int64),
+                "stats": np.asarray([json.dumps(s) for s in stats], dtype=object)}
+
+
+def ensure_ray() -> None:
+    """Join the cluster in RAY_ADDRESS (e.g. under ``ray job submit``) or start a local one."""
+    if not ray.is_initialized():
+        ray.init()
+
+
+def run_shards(shards: list[int], settings: WorkerSettings, cfg: RayConfig) -> Iterator[dict[str, Any]]:
+    """Generate ``shards`` on the cluster; yields each shard's stats as it completes."""
+    ensure_ray()
+    ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
+    ds = ds.map_batches(
+        ShardActor,
+        fn_constructor_kwargs={"settings": settings},
+        batch_size=1,  # one shard per call; the backend batches images inside (settings.batch_size)
+        compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors,
+                                           max_tasks_in_flight_per_actor=cfg.max_tasks_in_flight_per_actor),
+        num_gpus=cfg.num_gpus_per_actor,
+        num_cpus=cfg.num_cpus_per_actor,
+    )
+    for row in ds.iter_rows():
+        yield json.loads(row["stats"])

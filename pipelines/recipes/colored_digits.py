@@ -1,0 +1,33 @@
+"""``colored-digits``: the synthetic side of the embedded offline benchmark (ffr/colored_digits.py).
+
+Class = digit size class (small 0–4 / large 5–9), bias = background color. Rows name the digit to draw
+(``glyph``) and the colors, and the ``procedural`` backend renders them with fonts — a look deliberately
+unlike scikit-learn's 8×8 handwritten digits on the real side, which is the synthetic→real gap FFR studies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ffr import colored_digits
+from ffr.groups import GroupSpec
+from pipelines.recipes.base import RECIPES, Recipe
+
+
+@RECIPES.register("colored-digits")
+class ColoredDigits(Recipe):
+    name = "colored-digits"
+    default_backend = "procedural"
+    generator = {"height": colored_digits.IMAGE_SIZE, "width": colored_digits.IMAGE_SIZE,
+                 "steps": 0, "guidance_scale": 0.0}
+
+    def spec(self) -> GroupSpec:
+        return colored_digits.SPEC
+
+    def row(self, y: int, b: int, rng: np.random.Generator) -> dict[str, Any]:
+        digit = int(rng.integers(5)) + 5 * y
+        color = colored_digits.BIAS_NAMES[b]
+        return {"prompt": f"the digit {digit} in white on a {color} background", "glyph": str(digit),
+                "background_rgb": list(colored_digits.BACKGROUND_RGB[color]), "ink_rgb": list(colored_digits.INK_RGB)}

@@ -1,0 +1,98 @@
+"""``custom``: a user's own dataset as classes × attributes × prompt templates, from YAML.
+
+Options (inline under ``recipe.options`` or in a YAML file named by ``recipe.options.file``)::
+
+    classes: [cat, dog]                       # class names (y)
+    attributes: [indoors, outdoors]           # bias names (b)
+    templates: ["a photo of a {class} {attribute}"]
+    class_phrases: {dog: [a beagle, a husky]}            # optional: words used for {class}
+    attribute_phrases: {indoors: [in a kitchen, on a sofa]}  # optional: words used for {attribute}
+    negative_prompt: "blurry, low quality"
+
+A template, a class phrase and an attribute phrase are drawn per image from the row's seeded generator.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ffr.errors import FFRError
+from ffr.groups import GroupSpec
+from pipelines.recipes.base import RECIPES, Recipe, pick
+
+PLACEHOLDERS = {"class", "attribute"}
+
+
+@dataclass
+class CustomOptions:
+    file: str | None = None
+    classes: list[str] = field(default_factory=list)
+    attributes: list[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=list)
+    class_phrases: dict[str, list[str]] = field(default_factory=dict)
+    attribute_phrases: dict[str, list[str]] = field(default_factory=dict)
+    negative_prompt: str = ""
+    gray_threshold: float = 2e5 / 512**2
+
+
+def _load_file(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FFRError(f"custom recipe file {path!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FFRError(f"custom recipe file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise FFRError(f"custom recipe file {path!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+@RECIPES.register("custom")
+class CustomRecipe(Recipe):
+    name = "custom"
+    Options = CustomOptions
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        options = dict(options or {})
+        if options.get("file"):
+            merged = _load_file(str(options["file"]))
+            merged.update({k: v for k, v in options.items() if k != "file"})
+            options = merged
+        super().__init__(options)
+        o = self.options
+        for key in ("classes", "attributes", "templates"):
+            value = getattr(o, key)
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+                raise FFRError(f"custom recipe needs a non-empty list of strings for {key!r}, got {value!r}")
+        for template in o.templates:
+            try:
+                names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+            except ValueError as e:
+                raise FFRError(f"custom recipe template {template!r} is malformed: {e}") from None
+            if names - PLACEHOLDERS:
+                raise FFRError(f"custom recipe template {template!r} uses {sorted(names - PLACEHOLDERS)}; "
+                               f"expected only {{class}} and {{attribute}}")
+        for key, names in (("class_phrases", o.classes), ("attribute_phrases", o.attributes)):
+            extra = sorted(set(getattr(o, key)) - set(names))
+            if extra:
+                raise FFRError(f"custom recipe {key} names {extra[0]!r}, which is not one of {names}")
+        self.gray_threshold = o.gray_threshold
+
+    def spec(self) -> GroupSpec:
+        return GroupSpec(tuple(self.options.classes), tuple(self.options.attributes))
+
+    def row(self, y: int, b: int, rng: np.random.Generator) -> dict[str, Any]:
+        o = self.options
+        cls, attr = o.classes[y], o.attributes[b]
+        template = pick(rng, o.templates)
+        words = {"class": pick(rng, o.class_phrases.get(cls) or [cls]),
+                 "attribute": pick(rng, o.attribute_phrases.get(attr) or [attr])}
+        return {"prompt": template.format(**words), "negative_prompt": o.negative_prompt}
+

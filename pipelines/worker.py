@@ -1,0 +1,90 @@
+"""One shard, start to finish: manifest rows → images → filters → encoded bytes → a complete shard.
+
+Ray-free on purpose: the Ray Data actor (pipelines/job.py) wraps :class:`ShardWorker`, and so do the
+``local`` runner and the overhead benchmark's bare Python loop, so all three run exactly this code.
+A shard is written with :func:`ffr.shards.write_shard` (tar, parquet, then the stats marker last), so
+it is either complete or invisible.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from ffr.shards import write_shard
+from pipelines import backends
+from pipelines.filters import Filters
+from pipelines.guides import make_guide
+from pipelines.manifest import read_manifest_shard
+
+PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+ENCODE_ARGS = {"png": {"compress_level": 1}, "jpg": {"quality": 95}, "webp": {"quality": 95}}
+
+
+@dataclass
+class WorkerSettings:
+    """Everything an actor needs (picklable): where to read and write, and how to generate and filter."""
+
+    output: str
+    backend: str
+    backend_settings: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 8
+    image_format: str = "png"
+    gray_threshold: float = 0.0
+    clip_model: str | None = None
+    clip_threshold: float = 20.0
+
+
+def encode(image: Image.Image, image_format: str) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=PIL_FORMATS[image_format], **ENCODE_ARGS[image_format])
+    return buf.getvalue()
+
+
+def guide_images(rows: list[dict]) -> list[Image.Image] | None:
+    """img2img guides for a batch (None for text-to-image rows)."""
+    if not rows or rows[0].get("mode") != "img2img":
+        return None
+    return [make_guide(r["guide_foreground"], r["guide_background"], int(r["seed"]), int(r["width"])) for r in rows]
+
+
+class ShardWorker:
+    """Built once per process/actor (loads the backend and filters), then called once per shard."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.backend = backends.create(settings.backend, **settings.backend_settings)
+        self.filters = Filters(settings.gray_threshold, settings.clip_model, settings.clip_threshold)
+
+    def process_shard(self, shard: int, rows: list[dict] | None = None) -> dict[str, Any]:
+        """Generate, filter, encode and write one shard; returns its small stats dict."""
+        s = self.settings
+        start = time.perf_counter()
+        rows = read_manifest_shard(s.output, shard) if rows is None else rows
+        out_rows: list[dict] = []
+        images: dict[str, bytes] = {}
+        rejects: Counter = Counter()
+        per_group: Counter = Counter()
+        for i in range(0, len(rows), s.batch_size):
+            batch = rows[i:i + s.batch_size]
+            generated = self.backend.generate(batch, guide_images(batch))
+            verdicts = self.filters(generated, [r["prompt"] for r in batch])
+            for row, image, verdict in zip(batch, generated, verdicts):
+                key = f"{row['id']}.{s.image_format}"
+                out_rows.append({**row, "accepted": verdict.accepted, "reject_reason": verdict.reason,
+                                 "clip_score": verdict.clip_score, "image_key": key,
+                                 "image_width": image.width, "image_height": image.height})
+                if verdict.accepted:
+                    images[key] = encode(image, s.image_format)
+                    per_group[str(row["group"])] += 1
+                else:
+                    rejects[verdict.reason] += 1
+        seconds = time.perf_counter() - start
+        stats = {"seconds": round(seconds, 4), "rejects": dict(rejects), "accepted_per_group": dict(per_group)}
+        write_shard(s.output, shard, out_rows, images, stats)
+        return {"shard": shard, "n_rows": len(rows), "n_accepted": len(images), **stats}
