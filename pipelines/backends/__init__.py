@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipelines.backends import (
+    diffusers_backend,  # noqa: F401  (registers 'diffusers')
+    procedural,  # noqa: F401  (registers 'procedural')
+)
 from pipelines.backends.base import BACKENDS, GeneratorBackend
 
 

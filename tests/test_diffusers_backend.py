@@ -1,0 +1,176 @@
+"""The diffusers backend on a tiny random-weight SD pipeline loaded with the real ``from_pretrained`` (CPU, offline)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_diffusers import build_tiny_sd
+
+from ffr.errors import FFRError
+from pipelines.backends import BACKENDS, create
+from pipelines.backends.diffusers_backend import SCHEDULERS
+from pipelines.model_source import MARKER, resolve_model, sync_remote
+
+BASE = dict(dtype="fp32", device="cpu", steps=2, guidance_scale=5.0, batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory) -> str:
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "model")
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_sd):
+    return create("diffusers", model=tiny_sd, **BASE)
+
+
+def _row(prompt: str, seed: int, **extra) -> dict:
+    return {"id": f"{prompt}-{seed}", "prompt": prompt, "negative_prompt": "", "seed": seed, **extra}
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+ROWS = [_row("a photo of a cat", 11), _row("a dog on the grass", 12), _row("the sea at night", 13),
+        _row("a red car", 14), _row("a bird in the water", 15, negative_prompt="blurry")]
+
+
+def test_diffusers_is_registered_and_loads_the_saved_pipeline_class(backend):
+    assert "diffusers" in BACKENDS
+    assert type(backend.text2image).__name__ == "StableDiffusionPipeline"  # from model_index.json
+    assert type(backend.image2image).__name__ == "StableDiffusionImg2ImgPipeline"
+    assert backend.image2image.unet is backend.text2image.unet  # from_pipe shares weights, no second copy
+
+
+def test_text_to_image_gives_one_image_per_row_at_model_size(backend):
+    images = backend.generate(ROWS)
+    assert len(images) == len(ROWS)
+    assert all(im.size == (32, 32) and im.mode == "RGB" for im in images)
+    assert len({_pixels(im).tobytes() for im in images}) == len(ROWS)  # different rows, different images
+
+
+def test_a_row_gives_the_same_pixels_in_any_batch_and_any_instance(tiny_sd):
+    # euler_a adds fresh noise each step, so this also checks the per-image generators reach the scheduler.
+    backend = create("diffusers", model=tiny_sd, scheduler="euler_a", **BASE)
+    alone = backend.generate([ROWS[0]])[0]
+    in_batch = backend.generate([ROWS[3], ROWS[1], ROWS[0], ROWS[2]])[2]  # different position, neighbours, padding
+    fresh = create("diffusers", model=tiny_sd, scheduler="euler_a", **BASE).generate([ROWS[2], ROWS[0]])[1]
+    assert np.array_equal(_pixels(alone), _pixels(in_batch))
+    assert np.array_equal(_pixels(alone), _pixels(fresh))
+    other_seed = backend.generate([{**ROWS[0], "seed": 999}])[0]
+    assert not np.array_equal(_pixels(alone), _pixels(other_seed))
+
+
+def test_img2img_follows_the_init_images(backend):
+    red, blue = Image.new("RGB", (32, 32), (220, 30, 30)), Image.new("RGB", (32, 32), (30, 30, 220))
+    rows = [_row("a cat", 1, strength=0.5), _row("a cat", 1, strength=0.5), _row("a dog", 2, strength=0.5)]
+    images = backend.generate(rows, init_images=[red, blue, red])
+    assert len(images) == 3 and all(im.size == (32, 32) for im in images)
+    # Same prompt and seed, different guide → different output (the random VAE does not keep colours, so no more).
+    assert not np.array_equal(_pixels(images[0]), _pixels(images[1]))
+    text_only = backend.generate([rows[0]])[0]
+    assert not np.array_equal(_pixels(images[0]), _pixels(text_only))
+    again = backend.generate([rows[2], rows[0]], init_images=[red, red])
+    assert np.array_equal(_pixels(again[1]), _pixels(images[0]))
+
+
+def test_per_row_overrides_match_backend_settings(tiny_sd, backend):
+    row = _row("a cat", 5)
+    one_step_row = backend.generate([{**row, "steps": 1}, row])
+    one_step_backend = create("diffusers", model=tiny_sd, **{**BASE, "steps": 1}).generate([row])[0]
+    assert np.array_equal(_pixels(one_step_row[0]), _pixels(one_step_backend))
+    assert not np.array_equal(_pixels(one_step_row[0]), _pixels(one_step_row[1]))
+    wide = backend.generate([{**row, "width": 48, "height": 40}])[0]
+    assert wide.size == (48, 40)
+
+
+@pytest.mark.parametrize("name", SCHEDULERS.names())
+def test_every_scheduler_runs_and_changes_the_sampler(name, tiny_sd, backend):
+    chosen = create("diffusers", model=tiny_sd, scheduler=name, **BASE)
+    assert type(chosen.text2image.scheduler).__name__ != "" and chosen.text2image.unet is not backend.text2image.unet
+    image = chosen.generate([ROWS[0]])[0]
+    default = backend.generate([ROWS[0]])[0]  # the saved model's scheduler is DDIM
+    assert image.size == (32, 32) and np.isfinite(_pixels(image)).all()
+    assert np.array_equal(_pixels(image), _pixels(default)) == (name == "ddim")
+
+
+def test_channels_last_and_compile_are_applied(tiny_sd):
+    chosen = create("diffusers", model=tiny_sd, channels_last=True, compile=True, **BASE)
+    assert chosen.text2image.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert isinstance(chosen.text2image.unet, torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_half_precision_on_cpu_falls_back_to_fp32_with_a_warning(tiny_sd):
+    with pytest.warns(UserWarning, match="fp16"):
+        chosen = create("diffusers", model=tiny_sd, **{**BASE, "dtype": "fp16"})
+    assert chosen.dtype == torch.float32 and chosen.text2image.unet.dtype == torch.float32
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"scheduler": "warp-drive"}, "'warp-drive'"),
+    ({"dtype": "fp8"}, "'fp8'"),
+    ({"attention": "flash"}, "'flash'"),
+    ({"attention": "xformers"}, "xformers"),
+    ({"model": "/no/such/model/dir"}, "'/no/such/model/dir'"),
+    ({"model": "no-such-org/no-such-model"}, "'no-such-org/no-such-model'"),
+    ({"temperature": 3}, "'temperature'"),
+    ({"steps": 0}, "steps"),
+    ({"width": 30}, "width 30"),
+    ({"device": "tpu"}, "'tpu'"),
+])
+def test_bad_settings_give_one_line_naming_the_value(tiny_sd, settings, named):
+    with pytest.raises(FFRError) as err:
+        create("diffusers", **{**BASE, "model": tiny_sd, **settings}).generate([ROWS[0]])
+    message = str(err.value)
+    assert named in message and "\n" not in message
+
+
+def test_bad_rows_give_one_clear_error(backend):
+    with pytest.raises(FFRError, match="prompt"):
+        backend.generate([{"id": "x", "seed": 1}])
+    with pytest.raises(FFRError, match="init image"):
+        backend.generate([ROWS[0], ROWS[1]], init_images=[Image.new("RGB", (32, 32))])
+    with pytest.raises(FFRError, match="steps"):
+        backend.generate([_row("a", 1, steps=1, strength=0.4)], init_images=[Image.new("RGB", (32, 32))])
+
+
+def test_s3_model_is_synced_once_per_node_and_gives_the_same_pixels(tiny_sd, backend, s3_bucket, tmp_path):
+    from ffr.storage import filesystem
+
+    fs, _ = filesystem(s3_bucket)
+    prefix = f"{s3_bucket}/models/tiny-sd"
+    for root, _dirs, files in os.walk(tiny_sd):
+        for name in files:
+            local = os.path.join(root, name)
+            fs.put_file(local, f"{prefix[len('s3://'):]}/{os.path.relpath(local, tiny_sd)}")
+    cache = str(tmp_path / "cache")
+
+    # Several actors on one node start together: one copies, the others wait and reuse the same folder.
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(sync_remote(prefix, cache))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and len(set(results)) == 1
+    local = results[0]
+    assert os.path.exists(os.path.join(local, MARKER)) and os.path.exists(os.path.join(local, "model_index.json"))
+    assert not [p for p in os.listdir(cache) if ".partial-" in p]
+    stamp = os.stat(os.path.join(local, "unet", "config.json")).st_mtime_ns
+    assert resolve_model(prefix, cache) == local  # complete: no second copy
+    assert os.stat(os.path.join(local, "unet", "config.json")).st_mtime_ns == stamp
+
+    os.remove(os.path.join(local, MARKER))  # a copy killed before its marker is redone
+    assert sync_remote(prefix, cache) == local and os.path.exists(os.path.join(local, MARKER))
+
+    from_s3 = create("diffusers", **{**BASE, "model": prefix, "cache_dir": cache}).generate([ROWS[1]])[0]
+    assert np.array_equal(_pixels(from_s3), _pixels(backend.generate([ROWS[1]])[0]))
+
+    with pytest.raises(FFRError, match="holds no files"):
+        resolve_model(f"{s3_bucket}/models/missing", cache)
