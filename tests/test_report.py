@@ -1,0 +1,144 @@
+"""``ffr report`` on run directories built by hand from the run directory contract (local and moto S3)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from ffr.cli import main
+from ffr.storage import filesystem
+
+DIGITS_GROUPS = {0: "digit<5/red", 1: "digit<5/green", 2: "digit>=5/red", 3: "digit>=5/green"}
+ANIMAL_GROUPS = {0: "landbird/land", 1: "landbird/water", 5: "waterbird/water", 4: "waterbird/land"}
+
+
+def make_run(root: Path, name: str, *, dataset: str, variant: str, method: str, stage: int, seed: int,
+             val_wga: list[float], test_groups: dict[int, float] | None, group_names: dict[int, str],
+             extra_lines: str = "") -> Path:
+    """One run directory as training writes it; ``test_groups=None`` leaves it unfinished (no result.json)."""
+    run = root / name
+    (run / "checkpoint_000000").mkdir(parents=True)
+    (run / "checkpoint_000000" / "model.pt").write_bytes(b"\0" * 16)
+    config = {"dataset": dataset, "dataset_options": {"root": "/data", "bias_ratio": 0.95}, "variant": variant,
+              "method": method, "stage": stage, "seed": seed, "run_name": name, "role": "train", "lr": 1e-3}
+    (run / "config.json").write_text(json.dumps(config))
+    lines = []
+    for epoch, wga in enumerate(val_wga):
+        record = {"stage": stage, "epoch": epoch, "train_loss": 1.0 / (epoch + 1), "val_worst_group_acc": wga,
+                  "val_mean_group_acc": wga + 0.1, "val_overall_acc": wga + 0.2}
+        record.update({f"val_acc_group_{g}": wga for g in group_names})
+        lines.append(json.dumps(record))
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n" + extra_lines)
+    if test_groups is not None:
+        best = max(range(len(val_wga)), key=lambda e: (val_wga[e], -e))
+        accs = list(test_groups.values())
+        test = {"worst_group_acc": min(accs), "mean_group_acc": sum(accs) / len(accs), "overall_acc": 0.9}
+        test.update({f"acc_group_{g}": a for g, a in test_groups.items()})
+        result = {"run_name": name, "dataset": dataset, "variant": variant, "method": method, "stage": stage,
+                  "seed": seed, "best_epoch": best, "best_val_worst_group_acc": val_wga[best],
+                  "group_names": {str(g): n for g, n in group_names.items()}, "test": test,
+                  "val": {"worst_group_acc": val_wga[best]}, "checkpoint": str(run / "checkpoint_000000")}
+        (run / "result.json").write_text(json.dumps(result))
+    return run
+
+
+def build_runs(root: Path) -> Path:
+    digits = dict(dataset="colored-digits", group_names=DIGITS_GROUPS)
+    make_run(root, "cd-none-erm-s0", variant="none", method="erm", stage=2, seed=0, val_wga=[0.2, 0.5, 0.4],
+             test_groups={0: 0.9, 1: 0.6, 2: 0.7, 3: 0.95}, **digits)
+    make_run(root, "cd-none-erm-s1", variant="none", method="erm", stage=2, seed=1, val_wga=[0.3, 0.6, 0.6],
+             test_groups={0: 0.85, 1: 0.8, 2: 0.9, 3: 0.99}, **digits)
+    # a sweep folder one level deeper, with FFR's stage 1 and an unfinished stage 2 (torn last line)
+    make_run(root / "sweep", "cd-ffr-stage1-s0", variant="ffr", method="erm", stage=1, seed=0,
+             val_wga=[0.5, 0.7], test_groups={0: 0.8, 1: 0.75, 2: 0.8, 3: 0.8}, **digits)
+    make_run(root / "sweep", "cd-ffr-groupdro-s0", variant="ffr", method="groupdro", stage=2, seed=0,
+             val_wga=[0.4, 0.55, 0.55], test_groups=None, extra_lines='{"stage": 2, "epoch": 3, "val_wor', **digits)
+    make_run(root, "wb-asb-dro-s0", dataset="waterbirds", variant="asb", method="groupdro", stage=2, seed=0,
+             val_wga=[0.1, 0.3], test_groups={0: 0.99, 1: 0.5, 4: 0.625, 5: 0.97}, group_names=ANIMAL_GROUPS)
+    return root
+
+
+def test_report_prints_tables_and_writes_files(tmp_path, capsys):
+    runs = build_runs(tmp_path / "runs")
+    out = tmp_path / "report"
+    with pytest.warns(UserWarning, match="skipped 1 unreadable line"):
+        assert main(["report", str(runs), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "dataset: colored-digits" in printed and "dataset: waterbirds" in printed
+    for name in [*DIGITS_GROUPS.values(), *ANIMAL_GROUPS.values()]:
+        assert name in printed
+    line = next(x for x in printed.splitlines() if x.startswith("wb-asb-dro-s0"))
+    assert line.split()[1:9] == ["asb", "groupdro", "2", "0", "finished", "1", "30.0", "50.0"]
+
+    table = pd.read_csv(out / "report.csv").set_index("run")
+    assert len(table) == 5
+    erm0 = table.loc["cd-none-erm-s0"]
+    assert (erm0["best_epoch"], erm0["val_wga"], erm0["test_wga"]) == (1, 0.5, 0.6)
+    assert erm0["test_acc[digit>=5/red]"] == pytest.approx(0.7)
+    assert pd.isna(erm0["test_acc[waterbird/land]"])
+    assert table.loc["wb-asb-dro-s0", "test_acc[waterbird/land]"] == pytest.approx(0.625)
+    unfinished = table.loc["cd-ffr-groupdro-s0"]
+    assert unfinished["status"] == "unfinished"
+    assert unfinished["best_epoch"] == 1 and unfinished["val_wga"] == 0.55  # earliest epoch on a tie
+    assert pd.isna(unfinished["test_wga"])
+    assert table.loc["cd-ffr-stage1-s0", "stage"] == 1
+
+    report = (out / "report.md").read_text()
+    assert "## colored-digits" in report and "## waterbirds" in report
+    assert "| colored-digits | none | erm | 2 | 2 | 55.0 ± 5.0 | 70.0 ± 10.0 |" in report
+    for png in ("val_wga_curves_colored-digits.png", "test_group_acc_colored-digits.png",
+                "val_wga_curves_waterbirds.png", "test_group_acc_waterbirds.png"):
+        assert f"]({png})" in report
+        with Image.open(out / png) as image:
+            assert image.format == "PNG" and image.size[0] > 200
+
+
+def test_resumed_run_keeps_the_latest_record_of_a_repeated_epoch(tmp_path, capsys):
+    run = make_run(tmp_path / "runs", "resumed", dataset="colored-digits", variant="none", method="erm", stage=2,
+                   seed=0, val_wga=[0.2, 0.3], test_groups=None, group_names=DIGITS_GROUPS)
+    # the run died after epoch 1 and redid it from the epoch-0 checkpoint with a different result
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"stage": 2, "epoch": 1, "val_worst_group_acc": 0.1}) + "\n")
+    assert main(["report", str(tmp_path / "runs")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("resumed"))
+    assert line.split()[5:8] == ["unfinished", "0", "20.0"]
+    assert not (tmp_path / "report").exists()  # without --out nothing is written
+
+
+def test_report_on_s3_runs_to_s3_out(tmp_path, s3_bucket, capsys):
+    runs = build_runs(tmp_path / "runs")
+    fs, inner = filesystem(f"{s3_bucket}/experiments")
+    fs.put(str(runs) + "/", inner, recursive=True)
+    with pytest.warns(UserWarning):
+        assert main(["report", f"{s3_bucket}/experiments", "--out", f"{s3_bucket}/report"]) == 0
+    assert "cd-ffr-stage1-s0" in capsys.readouterr().out
+    fs.invalidate_cache()
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket[5:]}/report", detail=False))
+    assert "report.md" in names and "report.csv" in names and len(names) == 6
+    table = pd.read_csv(io.BytesIO(fs.cat_file(f"{s3_bucket[5:]}/report/report.csv")))
+    assert set(table["run"]) == {"cd-none-erm-s0", "cd-none-erm-s1", "cd-ffr-stage1-s0", "cd-ffr-groupdro-s0",
+                                 "wb-asb-dro-s0"}
+    assert all(p.startswith(f"{s3_bucket}/experiments/") for p in table["path"])
+
+
+def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing" in err and "does not exist" in err
+
+    (tmp_path / "empty" / "x").mkdir(parents=True)
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "no runs" in capsys.readouterr().err
+
+    run = make_run(tmp_path / "runs", "r", dataset="d", variant="none", method="erm", stage=2, seed=0,
+                   val_wga=[0.5], test_groups={0: 0.5}, group_names={0: "a/b"})
+    (run / "result.json").write_text('{"run_name": "r", "test": ')
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{run}/result.json" in err and "not valid JSON" in err
+    assert not (tmp_path / "out").exists()
