@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ffr.cluster.secrets import is_secret_name, scrub
 from ffr.errors import FFRError
 
 T = TypeVar("T")
@@ -103,12 +104,18 @@ def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
 
 
 def redact(obj: Any) -> Any:
-    """Drop values whose key looks like a secret, recursively (configs dumped beside runs, MLflow params)."""
+    """Drop values whose key looks like a secret, recursively (configs dumped beside runs, MLflow params).
+
+    Keys are matched by ffr.cluster.secrets.is_secret_name (whole words: "tokenizer" is kept). String values
+    are also scrubbed of secrets configured in the environment and of URL passwords (``http://user:pw@host``),
+    which hide under harmless keys such as ``tracking_uri``.
+    """
     if isinstance(obj, dict):
-        return {k: ("<redacted>" if any(m in str(k).lower() for m in SECRET_MARKERS) else redact(v))
-                for k, v in obj.items()}
+        return {k: ("<redacted>" if is_secret_name(k) else redact(v)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        return scrub(obj)
     return obj
 
 
