@@ -17,7 +17,9 @@ from typing import Any
 import pandas as pd
 
 from ffr.config import dump_config
+from ffr.errors import FFRError
 from ffr.shards import complete_shards, write_groups
+from ffr.storage import filesystem, join
 from pipelines.config import GenerateConfig, to_config
 from pipelines.manifest import build_manifest, fingerprint, group_budgets, write_manifest
 from pipelines.recipes import create as create_recipe
@@ -33,6 +35,19 @@ def _settings(cfg: GenerateConfig, recipe) -> WorkerSettings:
                           backend_settings=dict(cfg.backend.settings), batch_size=cfg.batch_size,
                           image_format=cfg.image_format, gray_threshold=float(gray),
                           clip_model=cfg.filters.clip_model, clip_threshold=cfg.filters.clip_threshold)
+
+
+def check_writable(root: str) -> None:
+    """Fail in one line, before any work, when the output cannot be written (bad bucket, no credentials)."""
+    fs, base = filesystem(root)
+    probe = join(base, ".ffr-write-check")
+    try:
+        fs.makedirs(base, exist_ok=True)
+        with fs.open(probe, "wb") as f:
+            f.write(b"ok")
+        fs.rm(probe)
+    except Exception as e:  # noqa: BLE001 — any storage failure here is the user's setup, not a bug
+        raise FFRError(f"output {root!r} is not writable: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
 def _run_local(shards: list[int], settings: WorkerSettings) -> Iterator[dict[str, Any]]:
@@ -74,6 +89,7 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
     print_ = fingerprint(manifest, {"backend": settings.backend, "backend_settings": settings.backend_settings,
                                     "image_format": settings.image_format, "gray": settings.gray_threshold,
                                     "clip": [settings.clip_model, settings.clip_threshold]})
+    check_writable(cfg.output)
     info = write_manifest(cfg.output, manifest, print_)
     write_groups(cfg.output, spec)
     write_json(cfg.output, "config.json", json.loads(dump_config(cfg)))  # secrets redacted

@@ -23,12 +23,25 @@ FG_SCALE = 0.4
 _WNID = re.compile(r"^n\d{8}$")
 
 
+def _listing(folder: str, what: str, dirs: bool = False) -> list[str]:
+    """Names inside ``folder`` (sub-folders only if ``dirs``); storage errors become one FFRError line."""
+    fs, inner = filesystem(folder)
+    try:
+        if not fs.isdir(inner):
+            raise FFRError(f"{what} folder {folder!r} does not exist")
+        paths = fs.ls(inner, detail=False)
+        if dirs:
+            paths = [p for p in paths if fs.isdir(p)]
+    except FFRError:
+        raise
+    except Exception as e:  # credentials, permissions, unreachable endpoint: the user's storage setup
+        raise FFRError(f"cannot list {what} folder {folder!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    return sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in paths)
+
+
 def list_images(folder: str, what: str) -> list[str]:
     """Sorted image files directly inside ``folder`` (as full paths/URIs); FFRError if none."""
-    fs, inner = filesystem(folder)
-    if not fs.isdir(inner):
-        raise FFRError(f"{what} folder {folder!r} does not exist")
-    names = sorted(str(p).rsplit("/", 1)[-1] for p in fs.ls(inner, detail=False))
+    names = _listing(folder, what)
     files = [join(folder, n) for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
     if not files:
         raise FFRError(f"{what} folder {folder!r} holds no images (expected {', '.join(IMAGE_SUFFIXES)} files)")
@@ -42,10 +55,7 @@ def class_folders(root: str, n_classes: int, wnids_file: str | None = None) -> d
     ``wnids_file`` (one wnid per line, in class-index order) or, when all ``n_classes`` are present, by
     sorted order (torchvision's ImageFolder convention, which is the ImageNet class order).
     """
-    fs, inner = filesystem(root)
-    if not fs.isdir(inner):
-        raise FFRError(f"foreground folder {root!r} does not exist; expected an ImageNet layout root/{{wnid}}/*.JPEG")
-    names = sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(inner, detail=False) if fs.isdir(p))
+    names = _listing(root, "foreground (ImageNet layout root/{wnid}/*.JPEG)", dirs=True)
     if not names:
         raise FFRError(f"foreground folder {root!r} has no class sub-folders")
     if wnids_file:
