@@ -1,0 +1,69 @@
+"""``colored-digits``: scikit-learn's bundled handwritten digits on a red or green background (offline).
+
+Target = digit size class (0–4 vs 5–9), bias = background color. Split by digit (80/10/10, seeded), so one
+handwritten digit never appears in two splits. Test renders every test digit in *both* colors: its groups
+are exactly balanced and each shape is seen on each background, so test worst-group accuracy measures how
+much a model reads the color. Train and val give each digit one color, the class's majority color
+(small↔red, large↔green) three times out of four, then FFR's bias-ratio rule downsamples the minority.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from ffr import colored_digits as cd
+from ffr.datasets.base import DATASETS, GroupedSplit
+from ffr.datasets.splitting import apply_bias_ratio, random_split
+from ffr.errors import FFRError
+
+MAJORITY_COLOR = {0: 0, 1: 1}  # class → bias index: small ↔ red, large ↔ green
+PRE_SKEW = 0.75  # share of train/val digits drawn on their class's majority color before the bias ratio
+
+
+@lru_cache(maxsize=2)
+def digit_intensities(size: int = cd.IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """All 1797 sklearn digits upsampled to ``size``² gray intensities in [0, 1], and their labels 0–9."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    small = torch.as_tensor(digits.images / 16.0, dtype=torch.float32)[:, None]
+    images = torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+    return images[:, 0].clamp(0, 1).numpy(), digits.target.astype(np.int64)
+
+
+@DATASETS.register("colored-digits")
+def colored_digits(root: str | None = None, bias_ratio: float | None = 0.95, seed: int = 0,
+                   pre_skew: float = PRE_SKEW) -> dict[str, GroupedSplit]:
+    """Three splits held in memory; keys are ``digits/<index>/<color>``. ``root`` is unused (embedded data)."""
+    if not 0.5 < float(pre_skew) < 1.0:
+        raise FFRError(f"colored-digits pre_skew {pre_skew!r} must be in (0.5, 1)")
+    intensities, digits = digit_intensities()
+    y_all = cd.digit_class(digits)
+    split_of = random_split(len(digits), seed)
+    rng = np.random.default_rng([seed, 1])
+    majority = np.vectorize(MAJORITY_COLOR.get)(y_all)
+    one_color = np.where(rng.random(len(digits)) < pre_skew, majority, 1 - majority)
+
+    rows = []
+    for i in range(len(digits)):
+        colors = (0, 1) if split_of[i] == "test" else (int(one_color[i]),)
+        for b in colors:
+            rows.append({"key": f"digits/{i}/{cd.BIAS_NAMES[b]}", "y": int(y_all[i]), "b": b, "source": 0,
+                         "digit": int(digits[i]), "split": split_of[i]})
+    table = pd.DataFrame(rows)
+
+    def load_image(key: str) -> Image.Image:
+        try:
+            _, index, color = key.split("/")
+            return Image.fromarray(cd.colorize(intensities[int(index)], cd.BIAS_NAMES.index(color)))
+        except (ValueError, IndexError):
+            raise FFRError(f"colored-digits key {key!r} is not of the form digits/<index>/<red|green>") from None
+
+    splits = {name: GroupedSplit(cd.SPEC, table[table["split"] == name].drop(columns="split"), load_image, name)
+              for name in ("train", "val", "test")}
+    return apply_bias_ratio(splits, bias_ratio, seed)

@@ -1,0 +1,74 @@
+"""``synthetic``: a generation output root (local or ``s3://``) as grouped data with ``source = 1``.
+
+Reads the shard contract of :mod:`ffr.shards` (only complete shards, accepted images). Synthetic data
+trains only, so ``train`` holds the selected images and ``val``/``test`` are empty. ``counts`` picks a
+seeded, deterministic subset per (class, bias) group; too few images for a group is a clear error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ffr.datasets.base import DATASETS, GroupedSplit, decode_image
+from ffr.errors import FFRError
+from ffr.groups import SYNTHETIC
+from ffr.shards import ShardReader
+
+
+def select_per_group(y: np.ndarray, b: np.ndarray, counts: dict[tuple[int, int], int], seed: int,
+                     where: str = "the synthetic set") -> np.ndarray:
+    """Sorted indices holding exactly ``counts[(y, b)]`` examples of each group, chosen by ``seed``."""
+    rng = np.random.default_rng([seed, 2])
+    chosen = []
+    for (gy, gb), n in sorted(counts.items()):
+        members = np.flatnonzero((y == gy) & (b == gb))
+        if n > len(members):
+            raise FFRError(f"{where} has {len(members)} images of group (y={gy}, b={gb}) but {n} are needed; "
+                           "generate more images for that group")
+        if n > 0:
+            chosen.append(np.sort(rng.choice(members, int(n), replace=False)))
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def _parse_counts(counts) -> dict[tuple[int, int], int] | None:
+    """Accepts {(y, b): n} or YAML-friendly {"y,b": n} / {"y_b": n}."""
+    if counts is None:
+        return None
+    out = {}
+    for key, n in dict(counts).items():
+        if isinstance(key, str):
+            parts = key.replace("_", ",").split(",")
+            if len(parts) != 2:
+                raise FFRError(f"synthetic counts key {key!r} is not 'y,b'")
+            key = (int(parts[0]), int(parts[1]))
+        out[(int(key[0]), int(key[1]))] = int(n)
+    return out
+
+
+@DATASETS.register("synthetic")
+def synthetic(root: str, bias_ratio: float | None = None, seed: int = 0,
+              counts: dict | None = None) -> dict[str, GroupedSplit]:
+    """All accepted images under ``root`` (or ``counts`` per group); ``bias_ratio`` does not apply and is ignored."""
+    reader = ShardReader(root)
+    meta = reader.metadata
+    table = pd.DataFrame({"key": meta["image_key"].astype(str), "y": meta["y"].astype(np.int64),
+                          "b": meta["b"].astype(np.int64), "source": SYNTHETIC, "id": meta["id"].astype(str)})
+    # Shards finish in any order; sort by id so a selection depends on the images, not on shard timing.
+    table = table.sort_values("id", kind="stable").reset_index(drop=True)
+
+    def load_image(key: str):
+        try:
+            data = reader.image_bytes(key)
+        except KeyError:
+            raise FFRError(f"synthetic image {key!r} is not in the shards under {root!r}") from None
+        return decode_image(data, f"{root}:{key}")
+
+    wanted = _parse_counts(counts)
+    if wanted is not None:
+        table = table.iloc[select_per_group(table["y"].to_numpy(), table["b"].to_numpy(), wanted, seed,
+                                            f"synthetic set {root!r}")]
+    empty = table.iloc[:0]
+    return {"train": GroupedSplit(reader.spec, table, load_image, "train"),
+            "val": GroupedSplit(reader.spec, empty, load_image, "val"),
+            "test": GroupedSplit(reader.spec, empty, load_image, "test")}

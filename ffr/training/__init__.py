@@ -1,0 +1,21 @@
+"""Two-stage FFR training on Ray Train.
+
+Core (no Ray): ``config`` (typed config), ``sampling`` (DDP-correct resampling), ``loop`` (one epoch,
+prediction, features), ``stage`` (one run, epoch by epoch), ``evaluation`` (final metrics, DFR, JTT),
+``rundir`` (the run directory contract). Ray glue: ``ray_train`` (TorchTrainer, Ray task). Orchestration:
+``experiment.run_experiment``; CLI: ``command`` (``ffr train``).
+"""
+
+from __future__ import annotations
+
+from ffr.training.config import TrainConfig
+
+
+def run_experiment(config: TrainConfig | dict) -> dict:
+    """Run every stage of one experiment (see :mod:`ffr.training.experiment`); returns the final result."""
+    from ffr.training.experiment import run_experiment as _run
+
+    return _run(config)
+
+
+__all__ = ["TrainConfig", "run_experiment"]

@@ -1,0 +1,27 @@
+"""``ffr train --config FILE [key=value ...]``: one experiment (both stages for the ffr variant)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ffr.config import build, load_config
+from ffr.training.config import TrainConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML training config (see configs/train-*.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. method=groupdro epochs=5 stage1.lr=1e-4")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = build(TrainConfig, load_config(args.config, args.overrides))
+    from ffr.training import run_experiment
+
+    result = run_experiment(cfg)
+    summary = {k: result[k] for k in ("run_name", "variant", "method", "best_epoch", "best_val_worst_group_acc")}
+    summary["test_worst_group_acc"] = result["test"]["worst_group_acc"]
+    summary["run_dir"] = f"{result['storage_path'].rstrip('/')}/{result['run_name']}"
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,158 @@
+"""The typed training config (one per experiment) and the resolved per-stage settings derived from it.
+
+An experiment is one (dataset, variant, method, seed, hyperparameters). Its stages are separate runs with
+their own directories; their names are derived from the config's content, so rerunning the same command
+finds the same run (and resumes it, or skips it when ``result.json`` says it is done), and FFR's stage 1
+is shared by every stage-2 method trained on top of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ffr.config import build, to_dict
+from ffr.errors import FFRError
+
+OPTIMIZERS = ("adam", "sgd")
+# Fields that change where/how a run executes but not what it computes: left out of run-name hashes.
+INFRA_FIELDS = ("storage_path", "run_name", "num_workers", "use_gpu", "cpus_per_worker", "max_failures",
+                "controller_failure_limit", "keep_checkpoints", "cache_in_memory", "loader_workers", "fault_injection")
+
+
+@dataclass
+class StageOptions:
+    """Settings for FFR's stage 1 (ERM on synthetic) that differ from the stage-2 ones; None = same."""
+
+    epochs: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+
+
+@dataclass
+class FaultInjection:
+    """For tests of failure recovery: worker ``rank`` kills its own process (``os._exit``) once, after
+    ``after_batches`` batches of epoch ``kill_at_epoch``, if ``marker`` does not exist (it creates it first)."""
+
+    kill_at_epoch: int
+    marker: str
+    rank: int = 0
+    after_batches: int = 1
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "colored-digits"
+    dataset_options: dict[str, Any] = field(default_factory=dict)  # reader options: root, bias_ratio, seed, ...
+    synthetic_root: str | None = None  # a generation output (local or s3://) for usb / asb / ffr
+    variant: str = "none"
+    # method (stage 2)
+    method: str = "erm"
+    method_hparams: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    # model and optimization
+    backbone: str = "resnet50"
+    pretrained: str | None = "imagenet"  # "imagenet" (local cache), a weights file path, or null (random init)
+    image_size: int = 224
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    momentum: float = 0.9  # SGD only
+    epochs: int = 50
+    batch_size: int = 128  # global: split over workers
+    stage1: StageOptions = field(default_factory=lambda: StageOptions(lr=1e-4))
+    # stage 2 starts from: a checkpoint dir, a run dir, or "best:<sweep dir>" (best stage-1 run by mean val WGA)
+    init_checkpoint: str | None = None
+    # execution
+    storage_path: str = "runs"  # local dir or s3://bucket/prefix
+    run_name: str | None = None  # default: derived from the config's content
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 3  # worker failures survived per run (restart from the latest checkpoint)
+    controller_failure_limit: int = 5  # failed worker-group starts (e.g. no resources) before giving up
+    keep_checkpoints: int = 2  # the best (by val WGA) and the latest are always among them
+    cache_in_memory: bool = False  # keep decoded, resized images in RAM (small datasets)
+    loader_workers: int = 0
+    fault_injection: FaultInjection | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise FFRError(f"optimizer {self.optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}")
+        if self.stage1.optimizer not in (None, *OPTIMIZERS):
+            raise FFRError(f"stage1.optimizer {self.stage1.optimizer!r} is unknown; expected one of {OPTIMIZERS}")
+        for name in ("epochs", "batch_size", "num_workers", "image_size", "keep_checkpoints"):
+            value = getattr(self, name)
+            if value < (0 if name == "epochs" else 1):
+                raise FFRError(f"{name} = {value!r} is out of range; expected a positive integer")
+        if self.lr <= 0:
+            raise FFRError(f"lr = {self.lr!r} must be > 0")
+
+
+@dataclass
+class StageSpec:
+    """What one run trains: resolved from a TrainConfig for stage 1 or 2 (or JTT's identification run)."""
+
+    stage: int
+    run_name: str
+    method: str
+    method_hparams: dict[str, Any]
+    optimizer: str
+    lr: float
+    weight_decay: float
+    momentum: float
+    epochs: int
+    batch_size: int
+    init_checkpoint: str | None = None
+    role: str = "train"  # "train" | "jtt-identification"
+    error_set: list[bool] | None = None  # JTT's identification result, for stage 2
+
+
+def parse(config: TrainConfig | dict) -> TrainConfig:
+    return config if isinstance(config, TrainConfig) else build(TrainConfig, dict(config))
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def experiment_fields(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in to_dict(cfg).items() if k not in INFRA_FIELDS}
+
+
+def method_stage(cfg: TrainConfig, init_checkpoint: str | None = None) -> StageSpec:
+    name = cfg.run_name or f"{cfg.dataset}-{cfg.variant}-{cfg.method}-s{cfg.seed}-{_digest(experiment_fields(cfg))}"
+    return StageSpec(2, name, cfg.method, dict(cfg.method_hparams), cfg.optimizer, cfg.lr, cfg.weight_decay,
+                     cfg.momentum, cfg.epochs, cfg.batch_size, init_checkpoint)
+
+
+def pretrain_stage(cfg: TrainConfig) -> StageSpec:
+    """FFR stage 1: ERM on balanced synthetic data; named by what it depends on, so methods share it."""
+    s1 = cfg.stage1
+    spec = StageSpec(1, "", "erm", {}, s1.optimizer or cfg.optimizer, s1.lr if s1.lr is not None else cfg.lr,
+                     s1.weight_decay if s1.weight_decay is not None else cfg.weight_decay, cfg.momentum,
+                     s1.epochs if s1.epochs is not None else cfg.epochs, s1.batch_size or cfg.batch_size)
+    depends = {k: getattr(cfg, k) for k in ("dataset", "dataset_options", "synthetic_root", "seed", "backbone",
+                                            "pretrained", "image_size")}
+    depends.update({k: v for k, v in dataclasses.asdict(spec).items() if k not in ("run_name",)})
+    spec.run_name = f"{cfg.dataset}-ffr-stage1-s{cfg.seed}-{_digest(depends)}"
+    return spec
+
+
+def identification_stage(cfg: TrainConfig, stage2: StageSpec, epochs: int) -> StageSpec:
+    """JTT's identification model: a short ERM run with stage 2's data, init and optimizer."""
+    return dataclasses.replace(stage2, run_name="identification", method="erm", method_hparams={}, epochs=epochs,
+                               role="jtt-identification", error_set=None)
+
+
+def resolved(cfg: TrainConfig, spec: StageSpec) -> dict[str, Any]:
+    """The config one run actually used (written as its config.json)."""
+    out = to_dict(cfg)
+    out.update({k: v for k, v in dataclasses.asdict(spec).items() if k != "error_set"})
+    return out

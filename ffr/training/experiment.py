@@ -1,0 +1,120 @@
+"""``run_experiment(config)``: every stage of one experiment, each a run directory of its own.
+
+ffr: stage 1 (ERM on balanced synthetic data, shared by all methods) → stage 2 (the method on real data,
+starting from stage 1's best checkpoint). none / usb / asb: stage 2 only. JTT first trains its
+identification model (short ERM, same data and init) inside stage 2's run directory. A run whose
+``result.json`` exists is done and is not trained again; one without it resumes from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import ffr.methods
+from ffr import backbones, variants
+from ffr.datasets import DATASETS
+from ffr.errors import FFRError
+from ffr.storage import join
+from ffr.training import rundir
+from ffr.training.config import (
+    StageSpec,
+    TrainConfig,
+    identification_stage,
+    method_stage,
+    parse,
+    pretrain_stage,
+    resolved,
+)
+from ffr.training.data import ExperimentData, load_experiment_data
+
+IDENTIFICATION = "identification.json"
+
+
+def _check_names(cfg: TrainConfig) -> None:
+    DATASETS.get(cfg.dataset)
+    variants.VARIANTS.get(cfg.variant)
+    backbones.BACKBONES.get(cfg.backbone)
+    ffr.methods.create(cfg.method, **cfg.method_hparams)  # also validates the hyperparameters
+
+
+def _ensure_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()  # joins the cluster named by RAY_ADDRESS (e.g. under `ray job submit`), else starts one
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, storage_path: str | None = None) -> dict:
+    """Train (or resume, or skip if finished) one stage, evaluate its best checkpoint, write result.json."""
+    from ffr.training import ray_train
+
+    storage_path = storage_path or cfg.storage_path
+    directory = rundir.run_dir(storage_path, spec.run_name)
+    finished = rundir.read_result(directory)
+    if finished is not None:
+        _log(f"[{spec.run_name}] already finished (result.json exists); not training again")
+        return finished
+    rundir.write_config(directory, resolved(cfg, spec))
+    rundir.write_splits(directory, data.splits_for(spec.stage))
+    if spec.epochs == 0:
+        if not spec.init_checkpoint:
+            raise FFRError("epochs = 0 only evaluates an existing model; set init_checkpoint")
+        best, best_epoch, best_wga = spec.init_checkpoint, None, None
+    else:
+        best, metrics, _latest = ray_train.fit_stage(cfg, spec, storage_path, directory)
+        best_epoch, best_wga = int(metrics["epoch"]), metrics["val_worst_group_acc"]
+    evaluated = ray_train.evaluate(cfg, spec, best)
+    if best_wga is None:
+        best_wga = evaluated.get("base_val", evaluated["val"])["worst_group_acc"]
+    result = {"run_name": spec.run_name, "dataset": cfg.dataset, "variant": cfg.variant, "method": spec.method,
+              "stage": spec.stage, "seed": cfg.seed, "best_epoch": best_epoch, "best_val_worst_group_acc": best_wga,
+              "group_names": {str(g): n for g, n in enumerate(data.val.spec.group_names())},
+              "checkpoint": best, "init_checkpoint": spec.init_checkpoint, "storage_path": storage_path,
+              **{k: v for k, v in evaluated.items() if k != "epoch"}}
+    rundir.write_result(directory, result)
+    _log(f"[{spec.run_name}] done: best epoch {best_epoch}, val WGA {best_wga:.3f}, "
+         f"test WGA {result['test']['worst_group_acc']:.3f}")
+    return result
+
+
+def _identify_errors(cfg: TrainConfig, stage2: StageSpec, data: ExperimentData) -> list[bool]:
+    """JTT's identification run: ERM for ``identification_epochs``; the error set of its final model."""
+    from ffr.training import ray_train
+
+    epochs = int(ffr.methods.create("jtt", **cfg.method_hparams).config["identification_epochs"])
+    spec = identification_stage(cfg, stage2, epochs)
+    parent = rundir.run_dir(cfg.storage_path, stage2.run_name)
+    directory = rundir.run_dir(parent, spec.run_name)
+    marker = join(directory, IDENTIFICATION)
+    done = rundir.read_json(marker)
+    if done is not None:
+        return [bool(v) for v in done["error_set"]]
+    rundir.write_config(directory, resolved(cfg, spec))
+    _best, _metrics, latest = ray_train.fit_stage(cfg, spec, parent, directory)
+    errors = np.asarray(ray_train.misclassified(cfg, spec, latest), dtype=bool)
+    rundir.write_json(marker, {"checkpoint": latest, "n_errors": int(errors.sum()), "n_train": len(errors),
+                               "error_set": errors.astype(int).tolist()})
+    _log(f"[{stage2.run_name}] JTT identification: {int(errors.sum())} of {len(errors)} training examples wrong")
+    return errors.tolist()
+
+
+def run_experiment(config: TrainConfig | dict) -> dict:
+    """Run every stage of one experiment; returns the final (stage-2) result.json, plus ``stage1`` for ffr."""
+    cfg = parse(config)
+    _check_names(cfg)
+    data = load_experiment_data(cfg)  # fails fast, before any Ray work, on bad data options
+    _ensure_ray()
+    stage1_result = None
+    init = rundir.resolve_checkpoint(cfg.init_checkpoint, cfg.seed) if cfg.init_checkpoint else None
+    if variants.PRETRAIN_STAGE in data.stages:
+        stage1_result = run_stage_job(cfg, pretrain_stage(cfg), data)
+        init = stage1_result["checkpoint"]
+    stage2 = method_stage(cfg, init)
+    if cfg.method == "jtt" and stage2.epochs > 0:
+        stage2.error_set = _identify_errors(cfg, stage2, data)
+    result = run_stage_job(cfg, stage2, data)
+    return {**result, "stage1": stage1_result}

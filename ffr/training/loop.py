@@ -1,0 +1,141 @@
+"""The Ray-free training core: data loading, one epoch of training, prediction, feature extraction.
+
+torchvision-references style: ``train_one_epoch`` / ``predict`` / ``extract_features``. Distributed
+concerns come in as plain callables (``all_reduce``), so the same functions run in a bare Python loop
+(benchmarks) and inside Ray Train workers.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision import transforms
+
+from ffr.datasets.base import GroupedImageDataset, GroupedSplit
+from ffr.errors import FFRError
+from ffr.groups import GroupSpec
+from ffr.methods.base import Method
+from ffr.storage import filesystem, join
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CHECKPOINT_FILE = "model.pt"
+
+
+def make_transform(image_size: int) -> Callable:
+    """FFR's preprocessing for train and eval alike: resize (no crop, no flip) and ImageNet normalization."""
+    return transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
+                               transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+class InMemoryDataset(torch.utils.data.Dataset):
+    """A GroupedImageDataset decoded and transformed once (deterministic transform), then served from RAM."""
+
+    def __init__(self, base: GroupedImageDataset) -> None:
+        items = [base[i] for i in range(len(base))]
+        self.images = torch.stack([it[0] for it in items]) if items else torch.zeros(0)
+        self.labels = torch.as_tensor([it[1:5] for it in items], dtype=torch.int64).reshape(-1, 4)
+        self.groups = base.groups
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        y, b, source, g = self.labels[i].tolist()
+        return self.images[i], y, b, source, g, i
+
+
+def image_dataset(split: GroupedSplit, image_size: int, group_spec: GroupSpec | None = None,
+                  in_memory: bool = False) -> torch.utils.data.Dataset:
+    ds = GroupedImageDataset(split, make_transform(image_size), group_spec)
+    return InMemoryDataset(ds) if in_memory else ds
+
+
+def loader(dataset, batch_size: int, sampler=None, indices: np.ndarray | None = None,
+           workers: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``sampler`` or fixed ``indices`` (in order). Worker processes use forkserver:
+    forking a Ray worker is unsafe."""
+    if sampler is None:
+        sampler = (np.arange(len(dataset)) if indices is None else np.asarray(indices)).tolist()
+    extra = {"multiprocessing_context": "forkserver", "persistent_workers": True} if workers > 0 else {}
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, **extra)
+
+
+def build_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float = 0.9):
+    """All layers are trained; coupled L2 weight decay, as in the FFR code."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    raise FFRError(f"optimizer {name!r} is unknown; expected adam or sgd")
+
+
+def train_one_epoch(model: nn.Module, batches, method: Method, optimizer, device: torch.device,
+                    on_batch: Callable[[int], None] | None = None) -> tuple[float, int]:
+    """One pass over ``batches``; returns (sum of per-batch loss × batch size, examples seen) on this worker."""
+    model.train()
+    total, seen = 0.0, 0
+    for i, (x, y, _b, _source, g, _idx) in enumerate(batches):
+        x, y, g = x.to(device, non_blocking=True), y.to(device), g.to(device)
+        loss = method.loss(model(x), y, g)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(y)
+        seen += len(y)
+        if on_batch is not None:
+            on_batch(i)
+    return total, seen
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted class, dataset index) for every example ``batches`` yields."""
+    model.eval()
+    preds, index = [], []
+    for x, *_rest, idx in batches:
+        preds.append(model(x.to(device)).argmax(1).cpu())
+        index.append(idx)
+    if not preds:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return torch.cat(preds).numpy(), torch.cat(index).numpy()
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, batches, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(penultimate features, dataset index); ``model`` must be an ffr.backbones.Classifier (unwrapped)."""
+    model.eval()
+    feats, index = [], []
+    for x, *_rest, idx in batches:
+        feats.append(model.features(x.to(device)).float().cpu())
+        index.append(idx)
+    return torch.cat(feats).numpy(), torch.cat(index).numpy()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside a DDP wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+def save_state(state: dict, directory: str) -> str:
+    """Write a checkpoint's ``model.pt`` into a local directory or a URI."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    fs, inner = filesystem(directory)
+    fs.makedirs(inner, exist_ok=True)
+    with fs.open(join(inner, CHECKPOINT_FILE), "wb") as f:
+        f.write(buf.getvalue())
+    return join(directory, CHECKPOINT_FILE)
+
+
+def load_state(directory: str) -> dict:
+    """Read ``model.pt`` from a checkpoint directory (local or URI)."""
+    fs, inner = filesystem(directory)
+    path = join(inner, CHECKPOINT_FILE)
+    if not fs.exists(path):
+        raise FFRError(f"checkpoint {directory!r} has no {CHECKPOINT_FILE}; expected a training checkpoint directory")
+    with fs.open(path, "rb") as f:
+        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)

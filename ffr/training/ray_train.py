@@ -1,0 +1,146 @@
+"""Thin Ray glue: one stage = one ``TorchTrainer`` run (Ray Train V2), final evaluation = one Ray task.
+
+The run lives at ``RunConfig(storage_path, name)``; rerunning with the same name resumes from its latest
+checkpoint, and ``FailureConfig(max_failures)`` restarts dead workers from it. Checkpoints are ranked by
+validation worst-group accuracy, so the best one and the latest one are always kept.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from ffr.config import build, to_dict
+from ffr.errors import FFRError
+from ffr.storage import is_remote, pyarrow_filesystem
+from ffr.training import evaluation, loop
+from ffr.training.config import StageSpec, TrainConfig, parse
+from ffr.training.stage import SCORE, Session, run_stage
+
+
+class RayTrainSession(Session):
+    """The Session of one Ray Train worker: DDP over gloo/nccl, checkpoints through ``ray.train.report``."""
+
+    def __init__(self) -> None:
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        super().__init__(ray.train.torch.get_device())
+
+    def prepare_model(self, model):
+        return ray.train.torch.prepare_model(model)
+
+    def all_reduce(self, tensor):
+        if self.world_size > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def gather(self, obj):
+        if self.world_size == 1:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def sync_buffers(self, model):
+        if self.world_size > 1:
+            for buffer in loop.unwrap(model).buffers():
+                dist.broadcast(buffer, src=0)
+
+    def restore(self):
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return loop.load_state(directory)
+
+    def report(self, metrics, state, epoch):
+        if state is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            loop.save_state(state, directory)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                             checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}")
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    cfg, spec = parse(loop_config["config"]), build(StageSpec, loop_config["stage"])
+    run_stage(cfg, spec, RayTrainSession(), run_directory=loop_config["run_dir"])
+
+
+def _storage(storage_path: str) -> tuple[str, object | None]:
+    """Ray Train wants a bare path plus a pyarrow filesystem for S3 (ray_anchors §1.4)."""
+    if not is_remote(storage_path):
+        return pyarrow_filesystem(storage_path)[1], None
+    fs, inner = pyarrow_filesystem(storage_path)
+    return inner, fs
+
+
+def checkpoint_uri(storage_path: str, checkpoint: ray.train.Checkpoint) -> str:
+    """A checkpoint's path as a URI the rest of ffr (and users) can open."""
+    if is_remote(storage_path):
+        return f"{storage_path.split('://', 1)[0]}://{checkpoint.path.lstrip('/')}"
+    return checkpoint.path
+
+
+def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_directory: str) -> tuple[str, dict, str]:
+    """Train one stage on Ray Train; returns (best checkpoint URI, its reported metrics, latest checkpoint URI)."""
+    from ray.train.torch import TorchTrainer
+
+    path, filesystem = _storage(storage_path)
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(cfg), "stage": to_dict(spec), "run_dir": run_directory},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=spec.run_name, storage_path=path, storage_filesystem=filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures,
+                                                   controller_failure_limit=cfg.controller_failure_limit),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
+                                                         checkpoint_score_attribute=SCORE,
+                                                         checkpoint_score_order="max")))
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    ranked = [(c, m) for c, m in (result.best_checkpoints or []) if SCORE in m]
+    if not ranked:
+        raise FFRError(f"run {spec.run_name!r} finished without a checkpoint; is epochs > 0?")
+    best, metrics = max(ranked, key=lambda cm: cm[1][SCORE])
+    return checkpoint_uri(storage_path, best), metrics, checkpoint_uri(storage_path, result.checkpoint)
+
+
+def _device(use_gpu: bool) -> torch.device:
+    return torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+
+
+@ray.remote
+def _evaluate_task(config: dict, stage: dict, checkpoint_dir: str) -> dict:
+    cfg = parse(config)
+    return evaluation.evaluate_checkpoint(cfg, build(StageSpec, stage), checkpoint_dir, _device(cfg.use_gpu))
+
+
+@ray.remote
+def _misclassified_task(config: dict, stage: dict, checkpoint_dir: str) -> np.ndarray:
+    cfg = parse(config)
+    return evaluation.misclassified(cfg, build(StageSpec, stage), checkpoint_dir, _device(cfg.use_gpu))
+
+
+def _remote(task, cfg: TrainConfig):
+    return task.options(num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0)
+
+
+def evaluate(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str) -> dict:
+    """Val/test metrics (and DFR) of a checkpoint, computed where the training workers would run."""
+    return ray.get(_remote(_evaluate_task, cfg).remote(to_dict(cfg), to_dict(spec), checkpoint_dir))
+
+
+def misclassified(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str) -> np.ndarray:
+    return ray.get(_remote(_misclassified_task, cfg).remote(to_dict(cfg), to_dict(spec), checkpoint_dir))

@@ -1,0 +1,157 @@
+"""One training run (one stage), start to finish, without Ray.
+
+``run_stage`` builds the data, model and method, restores the latest checkpoint if there is one, then
+trains epoch by epoch: validation after every epoch, one metrics record, one checkpoint. Everything that
+depends on where it runs — rank, device, all-reduce, checkpoint storage — comes through a
+:class:`Session`; ``ffr.training.ray_train`` provides the Ray Train one, the default runs in-process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+import ffr.methods
+from ffr.backbones import create_backbone
+from ffr.metrics import summarize
+from ffr.storage import filesystem
+from ffr.training import loop
+from ffr.training.config import StageSpec, TrainConfig, resolved
+from ffr.training.data import ExperimentData, load_experiment_data
+from ffr.training.rundir import append_metrics
+from ffr.training.sampling import EpochSampler
+
+EVAL_BATCH = 256
+SCORE = "selection_score"
+
+
+class Session:
+    """A single local process. Subclasses override the distributed and checkpointing parts."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.device = device or torch.device("cpu")
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def gather(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Make every worker's BatchNorm statistics rank 0's before evaluating (DDP only)."""
+
+    def restore(self) -> dict | None:
+        """The latest checkpoint's state of this run, when resuming."""
+        return None
+
+    def report(self, metrics: dict, state: dict | None, epoch: int) -> None:
+        """Called on every worker after every epoch; ``state`` (the checkpoint) only on rank 0."""
+
+
+def selection_score(val_worst_group_acc: float, epoch: int) -> float:
+    """Model selection: best validation WGA; ties go to the earliest epoch."""
+    wga = val_worst_group_acc if math.isfinite(val_worst_group_acc) else -1.0
+    return wga - 1e-9 * epoch
+
+
+def epoch_line(spec: StageSpec, record: dict, group_names: list[str]) -> str:
+    groups = "  ".join(f"{name} {record[f'val_acc_group_{g}']:.3f}" for g, name in enumerate(group_names)
+                       if f"val_acc_group_{g}" in record)
+    return (f"[{spec.run_name}] stage {spec.stage} epoch {record['epoch'] + 1}/{spec.epochs}  "
+            f"loss {record['train_loss']:.4f}  val WGA {record['val_worst_group_acc']:.3f}  "
+            f"mean {record['val_mean_group_acc']:.3f} | {groups}")
+
+
+def _fault_hook(cfg: TrainConfig, epoch: int, rank: int):
+    fi = cfg.fault_injection
+    if fi is None or fi.kill_at_epoch != epoch or fi.rank != rank:
+        return None
+
+    def on_batch(i: int) -> None:
+        fs, marker = filesystem(fi.marker)
+        if i + 1 >= fi.after_batches and not fs.exists(marker):
+            with fs.open(marker, "w") as f:
+                f.write(f"killed at epoch {epoch} batch {i}\n")
+            os._exit(1)
+
+    return on_batch
+
+
+def gather_predictions(model, dataset, session: Session, batch: int = EVAL_BATCH) -> np.ndarray:
+    """Predictions for the whole dataset, each worker predicting a strided share."""
+    share = np.arange(len(dataset))[session.rank::session.world_size]
+    preds, index = loop.predict(model, loop.loader(dataset, batch, indices=share), session.device)
+    out = np.empty(len(dataset), dtype=np.int64)
+    for p, i in session.gather((preds, index)):
+        out[i] = p
+    return out
+
+
+def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory: str | None = None,
+              data: ExperimentData | None = None) -> list[dict]:
+    """Train one stage; returns the epoch records this call produced (rank 0 also writes them)."""
+    data = data or load_experiment_data(cfg)
+    stage_data = data.stages[spec.stage]
+    torch.manual_seed(cfg.seed)
+    train_set = loop.image_dataset(stage_data.train, cfg.image_size, stage_data.train_spec, cfg.cache_in_memory)
+    val_set = loop.image_dataset(data.val, cfg.image_size, None, cfg.cache_in_memory)
+    train_groups = stage_data.train.groups(stage_data.train_spec)
+    val_y, val_groups = data.val.y, data.val.groups()
+    group_names = data.val.spec.group_names()
+
+    method = ffr.methods.create(spec.method, **spec.method_hparams)
+    method.setup(train_groups, stage_data.train_spec.n_groups)
+    if spec.error_set is not None:
+        method.set_error_set(np.asarray(spec.error_set, dtype=bool))
+    method.all_reduce = session.all_reduce
+
+    model = create_backbone(cfg.backbone, data.val.spec.n_classes,
+                            pretrained=None if spec.init_checkpoint else cfg.pretrained)
+    state = session.restore()
+    start_epoch, attempt_start = 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        method.load_state_dict(state["method"])
+        start_epoch = attempt_start = int(state["epoch"]) + 1
+    elif spec.init_checkpoint:
+        model.load_state_dict(loop.load_state(spec.init_checkpoint)["model"])
+    model = session.prepare_model(model)
+    optimizer = loop.build_optimizer(spec.optimizer, model.parameters(), spec.lr, spec.weight_decay, spec.momentum)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+
+    sampler = EpochSampler(len(train_set), method.sampling_weights(train_groups),
+                           method.draws_per_epoch(len(train_set)), cfg.seed, session.rank, session.world_size)
+    batches = loop.loader(train_set, -(-spec.batch_size // session.world_size), sampler=sampler,
+                          workers=cfg.loader_workers)
+    records = []
+    for epoch in range(start_epoch, spec.epochs):
+        sampler.set_epoch(epoch)
+        loss_sum, seen = loop.train_one_epoch(model, batches, method, optimizer, session.device,
+                                              _fault_hook(cfg, epoch, session.rank))
+        totals = session.all_reduce(torch.tensor([loss_sum, seen], dtype=torch.float64, device=session.device))
+        session.sync_buffers(model)
+        val = summarize(gather_predictions(model, val_set, session), val_y, val_groups)
+        record = {"stage": spec.stage, "epoch": epoch, "train_loss": float(totals[0] / totals[1].clamp(min=1)),
+                  **{f"val_{k}": v for k, v in val.items()}, "attempt_start_epoch": attempt_start}
+        record[SCORE] = selection_score(record["val_worst_group_acc"], epoch)
+        checkpoint = None
+        if session.rank == 0:
+            if run_directory is not None:
+                append_metrics(run_directory, record)
+            print(epoch_line(spec, record, group_names), flush=True)
+            checkpoint = {"model": loop.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                          "epoch": epoch, "method": method.state_dict(), "config": resolved(cfg, spec),
+                          "metrics": record}
+        session.report(record, checkpoint, epoch)
+        records.append(record)
+    return records
