@@ -247,7 +247,7 @@ def test_bad_options_fail_before_reading(tmp_path):
 
 @pytest.mark.parametrize("name", REAL_READERS)
 def test_s3_root_gives_the_same_splits_as_local(name, tmp_path, s3_bucket):
-    options = FIXTURES[name](tmp_path)
+    options = FIXTURES[name](tmp_path, scale=0.4)  # fewer objects to upload: moto is slow per request
     local_root = options["root"]
     s3_root = f"{s3_bucket}/data/{Path(local_root).name}"
     fs, inner = filesystem(s3_root)
@@ -368,3 +368,12 @@ def test_malformed_metadata_values(tmp_path):
     with pytest.raises(FFRError) as e:
         create("folder", class_names=["only-one"], **build_folder(tmp_path / "again", scale=0.3))
     one_line_error(e, "y value 1", "only-one")
+
+
+def test_relative_local_root_resolves_to_an_absolute_loader(tmp_path, monkeypatch):
+    build_waterbirds(tmp_path, scale=0.2)
+    monkeypatch.chdir(tmp_path)
+    splits = create("waterbirds", root="waterbirds")
+    key = splits["train"].table["key"].iloc[0]
+    monkeypatch.chdir("/")  # e.g. a Ray worker's own working directory
+    assert splits["train"].load_image(key).size == (8, 8)

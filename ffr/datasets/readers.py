@@ -41,6 +41,8 @@ class DatasetRoot:
         self.uri = str(root).rstrip("/") or "/"
         self.dataset = dataset
         self.fs, self.path = filesystem(self.uri)
+        if not is_remote(self.uri):
+            self.uri = self.path  # absolute: Ray workers run in another working directory
         if is_remote(self.uri):
             self.fs.invalidate_cache()  # s3fs caches listings; a dataset uploaded since must be seen
         if not self.fs.isdir(self.path):
