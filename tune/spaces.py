@@ -1,0 +1,40 @@
+"""Search spaces: the (kind, ...) tuples declared beside each method → Ray Tune domains.
+
+``ffr.methods`` declares ``HParam(name, default, space)`` without importing Ray; this is the one place that
+turns those tuples (and the same tuples written in sweep configs) into ``ray.tune`` sampling objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import tune
+
+from ffr.errors import FFRError
+from ffr.methods import METHODS
+
+KINDS = ("loguniform", "uniform", "choice", "randint", "grid")
+
+
+def to_domain(space: Any, where: str):
+    """('loguniform', lo, hi) | ('uniform', lo, hi) | ('randint', lo, hi) | ('choice', [..]) | ('grid', [..])."""
+    if not isinstance(space, (list, tuple)) or not space or space[0] not in KINDS:
+        raise FFRError(f"search space for {where!r} is {space!r}; expected [kind, ...] with kind in {', '.join(KINDS)}")
+    kind, *args = space
+    if kind in ("choice", "grid"):
+        if len(args) != 1 or not isinstance(args[0], (list, tuple)) or not args[0]:
+            raise FFRError(f"search space for {where!r}: {kind} needs one non-empty list of values, got {args!r}")
+        values = [list(v) if isinstance(v, tuple) else v for v in args[0]]
+        return tune.grid_search(values) if kind == "grid" else tune.choice(values)
+    if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args) or not args[0] < args[1]:
+        raise FFRError(f"search space for {where!r}: {kind} needs two numbers lo < hi, got {args!r}")
+    if kind == "loguniform":
+        if args[0] <= 0:
+            raise FFRError(f"search space for {where!r}: loguniform needs lo > 0, got {args[0]!r}")
+        return tune.loguniform(*args)
+    return tune.uniform(*args) if kind == "uniform" else tune.randint(*args)
+
+
+def method_space(name: str) -> dict[str, Any]:
+    """The declared search space of one registered method (empty when it has no hyperparameters)."""
+    return {h.name: to_domain(h.space, f"{name}.{h.name}") for h in METHODS.get(name).hparams}
