@@ -22,13 +22,13 @@ pipeline blacks out flagged images and the black-image filter records them.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -36,8 +36,6 @@ from ffr.errors import FFRError
 from ffr.registry import Registry
 from pipelines.backends.base import BACKENDS, GeneratorBackend
 from pipelines.model_source import resolve_model
-
-log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -110,8 +108,9 @@ class DiffusersSettings:
 
 
 def _row_value(row: dict, key: str, default: Any) -> Any:
+    """The row's value, or ``default`` where it is missing, None or NaN (Parquet nulls arrive as either)."""
     value = row.get(key)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
         return default
     return value
 
@@ -133,6 +132,16 @@ def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def _require_xformers(device: torch.device) -> None:
+    try:
+        import xformers  # noqa: F401
+    except ImportError:
+        raise FFRError("attention 'xformers' was requested but xformers is not installed; "
+                       "pip install 'ffr[xformers]' or use attention=sdpa") from None
+    if device.type != "cuda":
+        raise FFRError(f"attention 'xformers' needs a CUDA device, got {device}; use attention=sdpa")
+
+
 @BACKENDS.register("diffusers")
 class DiffusersBackend(GeneratorBackend):
     """Loads the pipeline once (per Ray actor) and generates one image per manifest row, in order."""
@@ -149,6 +158,8 @@ class DiffusersBackend(GeneratorBackend):
         self.config = DiffusersSettings(**settings)
         self.device = _pick_device(self.config.device)
         self.dtype = _pick_dtype(self.config.dtype, self.device)
+        if self.config.attention == "xformers":  # checked before the (slow) model load
+            _require_xformers(self.device)
         self.model_path = resolve_model(self.config.model, self.config.cache_dir)
         self.text2image = self._load()
         self._image2image = None
@@ -177,13 +188,6 @@ class DiffusersBackend(GeneratorBackend):
         denoiser_name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
         denoiser = getattr(pipe, denoiser_name, None)
         if self.config.attention == "xformers":
-            try:
-                import xformers  # noqa: F401
-            except ImportError:
-                raise FFRError("attention 'xformers' was requested but xformers is not installed; "
-                               "pip install 'ffr[xformers]' or use attention=sdpa") from None
-            if self.device.type != "cuda":
-                raise FFRError(f"attention 'xformers' needs a CUDA device, got {self.device}; use attention=sdpa")
             pipe.enable_xformers_memory_efficient_attention()
         # attention == "sdpa": nothing to do, diffusers uses torch's scaled_dot_product_attention by default.
         if self.config.scheduler is not None:
