@@ -24,13 +24,16 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 # Configured on the head like a real deployment would have them; none may surface in job output.
 MLFLOW_TOKEN = "mlflow-token-" + uuid.uuid4().hex
+# cluster.yaml exports the tracking URI before `ray start` on every node; jobs must inherit it from there.
+NODE_TRACKING_URI = "http://10.0.0.10:5000"
 
 
 @pytest.fixture(scope="module")
 def head(s3_endpoint):
     # s3_endpoint put the moto credentials in os.environ: the head (and so the job) inherits them, the way
     # nodes get credentials from their environment or instance role rather than from the runtime env.
-    with local_head(num_cpus=4, env={"MLFLOW_TRACKING_TOKEN": MLFLOW_TOKEN}) as h:
+    with local_head(num_cpus=4, env={"MLFLOW_TRACKING_TOKEN": MLFLOW_TOKEN,
+                                     "MLFLOW_TRACKING_URI": NODE_TRACKING_URI}) as h:
         yield h
 
 
@@ -56,6 +59,14 @@ def test_submit_without_the_cluster_token_is_refused(head):
     result = _ray_job(head, "submit", "--", "python", "-c", "print('should not run')", env=env, timeout=120)
     assert result.returncode != 0
     assert "Unauthorized" in result.stdout + result.stderr or "AuthenticationError" in result.stdout + result.stderr
+
+
+def test_job_shell_sees_the_nodes_tracking_uri(head):
+    # docs/cluster.md passes the head's MLflow URI to `ffr sweep` this way: single quotes locally, so the job's
+    # shell on the cluster expands it from the environment the node started Ray with.
+    result = _ray_job(head, "submit", "--", "bash", "-c", "echo tracking=$MLFLOW_TRACKING_URI", timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"tracking={NODE_TRACKING_URI}" in result.stdout
 
 
 @pytest.fixture(scope="module")
