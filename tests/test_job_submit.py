@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ffr.cluster.local_head import _bin, local_head
+from ffr.cluster.local_head import local_head, venv_bin
 from ffr.cluster.runtime_env import build_runtime_env
 from ffr.cluster.secrets import leaked_secrets
 from ffr.storage import filesystem
@@ -40,7 +40,7 @@ def head(s3_endpoint):
 def _ray_job(head, verb: str, *args: str, timeout: float = 300, env: dict | None = None
              ) -> subprocess.CompletedProcess:
     """``ray job VERB --address HEAD ARGS...`` (options before the entrypoint's ``--``)."""
-    command = [_bin("ray"), "job", verb, "--address", head.address, *args]
+    command = [venv_bin("ray"), "job", verb, "--address", head.address, *args]
     return subprocess.run(command, cwd=REPO, env=env or head.client_env(), capture_output=True, text=True,
                           timeout=timeout)
 

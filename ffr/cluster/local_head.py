@@ -47,7 +47,7 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _bin(name: str) -> str:
+def venv_bin(name: str) -> str:
     """``name`` from this interpreter's environment (the venv's ``ray``, ``ffr``), else from PATH."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else (shutil.which(name) or name)
@@ -123,8 +123,8 @@ def start_local_head(num_cpus: int = 4, env: Mapping[str, str] | None = None, ti
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     })
     head_env.update(env or {})
-    command = [_bin("ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-               f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp_dir}"]
+    command = [venv_bin("ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+               "--dashboard-host=127.0.0.1", f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp_dir}"]
     command += [f"{flag}={port}" for flag, port in ports.items()]
     log = temp_dir / "head.log"
     with open(log, "wb") as out:
@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ffr.cluster.local_head", description=__doc__.splitlines()[0])
     parser.add_argument("--num-cpus", type=int, default=4)
     args = parser.parse_args(argv)
+    # `kill PID` must stop the head too, not only Ctrl-C: turn SIGTERM into the same clean exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         head = start_local_head(args.num_cpus)
     except FFRError as e:
@@ -166,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        # Keep a second Ctrl-C / SIGTERM from interrupting the teardown itself.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         head.stop()
     return 0
 
