@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ffr.cluster.secrets import is_secret_name, scrub
+from ffr.cluster.secrets import configured_secrets, is_secret_name, scrub
 from ffr.errors import FFRError
 
 T = TypeVar("T")
@@ -103,19 +103,20 @@ def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         raise FFRError(f"config section {where or cls.__name__!r}: {e}") from None
 
 
-def redact(obj: Any) -> Any:
+def redact(obj: Any, _secrets: dict[str, str] | None = None) -> Any:
     """Drop values whose key looks like a secret, recursively (configs dumped beside runs, MLflow params).
 
     Keys are matched by ffr.cluster.secrets.is_secret_name (whole words: "tokenizer" is kept). String values
     are also scrubbed of secrets configured in the environment and of URL passwords (``http://user:pw@host``),
     which hide under harmless keys such as ``tracking_uri``.
     """
+    secrets = configured_secrets() if _secrets is None else _secrets  # read the environment once per call
     if isinstance(obj, dict):
-        return {k: ("<redacted>" if is_secret_name(k) else redact(v)) for k, v in obj.items()}
+        return {k: ("<redacted>" if is_secret_name(k) else redact(v, secrets)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [redact(v) for v in obj]
+        return [redact(v, secrets) for v in obj]
     if isinstance(obj, str):
-        return scrub(obj)
+        return scrub(obj, secrets)
     return obj
 
 
