@@ -133,3 +133,16 @@ def _broken(mutate) -> list[str]:
 def test_each_security_rule_fires_on_a_config_that_breaks_it(mutate, expected):
     problems = _broken(mutate)
     assert any(expected in p for p in problems), problems
+
+
+def test_the_private_address_command_in_cluster_yaml_prints_a_private_ip():
+    import ipaddress
+    import subprocess
+    import sys
+
+    config, _ = _load("cluster.yaml")
+    assert "python -m ffr.cluster.network private-address" in "\n".join(config["head_start_ray_commands"])
+    out = subprocess.run([sys.executable, "-m", "ffr.cluster.network", "private-address"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    ip = ipaddress.ip_address(out)
+    assert (ip.is_private or ip.is_loopback) and not ip.is_unspecified

@@ -178,3 +178,16 @@ def test_head_mlflow_server_stores_params_without_secrets(secrets, mlflow_db, tm
         assert leaked_secrets(log.read_text(errors="replace"), secrets) == []
     finally:
         os.killpg(pgid, signal.SIGTERM)
+
+
+def test_runtime_env_cli_prints_json_or_one_error_line(secrets, capsys):
+    from ffr.cluster.runtime_env import main as runtime_env_main
+
+    path = str(REPO / "configs" / "runtime-env.yaml")
+    assert runtime_env_main([path, "FFR_RUN_TAG=nightly"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["env_vars"]["FFR_RUN_TAG"] == "nightly"
+    assert runtime_env_main([path, f"AWS_SECRET_ACCESS_KEY={secrets['AWS_SECRET_ACCESS_KEY']}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert leaked_secrets(captured.err, secrets) == []
