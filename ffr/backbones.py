@@ -117,7 +117,11 @@ def create_backbone(name: str, n_classes: int, pretrained: str | None = None, **
     """The single entry point: a registered backbone with a fresh ``n_classes`` head."""
     if int(n_classes) < 2:
         raise FFRError(f"n_classes {n_classes!r} must be >= 2")
-    return BACKBONES.get(name)(int(n_classes), pretrained=pretrained, **options)
+    factory = BACKBONES.get(name)
+    try:
+        return factory(int(n_classes), pretrained=pretrained, **options)
+    except TypeError as e:
+        raise FFRError(f"backbone {name!r} does not take options {sorted(options)}: {e}") from None
 
 
 def names() -> list[str]:

@@ -37,12 +37,15 @@ class StageOptions:
 @dataclass
 class FaultInjection:
     """For tests of failure recovery: worker ``rank`` kills its own process (``os._exit``) once, after
-    ``after_batches`` batches of epoch ``kill_at_epoch``, if ``marker`` does not exist (it creates it first)."""
+    ``after_batches`` batches of epoch ``kill_at_epoch``, if ``marker`` does not exist (it creates it first).
+    It waits ``delay_s`` first: Ray Train's controller collects reports (and so registers the previous
+    epoch's checkpoint) by polling workers every 2 s, and a real failure does not strike within a second."""
 
     kill_at_epoch: int
     marker: str
     rank: int = 0
     after_batches: int = 1
+    delay_s: float = 5.0
 
 
 @dataclass
@@ -58,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     # model and optimization
     backbone: str = "resnet50"
+    backbone_options: dict[str, Any] = field(default_factory=dict)  # e.g. {width: 16} for small-cnn
     pretrained: str | None = "imagenet"  # "imagenet" (local cache), a weights file path, or null (random init)
     image_size: int = 224
     optimizer: str = "adam"
@@ -139,7 +143,7 @@ def pretrain_stage(cfg: TrainConfig) -> StageSpec:
                      s1.weight_decay if s1.weight_decay is not None else cfg.weight_decay, cfg.momentum,
                      s1.epochs if s1.epochs is not None else cfg.epochs, s1.batch_size or cfg.batch_size)
     depends = {k: getattr(cfg, k) for k in ("dataset", "dataset_options", "synthetic_root", "seed", "backbone",
-                                            "pretrained", "image_size")}
+                                            "backbone_options", "pretrained", "image_size")}
     depends.update({k: v for k, v in dataclasses.asdict(spec).items() if k not in ("run_name",)})
     spec.run_name = f"{cfg.dataset}-ffr-stage1-s{cfg.seed}-{_digest(depends)}"
     return spec

@@ -29,15 +29,16 @@ class ExperimentData:
         return {"train": self.stages[stage].train, "val": self.val, "test": self.test}
 
 
-def load_experiment_data(cfg: TrainConfig) -> ExperimentData:
+def load_experiment_data(cfg: TrainConfig, stage: int | None = None) -> ExperimentData:
+    """All stages' data, or only what ``stage`` needs (workers of FFR's stage 2 never read synthetic data)."""
     real = ffr.datasets.create(cfg.dataset, **cfg.dataset_options)
     for name in ("train", "val", "test"):
         if name not in real or len(real[name]) == 0:
             raise FFRError(f"dataset {cfg.dataset!r} has an empty {name!r} split; training needs train, val and test")
     data_seed = int(cfg.dataset_options.get("seed", 0))
     synthetic = None
-    # FFR stage 2 from a given stage-1 checkpoint needs no synthetic data.
-    skip_stage1 = cfg.variant == "ffr" and cfg.init_checkpoint is not None
+    # FFR's stage 2 trains on real data only: no synthetic data when it starts from a given checkpoint.
+    skip_stage1 = cfg.variant == "ffr" and (cfg.init_checkpoint is not None or stage == METHOD_STAGE)
     if needs_synthetic(cfg.variant) and not skip_stage1:
         if not cfg.synthetic_root:
             raise FFRError(f"variant {cfg.variant!r} needs synthetic_root (a generation output directory)")

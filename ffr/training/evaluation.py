@@ -19,7 +19,7 @@ from ffr.training.stage import EVAL_BATCH
 
 
 def _model(cfg: TrainConfig, n_classes: int, state: dict, device: torch.device):
-    model = create_backbone(cfg.backbone, n_classes, pretrained=None)
+    model = create_backbone(cfg.backbone, n_classes, pretrained=None, **cfg.backbone_options)
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 
@@ -41,7 +41,7 @@ def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, 
     """{"epoch", "val", "test"} (ffr.metrics.summarize dicts); with DFR also "base_val"/"base_test" (the
     backbone's own head) and "dfr" details — "val"/"test" are then the DFR head's."""
     device = device or torch.device("cpu")
-    data = data or load_experiment_data(cfg)
+    data = data or load_experiment_data(cfg, spec.stage)
     state = loop.load_state(checkpoint_dir)
     model = _model(cfg, data.val.spec.n_classes, state, device)
     train_counts = group_counts_of(data.real["train"].groups())
@@ -65,7 +65,7 @@ def misclassified(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, device
                   data: ExperimentData | None = None) -> np.ndarray:
     """JTT's error set: a boolean mask over the stage's training set, True where the model is wrong."""
     device = device or torch.device("cpu")
-    data = data or load_experiment_data(cfg)
+    data = data or load_experiment_data(cfg, spec.stage)
     train = data.stages[spec.stage].train
     model = _model(cfg, data.val.spec.n_classes, loop.load_state(checkpoint_dir), device)
     return _predictions(model, train, cfg, device) != train.y

@@ -33,7 +33,7 @@ IDENTIFICATION = "identification.json"
 def _check_names(cfg: TrainConfig) -> None:
     DATASETS.get(cfg.dataset)
     variants.VARIANTS.get(cfg.variant)
-    backbones.BACKBONES.get(cfg.backbone)
+    backbones.create_backbone(cfg.backbone, 2, pretrained=None, **cfg.backbone_options)  # name and options
     ffr.methods.create(cfg.method, **cfg.method_hparams)  # also validates the hyperparameters
 
 

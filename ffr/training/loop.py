@@ -73,22 +73,24 @@ def build_optimizer(name: str, params, lr: float, weight_decay: float, momentum:
     raise FFRError(f"optimizer {name!r} is unknown; expected adam or sgd")
 
 
-def train_one_epoch(model: nn.Module, batches, method: Method, optimizer, device: torch.device,
-                    on_batch: Callable[[int], None] | None = None) -> tuple[float, int]:
-    """One pass over ``batches``; returns (sum of per-batch loss × batch size, examples seen) on this worker."""
+def train_one_epoch(model: nn.Module, batches, method: Method, optimizer, device: torch.device, n_groups: int,
+                    on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    """One pass over ``batches``. Returns this worker's float64 tensor [loss sum, examples, draws of group
+    0, ..., draws of group G-1], ready to be all-reduced (loss sum = per-batch loss × batch size)."""
     model.train()
-    total, seen = 0.0, 0
+    totals = torch.zeros(2 + n_groups, dtype=torch.float64)
     for i, (x, y, _b, _source, g, _idx) in enumerate(batches):
         x, y, g = x.to(device, non_blocking=True), y.to(device), g.to(device)
         loss = method.loss(model(x), y, g)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss.detach()) * len(y)
-        seen += len(y)
+        totals[0] += float(loss.detach()) * len(y)
+        totals[1] += len(y)
+        totals[2:] += torch.bincount(g.cpu(), minlength=n_groups).to(torch.float64)
         if on_batch is not None:
             on_batch(i)
-    return total, seen
+    return totals
 
 
 @torch.no_grad()

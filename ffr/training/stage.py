@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -79,6 +80,7 @@ def _fault_hook(cfg: TrainConfig, epoch: int, rank: int):
     def on_batch(i: int) -> None:
         fs, marker = filesystem(fi.marker)
         if i + 1 >= fi.after_batches and not fs.exists(marker):
+            time.sleep(fi.delay_s)
             with fs.open(marker, "w") as f:
                 f.write(f"killed at epoch {epoch} batch {i}\n")
             os._exit(1)
@@ -99,7 +101,7 @@ def gather_predictions(model, dataset, session: Session, batch: int = EVAL_BATCH
 def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory: str | None = None,
               data: ExperimentData | None = None) -> list[dict]:
     """Train one stage; returns the epoch records this call produced (rank 0 also writes them)."""
-    data = data or load_experiment_data(cfg)
+    data = data or load_experiment_data(cfg, spec.stage)
     stage_data = data.stages[spec.stage]
     torch.manual_seed(cfg.seed)
     train_set = loop.image_dataset(stage_data.train, cfg.image_size, stage_data.train_spec, cfg.cache_in_memory)
@@ -115,7 +117,7 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
     method.all_reduce = session.all_reduce
 
     model = create_backbone(cfg.backbone, data.val.spec.n_classes,
-                            pretrained=None if spec.init_checkpoint else cfg.pretrained)
+                            pretrained=None if spec.init_checkpoint else cfg.pretrained, **cfg.backbone_options)
     state = session.restore()
     start_epoch, attempt_start = 0, 0
     if state is not None:
@@ -136,13 +138,16 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
     records = []
     for epoch in range(start_epoch, spec.epochs):
         sampler.set_epoch(epoch)
-        loss_sum, seen = loop.train_one_epoch(model, batches, method, optimizer, session.device,
-                                              _fault_hook(cfg, epoch, session.rank))
-        totals = session.all_reduce(torch.tensor([loss_sum, seen], dtype=torch.float64, device=session.device))
+        n_groups = stage_data.train_spec.n_groups
+        totals = session.all_reduce(loop.train_one_epoch(model, batches, method, optimizer, session.device, n_groups,
+                                                         _fault_hook(cfg, epoch, session.rank)).to(session.device))
         session.sync_buffers(model)
         val = summarize(gather_predictions(model, val_set, session), val_y, val_groups)
+        totals = totals.cpu()
         record = {"stage": spec.stage, "epoch": epoch, "train_loss": float(totals[0] / totals[1].clamp(min=1)),
-                  **{f"val_{k}": v for k, v in val.items()}, "attempt_start_epoch": attempt_start}
+                  **{f"val_{k}": v for k, v in val.items()}, "attempt_start_epoch": attempt_start,
+                  "train_draws": int(totals[1]),  # all workers together: the method's draws (+ < world padding)
+                  **{f"train_draws_group_{g}": int(totals[2 + g]) for g in range(n_groups)}}
         record[SCORE] = selection_score(record["val_worst_group_acc"], epoch)
         checkpoint = None
         if session.rank == 0:

@@ -1,0 +1,140 @@
+"""The Ray-free training core: one stage in-process, the run directory contract, configs and CLI errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ffr.cli import main
+from ffr.errors import FFRError
+from ffr.training import rundir
+from ffr.training.config import TrainConfig, method_stage, parse, pretrain_stage
+from ffr.training.data import load_experiment_data
+from ffr.training.evaluation import evaluate_checkpoint
+from ffr.training.loop import save_state
+from ffr.training.stage import Session, run_stage, selection_score
+
+TINY = {"dataset": "colored-digits", "backbone": "small-cnn", "backbone_options": {"width": 8}, "pretrained": None,
+        "image_size": 32, "epochs": 1, "batch_size": 128, "cache_in_memory": True}
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> str:
+    import pipelines
+
+    out = str(tmp_path_factory.mktemp("synthetic"))
+    pipelines.generate({"recipe": "colored-digits", "output": out, "seed": 0, "budget": {"per_group": 530},
+                        "shard_size": 1100, "batch_size": 256, "runner": "local", "progress": False})
+    return out
+
+
+def test_usb_groupdro_trains_on_real_plus_synthetic_groups_in_process(synthetic_root, tmp_path):
+    cfg = parse({**TINY, "variant": "usb", "method": "groupdro", "synthetic_root": synthetic_root})
+    data = load_experiment_data(cfg)
+    spec = method_stage(cfg)
+    train = data.stages[2].train
+    assert set(train.source) == {0, 1} and data.stages[2].train_spec.with_source
+    session = KeepCheckpoints()
+    records = run_stage(cfg, spec, session, run_directory=str(tmp_path), data=data)
+    (record,) = records
+    assert record["train_draws"] == len(train)  # one process, a plain shuffle: every example once
+    draws = [record[f"train_draws_group_{g}"] for g in range(8)]  # (y, b, source) groups
+    expected = np.bincount(train.groups(data.stages[2].train_spec), minlength=8)
+    assert draws == expected.tolist()
+    assert 0.0 <= record["val_worst_group_acc"] <= record["val_mean_group_acc"] <= 1.0
+    assert {f"val_acc_group_{g}" for g in range(4)} <= set(record)
+    assert rundir.read_metrics(str(tmp_path)) == json.loads(json.dumps([record]))
+
+    # The final evaluation of the epoch's checkpoint reproduces its validation numbers exactly.
+    save_state(session.states[0], str(tmp_path / "ckpt"))
+    out = evaluate_checkpoint(cfg, spec, str(tmp_path / "ckpt"), data=data)
+    assert out["epoch"] == 0
+    for key, value in out["val"].items():
+        assert key == "train_weighted_acc" or record[f"val_{key}"] == value
+    assert set(out["test"]) >= {"worst_group_acc", "mean_group_acc", "overall_acc", "acc_group_3"}
+
+
+class KeepCheckpoints(Session):
+    def __init__(self):
+        super().__init__()
+        self.states = []
+
+    def report(self, metrics, state, epoch):
+        self.states.append(state)
+
+
+def test_run_names_follow_the_experiment_not_the_infrastructure():
+    a = parse({**TINY, "variant": "ffr", "synthetic_root": "x"})
+    b = parse({**TINY, "variant": "ffr", "synthetic_root": "x", "num_workers": 4, "storage_path": "s3://b/p"})
+    c = parse({**TINY, "variant": "ffr", "synthetic_root": "x", "lr": 0.1})
+    assert method_stage(a).run_name == method_stage(b).run_name != method_stage(c).run_name
+    d = parse({**TINY, "variant": "ffr", "synthetic_root": "x", "method": "groupdro"})
+    assert pretrain_stage(a).run_name == pretrain_stage(d).run_name  # stage 1 is shared by stage-2 methods
+    assert pretrain_stage(a).lr == 1e-4 and pretrain_stage(a).method == "erm"
+    assert method_stage(parse({**TINY, "run_name": "mine"})).run_name == "mine"
+
+
+def test_selection_prefers_best_wga_then_earliest_epoch():
+    assert selection_score(0.8, 5) > selection_score(0.7, 0)
+    assert selection_score(0.8, 1) > selection_score(0.8, 2)
+    assert selection_score(float("nan"), 0) < selection_score(0.0, 30)
+
+
+def test_resumed_epochs_replace_their_metrics_records(tmp_path):
+    d = str(tmp_path)
+    for epoch in (0, 1, 2, 1, 2):  # a worker died during epoch 2; the run resumed after epoch 0's checkpoint
+        rundir.append_metrics(d, {"stage": 2, "epoch": epoch, "train_loss": float(epoch), "x": float("nan")})
+    records = rundir.read_metrics(d)
+    assert [r["epoch"] for r in records] == [0, 1, 2] and records[0]["x"] is None
+
+
+def _fake_run(root, name, seed, lr, wga, stage=1):
+    d = str(root / name)
+    rundir.write_config(d, {"dataset": "colored-digits", "seed": seed, "lr": lr, "run_name": name})
+    save_state({"model": {}}, f"{d}/checkpoint_epoch0000")
+    rundir.write_result(d, {"run_name": name, "stage": stage, "seed": seed, "best_val_worst_group_acc": wga,
+                            "checkpoint": f"{d}/checkpoint_epoch0000"})
+    return d
+
+
+def test_best_stage1_run_is_chosen_by_mean_val_wga_over_seeds(tmp_path):
+    # lr 0.1 has the single best run, but lr 0.01 is better on average over seeds (FFR's get_best_hyper).
+    _fake_run(tmp_path, "a0", 0, 0.1, 0.90)
+    _fake_run(tmp_path, "a1", 1, 0.1, 0.40)
+    b0 = _fake_run(tmp_path, "b0", 0, 0.01, 0.80)
+    b1 = _fake_run(tmp_path, "b1", 1, 0.01, 0.75)
+    _fake_run(tmp_path, "c0", 0, 0.5, 0.99, stage=2)  # stage-2 runs are not candidates
+    assert rundir.best_run_of_sweep(str(tmp_path), seed=0) == b0
+    assert rundir.best_run_of_sweep(str(tmp_path), seed=1) == b1
+    assert rundir.resolve_checkpoint(f"best:{tmp_path}", 1) == f"{b1}/checkpoint_epoch0000"
+    assert rundir.resolve_checkpoint(b0, 0) == f"{b0}/checkpoint_epoch0000"
+    assert rundir.resolve_checkpoint(f"{b0}/checkpoint_epoch0000", 0) == f"{b0}/checkpoint_epoch0000"
+    with pytest.raises(FFRError, match="seed 7"):
+        rundir.best_run_of_sweep(str(tmp_path), seed=7)
+    with pytest.raises(FFRError, match="neither a checkpoint"):
+        rundir.resolve_checkpoint(str(tmp_path / "nowhere"), 0)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["bogus=1"], "unknown config key 'bogus'"),
+    (["method=nope"], "unknown stage-2 method 'nope'"),
+    (["variant=ffr"], "needs synthetic_root"),
+    (["optimizer=rmsprop"], "optimizer 'rmsprop'"),
+    (["backbone=vit"], "unknown backbone 'vit'"),
+    (["method_hparams={step: 1}"], "no hyperparameter 'step'"),
+    (["epochs=-1"], "epochs = -1"),
+    (["backbone_options={depth: 3}"], "does not take options ['depth']"),
+])
+def test_cli_user_errors_are_one_line_exit_2(tmp_path, capsys, overrides, message):
+    config = tmp_path / "train.yaml"
+    config.write_text("dataset: colored-digits\nbackbone: small-cnn\npretrained: null\n")
+    assert main(["train", "--config", str(config), f"storage_path={tmp_path}", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not list(tmp_path.glob("*/result.json"))
+
+
+def test_config_types_are_checked():
+    with pytest.raises(FFRError, match="expected int"):
+        parse({"epochs": "many"})
+    assert isinstance(parse({}), TrainConfig)
