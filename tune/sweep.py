@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from ray import tune
 from ffr.config import build, load_config, redact, set_dotted, to_dict
 from ffr.errors import FFRError
 from ffr.methods import METHODS
-from ffr.storage import filesystem, join
+from ffr.storage import filesystem, is_remote, join
 from ffr.training import rundir
 from ffr.training.config import TrainConfig, parse
 from tune.spaces import method_space, to_domain
@@ -123,6 +124,18 @@ def _trainable(params: dict[str, Any], base: dict[str, Any]) -> None:
         tune.report({METRIC: result["best_val_worst_group_acc"], "epoch": result.get("best_epoch") or 0})
 
 
+def tracking_uri_for(cfg: SweepConfig) -> str | None:
+    """The config's URI, else $MLFLOW_TRACKING_URI (the head's server on a cluster), else a sqlite file beside
+    a local sweep (MLflow ≥ 3.13 rejects ./mlruns file stores); None for an S3 sweep with no server."""
+    if cfg.mlflow.tracking_uri:
+        return cfg.mlflow.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if is_remote(cfg.storage_path):
+        return None
+    return f"sqlite:///{os.path.abspath(join(cfg.storage_path, 'mlflow.db'))}"
+
+
 def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
     """Run the sweep; returns one row per trial (config + final metrics), also written as sweep_results.csv."""
     from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -138,8 +151,9 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
                                reduction_factor=cfg.scheduler.reduction_factor)
                  if cfg.scheduler.type == "asha" else FIFOScheduler())
     callbacks = []
-    if cfg.mlflow.tracking_uri:
-        callbacks.append(MLflowLoggerCallback(tracking_uri=cfg.mlflow.tracking_uri,
+    tracking_uri = tracking_uri_for(cfg)
+    if tracking_uri:
+        callbacks.append(MLflowLoggerCallback(tracking_uri=tracking_uri,
                                               experiment_name=cfg.mlflow.experiment_name or cfg.name,
                                               tags=redact(dict(cfg.mlflow.tags)), save_artifact=False))
     from ffr.storage import pyarrow_filesystem
