@@ -159,6 +159,16 @@ def build_folder(tmp_path: Path, scale: float = 1.0, fmt: str = "csv", with_spli
     return {"root": str(root), "metadata": name}
 
 
+def build_synthetic(tmp_path: Path, per_group: int = 10) -> dict:
+    """A generation output of the colored-digits recipe (procedural backend, in-process), split 60/20/20."""
+    import pipelines
+
+    out = str(tmp_path / "synthetic")
+    pipelines.generate({"recipe": "colored-digits", "output": out, "seed": 0, "budget": {"per_group": per_group},
+                        "shard_size": 4 * per_group, "runner": "local", "progress": False})
+    return {"root": out, "fractions": (0.6, 0.2, 0.2)}
+
+
 FIXTURES: dict[str, Callable[[Path], dict]] = {
     "celeba-hq": build_celeba_hq,
     "utk-face": build_utk_face,
@@ -166,4 +176,6 @@ FIXTURES: dict[str, Callable[[Path], dict]] = {
     "waterbirds": build_waterbirds,
     "folder": build_folder,
     # "colored-digits" and "synthetic": added by the training helper (readers in ffr/datasets/).
+    "colored-digits": lambda tmp_path: {"bias_ratio": 0.95},  # embedded data: no files
+    "synthetic": lambda tmp_path: build_synthetic(tmp_path),
 }

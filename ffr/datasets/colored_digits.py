@@ -36,6 +36,18 @@ def digit_intensities(size: int = cd.IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray
     return images[:, 0].clamp(0, 1).numpy(), digits.target.astype(np.int64)
 
 
+class DigitImages:
+    """key → colored PIL image, rendered on demand (a plain picklable object, for DataLoader workers)."""
+
+    def __call__(self, key: str) -> Image.Image:
+        try:
+            _, index, color = key.split("/")
+            intensity = digit_intensities()[0][int(index)]
+            return Image.fromarray(cd.colorize(intensity, cd.BIAS_NAMES.index(color)))
+        except (ValueError, IndexError):
+            raise FFRError(f"colored-digits key {key!r} is not of the form digits/<index>/<red|green>") from None
+
+
 @DATASETS.register("colored-digits")
 def colored_digits(root: str | None = None, bias_ratio: float | None = 0.95, seed: int = 0,
                    pre_skew: float = PRE_SKEW) -> dict[str, GroupedSplit]:
@@ -57,13 +69,7 @@ def colored_digits(root: str | None = None, bias_ratio: float | None = 0.95, see
                          "digit": int(digits[i]), "split": split_of[i]})
     table = pd.DataFrame(rows)
 
-    def load_image(key: str) -> Image.Image:
-        try:
-            _, index, color = key.split("/")
-            return Image.fromarray(cd.colorize(intensities[int(index)], cd.BIAS_NAMES.index(color)))
-        except (ValueError, IndexError):
-            raise FFRError(f"colored-digits key {key!r} is not of the form digits/<index>/<red|green>") from None
-
+    load_image = DigitImages()
     splits = {name: GroupedSplit(cd.SPEC, table[table["split"] == name].drop(columns="split"), load_image, name)
               for name in ("train", "val", "test")}
     return apply_bias_ratio(splits, bias_ratio, seed)

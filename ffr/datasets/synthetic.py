@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ffr.datasets.base import DATASETS, GroupedSplit, decode_image
+from ffr.datasets.splitting import random_split
 from ffr.errors import FFRError
 from ffr.groups import SYNTHETIC
 from ffr.shards import ShardReader
@@ -46,10 +47,26 @@ def _parse_counts(counts) -> dict[tuple[int, int], int] | None:
     return out
 
 
+class ShardImages:
+    """image key → PIL image from the shards (a plain picklable object, for DataLoader workers)."""
+
+    def __init__(self, reader: ShardReader) -> None:
+        self.reader = reader
+
+    def __call__(self, key: str):
+        try:
+            data = self.reader.image_bytes(key)
+        except KeyError:
+            raise FFRError(f"synthetic image {key!r} is not in the shards under {self.reader.root!r}") from None
+        return decode_image(data, f"{self.reader.root}:{key}")
+
+
 @DATASETS.register("synthetic")
-def synthetic(root: str, bias_ratio: float | None = None, seed: int = 0,
-              counts: dict | None = None) -> dict[str, GroupedSplit]:
-    """All accepted images under ``root`` (or ``counts`` per group); ``bias_ratio`` does not apply and is ignored."""
+def synthetic(root: str, bias_ratio: float | None = None, seed: int = 0, counts: dict | None = None,
+              fractions: tuple[float, float, float] | None = None) -> dict[str, GroupedSplit]:
+    """All accepted images under ``root`` (or ``counts`` per group) as ``train``; ``bias_ratio`` does not
+    apply and is ignored. ``fractions`` (e.g. 0.8, 0.1, 0.1) splits them seeded instead, to measure
+    accuracy on held-out synthetic images."""
     reader = ShardReader(root)
     meta = reader.metadata
     table = pd.DataFrame({"key": meta["image_key"].astype(str), "y": meta["y"].astype(np.int64),
@@ -57,18 +74,14 @@ def synthetic(root: str, bias_ratio: float | None = None, seed: int = 0,
     # Shards finish in any order; sort by id so a selection depends on the images, not on shard timing.
     table = table.sort_values("id", kind="stable").reset_index(drop=True)
 
-    def load_image(key: str):
-        try:
-            data = reader.image_bytes(key)
-        except KeyError:
-            raise FFRError(f"synthetic image {key!r} is not in the shards under {root!r}") from None
-        return decode_image(data, f"{root}:{key}")
-
+    load_image = ShardImages(reader)
     wanted = _parse_counts(counts)
     if wanted is not None:
         table = table.iloc[select_per_group(table["y"].to_numpy(), table["b"].to_numpy(), wanted, seed,
                                             f"synthetic set {root!r}")]
-    empty = table.iloc[:0]
-    return {"train": GroupedSplit(reader.spec, table, load_image, "train"),
-            "val": GroupedSplit(reader.spec, empty, load_image, "val"),
-            "test": GroupedSplit(reader.spec, empty, load_image, "test")}
+    if fractions is None:
+        parts = {"train": table, "val": table.iloc[:0], "test": table.iloc[:0]}
+    else:
+        split_of = random_split(len(table), seed, tuple(fractions))
+        parts = {name: table[split_of == name] for name in ("train", "val", "test")}
+    return {name: GroupedSplit(reader.spec, part, load_image, name) for name, part in parts.items()}
