@@ -138,7 +138,7 @@ def test_diffusers_img2img_d3s_guides_through_ray_to_s3(ray_cluster, s3_bucket, 
                                                                "background_root": bg}},
               "output": root, "budget": {"per_group": 1}, "shard_size": 5, "batch_size": 4, "seed": 2,
               "generator": {"steps": 3, "height": 32, "width": 32}, "backend": _diffusers_backend(tiny_sd_model),
-              "progress": False, "image_format": "webp", "ray": {"max_actors": 2}}
+              "progress": False, "image_format": "webp"}
     manifest = plan(config)
     assert (manifest["mode"] == "img2img").all() and (manifest["strength"] == 0.9).all()
     summary = generate(config)
