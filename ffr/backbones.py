@@ -66,10 +66,9 @@ def _torchvision_weights(builder, weights_enum, pretrained: str | None) -> nn.Mo
             return model
         pretrained = cached
     state = _read_state(pretrained)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    loaded = len(model.state_dict()) - len(missing)
-    if loaded == 0:
+    if not set(state) & set(model.state_dict()):
         raise FFRError(f"pretrained weights {pretrained!r} match no parameter of {builder.__name__}")
+    _, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         warnings.warn(f"{len(unexpected)} keys of {pretrained!r} were not used (e.g. {unexpected[0]!r})", stacklevel=3)
     return model

@@ -1,0 +1,56 @@
+"""Every registered backbone: logits, penultimate features, new head; ImageNet weights only from local files."""
+
+import warnings
+
+import pytest
+import torch
+import torchvision
+
+from ffr.backbones import BACKBONES, create_backbone
+from ffr.errors import FFRError
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_every_backbone_gives_logits_and_features(name):
+    model = create_backbone(name, n_classes=3, pretrained=None).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits, feats = model(x), model.features(x)
+    assert logits.shape == (2, 3) and feats.shape == (2, model.feature_dim)
+    assert torch.allclose(model.head(feats), logits, atol=1e-5)  # features are exactly what the head sees
+    assert sum(p.requires_grad for p in model.parameters()) == len(list(model.parameters()))  # all layers train
+
+
+def test_weights_from_a_local_file_and_from_the_torchvision_cache(tmp_path, monkeypatch):
+    source = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    model = create_backbone("resnet18", n_classes=4, pretrained=str(path))
+    assert torch.equal(model.trunk[0].weight, source.conv1.weight)
+    assert model.head.out_features == 4
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
+    with pytest.warns(UserWarning, match="random init"):
+        create_backbone("resnet18", n_classes=2, pretrained="imagenet")
+    cached = hub / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(source.state_dict(), cached)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = create_backbone("resnet18", n_classes=2, pretrained="imagenet")
+    assert torch.equal(model.trunk[0].weight, source.conv1.weight)
+
+
+def test_bad_backbone_requests_are_clear_errors(tmp_path):
+    with pytest.raises(FFRError, match="unknown backbone 'vit'"):
+        create_backbone("vit", 2)
+    with pytest.raises(FFRError, match="does not exist"):
+        create_backbone("resnet18", 2, pretrained=str(tmp_path / "missing.pth"))
+    with pytest.raises(FFRError, match="n_classes"):
+        create_backbone("small-cnn", 1)
+    with pytest.raises(FFRError, match="does not take options"):
+        create_backbone("small-cnn", 2, depth=9)
+    torch.save({"unrelated": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(FFRError, match="match no parameter"):
+        create_backbone("resnet18", 2, pretrained=str(tmp_path / "other.pth"))
