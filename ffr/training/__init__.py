@@ -11,11 +11,13 @@ from __future__ import annotations
 from ffr.training.config import TrainConfig
 
 
-def run_experiment(config: TrainConfig | dict) -> dict:
-    """Run every stage of one experiment (see :mod:`ffr.training.experiment`); returns the final result."""
+def run_experiment(config: TrainConfig | dict, callbacks: list | None = None) -> dict:
+    """Run every stage of one experiment (see :mod:`ffr.training.experiment`); returns the final result.
+
+    ``callbacks``: Ray Train ``UserCallback`` objects for the stage-2 run (e.g. Tune's TuneReportCallback)."""
     from ffr.training.experiment import run_experiment as _run
 
-    return _run(config)
+    return _run(config, callbacks)
 
 
 __all__ = ["TrainConfig", "run_experiment"]

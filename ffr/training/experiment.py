@@ -48,7 +48,8 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
-def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, storage_path: str | None = None) -> dict:
+def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, storage_path: str | None = None,
+                  callbacks: list | None = None) -> dict:
     """Train (or resume, or skip if finished) one stage, evaluate its best checkpoint, write result.json."""
     from ffr.training import ray_train
 
@@ -65,7 +66,7 @@ def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, stora
             raise FFRError("epochs = 0 only evaluates an existing model; set init_checkpoint")
         best, best_epoch, best_wga = spec.init_checkpoint, None, None
     else:
-        best, metrics, _latest = ray_train.fit_stage(cfg, spec, storage_path, directory)
+        best, metrics, _latest = ray_train.fit_stage(cfg, spec, storage_path, directory, callbacks)
         best_epoch, best_wga = int(metrics["epoch"]), metrics["val_worst_group_acc"]
     evaluated = ray_train.evaluate(cfg, spec, best)
     if best_wga is None:
@@ -102,8 +103,10 @@ def _identify_errors(cfg: TrainConfig, stage2: StageSpec, data: ExperimentData) 
     return errors.tolist()
 
 
-def run_experiment(config: TrainConfig | dict) -> dict:
-    """Run every stage of one experiment; returns the final (stage-2) result.json, plus ``stage1`` for ffr."""
+def run_experiment(config: TrainConfig | dict, callbacks: list | None = None) -> dict:
+    """Run every stage of one experiment; returns the final (stage-2) result.json, plus ``stage1`` for ffr.
+
+    ``callbacks`` (Ray Train UserCallbacks, e.g. Tune's TuneReportCallback) see the stage-2 run only."""
     cfg = parse(config)
     _check_names(cfg)
     data = load_experiment_data(cfg)  # fails fast, before any Ray work, on bad data options
@@ -116,5 +119,5 @@ def run_experiment(config: TrainConfig | dict) -> dict:
     stage2 = method_stage(cfg, init)
     if cfg.method == "jtt" and stage2.epochs > 0:
         stage2.error_set = _identify_errors(cfg, stage2, data)
-    result = run_stage_job(cfg, stage2, data)
+    result = run_stage_job(cfg, stage2, data, callbacks=callbacks)
     return {**result, "stage1": stage1_result}

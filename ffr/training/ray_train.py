@@ -89,7 +89,8 @@ def checkpoint_uri(storage_path: str, checkpoint: ray.train.Checkpoint) -> str:
     return checkpoint.path
 
 
-def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_directory: str) -> tuple[str, dict, str]:
+def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_directory: str,
+              callbacks: list | None = None) -> tuple[str, dict, str]:
     """Train one stage on Ray Train; returns (best checkpoint URI, its reported metrics, latest checkpoint URI)."""
     from ray.train.torch import TorchTrainer
 
@@ -101,7 +102,7 @@ def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_director
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=spec.run_name, storage_path=path, storage_filesystem=filesystem,
+            name=spec.run_name, storage_path=path, storage_filesystem=filesystem, callbacks=list(callbacks or []),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures,
                                                    controller_failure_limit=cfg.controller_failure_limit),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
