@@ -138,3 +138,21 @@ def test_config_types_are_checked():
     with pytest.raises(FFRError, match="expected int"):
         parse({"epochs": "many"})
     assert isinstance(parse({}), TrainConfig)
+
+
+def test_every_example_training_config_is_valid():
+    from pathlib import Path
+
+    import ffr.methods
+    from ffr import backbones, variants
+    from ffr.config import load_config
+    from ffr.datasets import DATASETS
+
+    paths = sorted(Path(__file__).parent.parent.glob("configs/train-*.yaml"))
+    assert len(paths) >= 4 * len(DATASETS.names()) - 4  # every dataset × variant (synthetic is not trained alone)
+    for path in paths:
+        cfg = parse(load_config(str(path)))
+        DATASETS.get(cfg.dataset), variants.VARIANTS.get(cfg.variant), backbones.BACKBONES.get(cfg.backbone)
+        ffr.methods.create(cfg.method, **cfg.method_hparams)
+        assert path.name == f"train-{cfg.dataset}-{cfg.variant}.yaml"
+        assert (cfg.synthetic_root is None) == (cfg.variant == "none"), path
