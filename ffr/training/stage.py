@@ -139,15 +139,18 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
     for epoch in range(start_epoch, spec.epochs):
         sampler.set_epoch(epoch)
         n_groups = stage_data.train_spec.n_groups
+        started = time.perf_counter()
         totals = session.all_reduce(loop.train_one_epoch(model, batches, method, optimizer, session.device, n_groups,
                                                          _fault_hook(cfg, epoch, session.rank)).to(session.device))
+        train_seconds = time.perf_counter() - started
         session.sync_buffers(model)
         val = summarize(gather_predictions(model, val_set, session), val_y, val_groups)
         totals = totals.cpu()
         record = {"stage": spec.stage, "epoch": epoch, "train_loss": float(totals[0] / totals[1].clamp(min=1)),
                   **{f"val_{k}": v for k, v in val.items()}, "attempt_start_epoch": attempt_start,
                   "train_draws": int(totals[1]),  # all workers together: the method's draws (+ < world padding)
-                  **{f"train_draws_group_{g}": int(totals[2 + g]) for g in range(n_groups)}}
+                  **{f"train_draws_group_{g}": int(totals[2 + g]) for g in range(n_groups)},
+                  "train_seconds": train_seconds, "train_samples_per_s": float(totals[1]) / max(train_seconds, 1e-9)}
         record[SCORE] = selection_score(record["val_worst_group_acc"], epoch)
         checkpoint = None
         if session.rank == 0:
