@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -84,6 +85,8 @@ def plan(config: GenerateConfig | dict[str, Any]) -> pd.DataFrame:
 def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
     """Run (or resume) one generation run; returns the summary also written to ``{output}/summary.json``."""
     cfg = to_config(config)
+    if cfg.s3_endpoint:  # before any S3 access; Ray workers get it through the job's runtime_env
+        os.environ["FFR_S3_ENDPOINT"] = cfg.s3_endpoint
     recipe, spec, manifest = _plan(cfg)
     settings = _settings(cfg, recipe)
     print_ = fingerprint(manifest, {"backend": settings.backend, "backend_settings": settings.backend_settings,
@@ -102,12 +105,14 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
         if cfg.runner == "ray":
             from pipelines.job import run_shards  # Ray is imported only when the Ray runner is used
 
-            stream = run_shards(pending, settings, cfg.ray)
+            env = {"FFR_S3_ENDPOINT": cfg.s3_endpoint} if cfg.s3_endpoint else {}
+            stream = run_shards(pending, settings, cfg.ray, env)
         else:
             stream = _run_local(pending, settings)
         run_stats = list(_progress(stream, len(pending), cfg.progress))
     seconds = time.perf_counter() - start
     summary = summarize(cfg.output, spec, info["n_rows"], run_stats, seconds, skipped=len(done))
-    summary["contact_sheets"] = contact_sheets(cfg.output, spec, cfg.contact_sheet_size) if summary["accepted"] else []
+    summary["contact_sheets"] = (contact_sheets(cfg.output, spec, cfg.contact_sheet_size, cfg.contact_sheet_groups)
+                                 if summary["accepted"] else [])
     write_json(cfg.output, "summary.json", summary)
     return summary

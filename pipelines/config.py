@@ -78,6 +78,8 @@ class GenerateConfig:
     runner: str = "ray"  # ray: Ray Data over an actor pool; local: the same worker in this process
     ray: RayConfig = field(default_factory=RayConfig)
     contact_sheet_size: int = 16  # samples per group in each contact sheet
+    contact_sheet_groups: int = 200  # sheets for the first N groups only (d3s has 10,000 groups)
+    s3_endpoint: str | None = None  # S3-compatible endpoint (MinIO...); default $FFR_S3_ENDPOINT / $AWS_ENDPOINT_URL
     progress: bool = True
 
     def validate(self) -> "GenerateConfig":

@@ -37,7 +37,8 @@ def ensure_ray() -> None:
         ray.init()
 
 
-def run_shards(shards: list[int], settings: WorkerSettings, cfg: RayConfig) -> Iterator[dict[str, Any]]:
+def run_shards(shards: list[int], settings: WorkerSettings, cfg: RayConfig,
+               env_vars: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
     """Generate ``shards`` on the cluster; yields each shard's stats as it completes."""
     ensure_ray()
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
@@ -49,6 +50,7 @@ def run_shards(shards: list[int], settings: WorkerSettings, cfg: RayConfig) -> I
                                            max_tasks_in_flight_per_actor=cfg.max_tasks_in_flight_per_actor),
         num_gpus=cfg.num_gpus_per_actor,
         num_cpus=cfg.num_cpus_per_actor,
+        **({"runtime_env": {"env_vars": env_vars}} if env_vars else {}),
     )
     for row in ds.iter_rows():
         yield json.loads(row["stats"])

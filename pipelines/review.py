@@ -40,9 +40,10 @@ def _read_members(root: str, shard: int, keys: set[str]) -> dict[str, bytes]:
     return out
 
 
-def contact_sheets(root: str, spec: GroupSpec, per_group: int = 16) -> list[str]:
-    """Write one grid PNG per group that has accepted images; returns the written paths."""
+def contact_sheets(root: str, spec: GroupSpec, per_group: int = 16, max_groups: int = 200) -> list[str]:
+    """Write one grid PNG per group (the first ``max_groups`` with accepted images); returns their paths."""
     meta = read_metadata(root, accepted_only=True).sort_values("id")
+    meta = meta[meta["group"].isin(sorted(meta["group"].unique())[:max_groups])]
     picked = meta.groupby("group", sort=True).head(per_group)
     images: dict[str, bytes] = {}
     for shard, part in picked.groupby("shard"):

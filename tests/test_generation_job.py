@@ -107,13 +107,14 @@ def _diffusers_backend(model: str) -> dict:
     return {"name": "diffusers", "settings": {"model": model, "dtype": "fp32", "device": "cpu", "batch_size": 4}}
 
 
-def test_diffusers_text_to_image_through_ray_to_s3(ray_cluster, s3_bucket, tiny_sd_model):
+def test_diffusers_text_to_image_through_ray_to_s3(ray_cluster, s3_bucket, s3_endpoint, tiny_sd_model):
     root = f"{s3_bucket}/t2i"
     config = {"recipe": {"name": "custom", "options": {"classes": ["cat", "dog"], "attributes": ["indoors", "outdoors"],
                                                        "templates": ["a photo of a {class} {attribute}"]}},
               "output": root, "budget": {"per_group": 2}, "shard_size": 3, "batch_size": 4, "seed": 11,
               "generator": {"steps": 2, "height": 32, "width": 32}, "backend": _diffusers_backend(tiny_sd_model),
-              "filters": {"gray_threshold": 0}, "progress": False, "image_format": "png"}
+              "filters": {"gray_threshold": 0}, "progress": False, "image_format": "png",
+              "s3_endpoint": s3_endpoint}  # the endpoint from config reaches the actors through runtime_env
     manifest = plan(config)
     summary = generate(config)
     assert summary["complete"] and summary["rows_done"] == 8 and summary["shards_run"] == 3
