@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -193,3 +194,16 @@ def test_example_configs_build(config, capsys):
     assert ffr_main(["generate", *argv]) == 0
     lines = dict(line.split("\t", 1) for line in capsys.readouterr().out.strip().splitlines())
     assert all(v == "2" for k, v in lines.items() if k != "total") and len(lines) > 4
+
+
+def test_cli_generates_and_resumes_in_process(tmp_path, capsys):
+    """``ffr generate`` with the shipped colored-digits config (local runner: no Ray), then a no-op rerun."""
+    argv = ["generate", "--config", "configs/generate-colored-digits.yaml", f"output={tmp_path / 'out'}",
+            "budget.per_group=5", "shard_size=8", "runner=local", "progress=false"]
+    assert ffr_main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["complete"] and first["accepted"] == 20 and first["shards_run"] == 3
+    assert ffr_main(argv) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["shards_run"] == 0 and second["shards_skipped"] == 3 and second["accepted"] == 20
+    assert len(list((tmp_path / "out" / "contact_sheets").glob("*.png"))) == 4
