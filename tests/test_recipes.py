@@ -15,6 +15,7 @@ from PIL import Image
 from ffr.balance import synthetic_counts
 from ffr.cli import main as ffr_main
 from ffr.errors import FFRError
+from ffr.groups import GroupSpec
 from pipelines.api import plan
 from pipelines.guides import make_guide
 from pipelines.manifest import row_seed
@@ -93,15 +94,27 @@ def test_spuco_animals_prompts_use_each_class_breeds():
 
 def test_face_and_d3s_prompts_follow_the_papers():
     celeba = plan({"recipe": "ffr-celeba", "output": "x", "budget": {"per_group": 4}})
-    assert set(celeba.loc[(celeba.y == 1) & (celeba.b == 1), "prompt"]) == {"a headshot of Female celebrity Smiling"}
+    assert set(celeba.loc[(celeba.y == 1) & (celeba.b == 1), "prompt"]) == {"a headshot of Male celebrity Smiling"}
     assert set(celeba.loc[(celeba.y == 0) & (celeba.b == 0), "prompt"]) <= {
-        "a headshot of Male celebrity with serious face", "a headshot of Male celebrity with straight face"}
+        "a headshot of Female celebrity with serious face", "a headshot of Female celebrity with straight face"}
     utk = plan({"recipe": "ffr-utkface", "output": "x", "budget": {"per_group": 8}})
-    assert utk.loc[utk.b == 1, "prompt"].str.match(r"a headshot of a human (Male|Female) in their \w+ties$").all()
+    assert utk.loc[utk.b == 0, "prompt"].str.match(r"a headshot of a human (Male|Female) in their \w+ties$").all()
+    assert utk.loc[(utk.y == 1) & (utk.b == 1), "prompt"].str.startswith("a headshot of a human Female ").all()
     time = plan({"recipe": {"name": "d3s-time", "options": {"classes": [1]}}, "output": "x",
                  "budget": {"per_group": 1}})
     assert set(time["prompt"]) >= {"an old color photo of a goldfish, from the 1800s",
                                    "a futuristic color photo of a goldfish, from the 2200s"}
+
+
+def test_ffr_recipes_use_the_real_readers_group_indices():
+    """Synthetic and real rows are mixed by (y, b): each FFR recipe's spec must equal its real dataset's."""
+    from ffr import colored_digits
+    from ffr.datasets import spuco_animals, utk_face
+
+    assert create("ffr-utkface").spec() == GroupSpec(utk_face.CLASS_NAMES, utk_face.BIAS_NAMES)
+    assert create("ffr-spuco-animals").spec() == GroupSpec(spuco_animals.CLASS_NAMES, spuco_animals.BIAS_NAMES)
+    assert create("ffr-celeba").spec() == GroupSpec(("not Smiling", "Smiling"), ("Female", "Male"))  # celeba_hq
+    assert create("colored-digits").spec() == colored_digits.SPEC
 
 
 def test_d3s_dictionary_adds_definitions(tmp_path):

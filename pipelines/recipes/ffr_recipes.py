@@ -18,10 +18,15 @@ from pipelines.recipes.base import RECIPES, Recipe, load_data, pick
 
 _FACES = {"steps": 25, "guidance_scale": 7.5}  # FFR used 25 steps for faces, 50 for animals
 
+# Class/bias names and their index order are those of the real-data readers (ffr/datasets/celeba_hq.py,
+# utk_face.py, spuco_animals.py): synthetic and real rows are mixed by (y, b), so the indices must agree.
+CELEBA_CLASSES, CELEBA_BIASES = ("not Smiling", "Smiling"), ("Female", "Male")
+UTK_CLASSES, UTK_BIASES = ("Male", "Female"), ("old", "young")
+
 
 @RECIPES.register("ffr-celeba")
 class CelebASmiling(Recipe):
-    """y = Smiling (0 not smiling, 1 smiling), b = gender; "a headshot of {gender} celebrity {expression}"."""
+    """y = Smiling (0 not smiling, 1 smiling), b = gender (0 Female, 1 Male); "a headshot of {gender} celebrity ..."."""
 
     name = "ffr-celeba"
     generator = _FACES
@@ -32,16 +37,16 @@ class CelebASmiling(Recipe):
         self.words = load_data("ffr_faces.yaml")["celeba"]
 
     def spec(self) -> GroupSpec:
-        return GroupSpec(("not smiling", "smiling"), tuple(g.lower() for g in self.words["genders"]))
+        return GroupSpec(CELEBA_CLASSES, CELEBA_BIASES)
 
     def row(self, y: int, b: int, rng: np.random.Generator) -> dict[str, Any]:
         expression = pick(rng, self.words["smiling"] if y == 1 else self.words["not_smiling"])
-        return {"prompt": f"a headshot of {self.words['genders'][b]} celebrity {expression}"}
+        return {"prompt": f"a headshot of {CELEBA_BIASES[b]} celebrity {expression}"}
 
 
 @RECIPES.register("ffr-utkface")
 class UTKFaceGender(Recipe):
-    """y = gender, b = age (0 young, 1 old); "a headshot of a human {gender} {age phrase}"."""
+    """y = gender (0 Male, 1 Female), b = age (0 old, 1 young); "a headshot of a human {gender} {age phrase}"."""
 
     name = "ffr-utkface"
     generator = _FACES
@@ -52,16 +57,16 @@ class UTKFaceGender(Recipe):
         self.words = load_data("ffr_faces.yaml")["utkface"]
 
     def spec(self) -> GroupSpec:
-        return GroupSpec(tuple(g.lower() for g in self.words["genders"]), ("young", "old"))
+        return GroupSpec(UTK_CLASSES, UTK_BIASES)
 
     def row(self, y: int, b: int, rng: np.random.Generator) -> dict[str, Any]:
-        age = pick(rng, self.words["young"] if b == 0 else self.words["old"])
-        return {"prompt": f"a headshot of a human {self.words['genders'][y]} {age}"}
+        age = pick(rng, self.words[UTK_BIASES[b]])
+        return {"prompt": f"a headshot of a human {UTK_CLASSES[y]} {age}"}
 
 
 @RECIPES.register("ffr-spuco-animals")
 class SpuCoAnimals(Recipe):
-    """y ∈ {landbird, waterbird, small dog, big dog}, b ∈ {land, water, indoors, outdoors}."""
+    """y ∈ {landbird, waterbird, small_dog, big_dog}, b ∈ {land, water, indoors, outdoors}."""
 
     name = "ffr-spuco-animals"
     generator = {"steps": 50, "guidance_scale": 7.5}
