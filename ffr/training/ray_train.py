@@ -135,7 +135,9 @@ def _misclassified_task(config: dict, stage: dict, checkpoint_dir: str) -> np.nd
 
 
 def _remote(task, cfg: TrainConfig):
-    return task.options(num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0)
+    # "DEFAULT" scheduling: inside a Tune trial, tasks would otherwise be captured by the trial's placement
+    # group, which holds only the trial driver's CPU (Train's own workers are scheduled outside it too).
+    return task.options(num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0, scheduling_strategy="DEFAULT")
 
 
 def evaluate(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str) -> dict:
