@@ -104,6 +104,16 @@ def test_stage2_from_stage1_with_each_method(ffr_setup, method):
             assert np.allclose(freq, 0.25, atol=0.05), freq
 
 
+def test_dfr_on_a_given_trained_model_without_training(ffr_setup):
+    config, stage1 = ffr_setup
+    stage1_dir = rundir.run_dir(stage1["storage_path"], stage1["run_name"])
+    result = run_experiment({**config, "variant": "none", "synthetic_root": None, "method": "dfr", "epochs": 0,
+                             "init_checkpoint": stage1_dir})  # a run directory resolves to its best checkpoint
+    assert result["checkpoint"] == stage1["checkpoint"] and result["best_epoch"] is None
+    assert result["base_val"]["worst_group_acc"] == stage1["val"]["worst_group_acc"]
+    assert result["dfr"]["best_c"] in C_GRID and 0.0 <= result["test"]["worst_group_acc"] <= 1.0
+
+
 def test_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tmp_path):
     marker = tmp_path / "killed"
     result = run_experiment({**TINY, "epochs": 3, "num_workers": 2, "max_failures": 1, "storage_path": str(tmp_path),
