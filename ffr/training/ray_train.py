@@ -7,6 +7,7 @@ validation worst-group accuracy, so the best one and the latest one are always k
 
 from __future__ import annotations
 
+import sys
 import tempfile
 
 import numpy as np
@@ -58,6 +59,11 @@ class RayTrainSession(Session):
             return None
         with checkpoint.as_directory() as directory:
             return loop.load_state(directory)
+
+    def log(self, line):
+        # Ray Train patches print() to go to its logger *and* the wrapped stdout (two lines); the process's
+        # real stdout still reaches the driver, once.
+        print(line, file=sys.__stdout__, flush=True)
 
     def report(self, metrics, state, epoch):
         if state is None:

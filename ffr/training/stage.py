@@ -57,6 +57,9 @@ class Session:
     def report(self, metrics: dict, state: dict | None, epoch: int) -> None:
         """Called on every worker after every epoch; ``state`` (the checkpoint) only on rank 0."""
 
+    def log(self, line: str) -> None:
+        print(line, flush=True)
+
 
 def selection_score(val_worst_group_acc: float, epoch: int) -> float:
     """Model selection: best validation WGA; ties go to the earliest epoch."""
@@ -156,7 +159,7 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
         if session.rank == 0:
             if run_directory is not None:
                 append_metrics(run_directory, record)
-            print(epoch_line(spec, record, group_names), flush=True)
+            session.log(epoch_line(spec, record, group_names))
             checkpoint = {"model": loop.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                           "epoch": epoch, "method": method.state_dict(), "config": resolved(cfg, spec),
                           "metrics": record}
