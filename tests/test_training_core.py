@@ -1,6 +1,7 @@
 """The Ray-free training core: one stage in-process, the run directory contract, configs and CLI errors."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -34,6 +35,9 @@ def test_usb_groupdro_trains_on_real_plus_synthetic_groups_in_process(synthetic_
     spec = method_stage(cfg)
     train = data.stages[2].train
     assert set(train.source) == {0, 1} and data.stages[2].train_spec.with_source
+    # DataLoader worker processes pickle the dataset: the mixed split's loader must survive it.
+    reloaded = pickle.loads(pickle.dumps(train.load_image))
+    assert reloaded(train.table["key"].iloc[-1]).size == (32, 32)
     session = KeepCheckpoints()
     records = run_stage(cfg, spec, session, run_directory=str(tmp_path), data=data)
     (record,) = records

@@ -74,13 +74,19 @@ class GroupedSplit:
             tables.append(t)
             loaders.append(p.load_image)
         table = pd.concat(tables, ignore_index=True)
-
-        def load(key: str) -> Image.Image:
-            part, _, inner = key.partition("\0")
-            return loaders[int(part)](inner)
-
         table["key"] = table["_part"].astype(str) + "\0" + table["key"].astype(str)
-        return GroupedSplit(parts[0].spec, table.drop(columns="_part"), load, name)
+        return GroupedSplit(parts[0].spec, table.drop(columns="_part"), _PartLoader(loaders), name)
+
+
+class _PartLoader:
+    """'part\0key' → the part's own loader; a class, not a closure, so DataLoader workers can pickle it."""
+
+    def __init__(self, loaders: list[Callable[[str], Image.Image]]) -> None:
+        self.loaders = loaders
+
+    def __call__(self, key: str) -> Image.Image:
+        part, _, inner = key.partition("\0")
+        return self.loaders[int(part)](inner)
 
 
 class GroupedImageDataset(torch.utils.data.Dataset):
