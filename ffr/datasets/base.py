@@ -113,7 +113,8 @@ def decode_image(data: bytes, where: str) -> Image.Image:
         image.load()
         return image
     except Exception as e:  # PIL raises several types for corrupt data
-        raise FFRError(f"image {where!r} cannot be decoded ({type(e).__name__}); the file is corrupt or not an image") from None
+        raise FFRError(f"image {where!r} cannot be decoded ({type(e).__name__}); "
+                       "the file is corrupt or not an image") from None
 
 
 def save_splits(splits: dict[str, GroupedSplit], path: str) -> None:
