@@ -46,19 +46,23 @@ def set_dotted(d: dict, dotted: str, value: Any) -> None:
     d[leaf] = value
 
 
+def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """A YAML file holding a mapping (empty file → {}); one clear FFRError line naming ``what`` and the path."""
+    p = Path(path)
+    if not p.is_file():
+        raise FFRError(f"{what} {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FFRError(f"{what} {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise FFRError(f"{what} {str(path)!r} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Read a YAML config file (or start empty) and apply ``key.sub=value`` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FFRError(f"config file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise FFRError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise FFRError(f"config file {str(path)!r} must hold a mapping at the top level, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "config file") if path is not None else {}
     for key, value in parse_overrides(overrides or []).items():
         set_dotted(data, key, value)
     return data

@@ -16,8 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ffr.config import read_yaml_mapping
 from ffr.errors import FFRError
 
 # AWS access key ids (AKIA… long-term, ASIA… temporary) and the names credentials travel under.
@@ -92,15 +91,8 @@ def security_problems(config: dict[str, Any], text: str) -> list[str]:
 def check_cluster_config(path: str | Path) -> dict[str, Any]:
     """Load and check ``path``; raise FFRError naming the file and the first problem found."""
     path = Path(path)
-    try:
-        text = path.read_text()
-        config = yaml.safe_load(text)
-    except FileNotFoundError:
-        raise FFRError(f"cluster config {str(path)!r} does not exist") from None
-    except yaml.YAMLError as e:
-        raise FFRError(f"cluster config {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(config, dict):
-        raise FFRError(f"cluster config {str(path)!r} must hold a mapping, got {type(config).__name__}")
+    config = read_yaml_mapping(path, "cluster config")
+    text = path.read_text()
     try:
         ray_schema_errors(config)
     except FFRError as e:

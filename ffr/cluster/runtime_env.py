@@ -13,9 +13,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
 from ffr.cluster.secrets import has_url_credentials, is_secret_name
+from ffr.config import read_yaml_mapping
 from ffr.errors import FFRError
 
 # Copied from the submitting shell when set: where S3 and MLflow are, never how to log in to them.
@@ -45,15 +44,7 @@ def build_runtime_env(path: str | os.PathLike, extra: Mapping[str, str] | None =
                       environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """configs/runtime-env.yaml + PASS_THROUGH variables from ``environ`` + ``extra``; checked for secrets."""
     environ = os.environ if environ is None else environ
-    try:
-        with open(path) as f:
-            runtime_env = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise FFRError(f"runtime env file {str(path)!r} does not exist") from None
-    except yaml.YAMLError as e:
-        raise FFRError(f"runtime env file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(runtime_env, dict):
-        raise FFRError(f"runtime env file {str(path)!r} must hold a mapping, got {type(runtime_env).__name__}")
+    runtime_env = read_yaml_mapping(path, "runtime env file")
     env_vars = dict(runtime_env.get("env_vars") or {})
     env_vars.update({name: environ[name] for name in PASS_THROUGH if environ.get(name)})
     env_vars.update(extra or {})

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from ffr.config import read_yaml_mapping
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
 from pipelines.recipes.base import RECIPES, Recipe, pick
@@ -42,16 +41,7 @@ class CustomOptions:
 
 
 def _load_file(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise FFRError(f"custom recipe file {path!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise FFRError(f"custom recipe file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise FFRError(f"custom recipe file {path!r} must hold a mapping, got {type(data).__name__}")
-    return data
+    return read_yaml_mapping(path, "custom recipe file")
 
 
 @RECIPES.register("custom")
