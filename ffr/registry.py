@@ -7,6 +7,7 @@ entry is tested the moment it is registered.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -19,6 +20,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._lazy: dict[str, str] = {}  # name → module that registers it when imported
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
@@ -29,17 +31,27 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def register_lazy(self, name: str, module: str) -> None:
+        """Name an entry whose module is imported only when the entry is first used.
+
+        For heavy entries (the diffusers backend imports torch and diffusers): light users of the same
+        registry, e.g. procedural-generation actors, do not pay for them at start-up.
+        """
+        self._lazy[name] = module
+
     def get(self, name: str) -> T:
+        if name not in self._entries and name in self._lazy:
+            importlib.import_module(self._lazy[name])  # its decorator registers the entry
         try:
             return self._entries[name]
         except KeyError:
             raise FFRError(f"unknown {self.kind} {name!r}; expected one of: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return sorted(set(self._entries) | set(self._lazy))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._lazy
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
