@@ -7,6 +7,7 @@ validation worst-group accuracy, so the best one and the latest one are always k
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 
@@ -108,7 +109,11 @@ def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_director
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=spec.run_name, storage_path=path, storage_filesystem=filesystem, callbacks=list(callbacks or []),
+            name=spec.run_name, storage_path=path, storage_filesystem=filesystem,
+            # Our one line per epoch says what matters; Ray Train's per-report INFO lines (full metric dicts,
+            # checkpoint paths) drown it. FFR_TRAIN_LOG_LEVEL=INFO brings them back.
+            logging_config=ray.train.LoggingConfig(log_level=os.environ.get("FFR_TRAIN_LOG_LEVEL", "WARNING")),
+            callbacks=list(callbacks or []),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures,
                                                    controller_failure_limit=cfg.controller_failure_limit),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
