@@ -34,7 +34,8 @@ def _load(command: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ffr", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ffr", description="Balanced synthetic data from diffusion models, and FFR two-stage training, on Ray.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), None)
