@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
-from ffr.storage import filesystem, join
+from ffr.storage import filesystem, join, write_atomic
 
 SHARD_DIR = "shards"
 METADATA_COLUMNS = ("id", "y", "b", "group", "accepted", "reject_reason", "image_key")
@@ -37,17 +37,10 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-def _put(fs, path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
-
-
 def write_groups(root: str, spec: GroupSpec) -> None:
     fs, base = filesystem(root)
     fs.makedirs(join(base, SHARD_DIR), exist_ok=True)
-    _put(fs, join(base, "groups.json"), json.dumps(spec.to_dict(), indent=2).encode())
+    write_atomic(fs, join(base, "groups.json"), json.dumps(spec.to_dict(), indent=2).encode())
 
 
 def read_groups(root: str) -> GroupSpec:
@@ -74,14 +67,14 @@ def write_shard(root: str, index: int, rows: list[dict], images: dict[str, bytes
                 info = tarfile.TarInfo(member)
                 info.size, info.mtime = len(payload), 0  # mtime 0: identical input → identical bytes
                 tar.addfile(info, io.BytesIO(payload))
-    _put(fs, f"{name}.tar", buf.getvalue())
+    write_atomic(fs, f"{name}.tar", buf.getvalue())
     table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
     sink = io.BytesIO()
     pq.write_table(table, sink)
-    _put(fs, f"{name}.parquet", sink.getvalue())
+    write_atomic(fs, f"{name}.parquet", sink.getvalue())
     stats = {"shard": index, "n_rows": len(rows), "n_accepted": int(sum(bool(r.get("accepted")) for r in rows)),
              "finished_at": time.time(), **stats}
-    _put(fs, f"{name}.stats.json", json.dumps(stats, indent=2, default=str).encode())
+    write_atomic(fs, f"{name}.stats.json", json.dumps(stats, indent=2, default=str).encode())
 
 
 def complete_shards(root: str) -> list[int]:

@@ -43,6 +43,14 @@ def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.filesystem("file"), os.path.abspath(path)
 
 
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write to ``{path}.tmp`` and rename into place, so a killed writer never leaves a half file at ``path``."""
+    tmp = f"{path}.tmp"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts the same way for local paths and URIs."""
     if is_remote(base):

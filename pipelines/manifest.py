@@ -26,7 +26,7 @@ from ffr.balance import synthetic_counts
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
 from ffr.shards import shard_name
-from ffr.storage import filesystem, join
+from ffr.storage import filesystem, join, write_atomic
 from pipelines.config import BudgetConfig, GeneratorConfig
 from pipelines.recipes.base import Recipe
 
@@ -123,13 +123,6 @@ def fingerprint(manifest: pd.DataFrame, extra: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def _put(fs, path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
-
-
 def read_manifest_info(root: str) -> dict | None:
     fs, base = filesystem(root)
     path = join(base, MANIFEST_DIR, "manifest.json")
@@ -150,10 +143,10 @@ def write_manifest(root: str, manifest: pd.DataFrame, print_: str) -> dict:
     for shard, part in manifest.groupby("shard", sort=True):
         sink = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False), sink)
-        _put(fs, join(base, MANIFEST_DIR, f"{shard_name(int(shard))}.parquet"), sink.getvalue())
+        write_atomic(fs, join(base, MANIFEST_DIR, f"{shard_name(int(shard))}.parquet"), sink.getvalue())
     info = {"n_rows": int(len(manifest)), "n_shards": n_shards, "fingerprint": print_,
             "recipe": str(manifest["recipe"].iloc[0])}
-    _put(fs, join(base, MANIFEST_DIR, "manifest.json"), json.dumps(info, indent=2).encode())
+    write_atomic(fs, join(base, MANIFEST_DIR, "manifest.json"), json.dumps(info, indent=2).encode())
     return info
 
 

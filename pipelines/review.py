@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from ffr.groups import GroupSpec
 from ffr.shards import SHARD_DIR, complete_shards, read_metadata, read_stats, shard_name
-from ffr.storage import filesystem, join
+from ffr.storage import filesystem, join, write_atomic
 
 SHEET_DIR = "contact_sheets"
 TILE = 128
@@ -97,5 +97,4 @@ def summarize(root: str, spec: GroupSpec, n_manifest_rows: int, run_stats: list[
 
 def write_json(root: str, name: str, obj: Any) -> None:
     fs, base = filesystem(root)
-    with fs.open(join(base, name), "wb") as f:
-        f.write(json.dumps(obj, indent=2, default=str).encode())
+    write_atomic(fs, join(base, name), json.dumps(obj, indent=2, default=str).encode())

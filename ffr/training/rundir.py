@@ -17,7 +17,7 @@ import numpy as np
 from ffr.config import redact
 from ffr.datasets.base import GroupedSplit, save_splits
 from ffr.errors import FFRError
-from ffr.storage import filesystem, join
+from ffr.storage import filesystem, join, write_atomic
 
 CONFIG, SPLITS, METRICS, RESULT = "config.json", "splits.parquet", "metrics.jsonl", "result.json"
 
@@ -42,10 +42,7 @@ def _clean(obj):
 def write_json(path: str, obj) -> None:
     fs, inner = filesystem(path)
     fs.makedirs(inner.rsplit("/", 1)[0] if "/" in inner else inner, exist_ok=True)
-    tmp = f"{inner}.tmp"
-    with fs.open(tmp, "w") as f:
-        f.write(json.dumps(_clean(obj), indent=2, sort_keys=True, default=str))
-    fs.mv(tmp, inner)
+    write_atomic(fs, inner, json.dumps(_clean(obj), indent=2, sort_keys=True, default=str).encode())
 
 
 def read_json(path: str) -> dict | None:
