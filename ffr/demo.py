@@ -33,10 +33,9 @@ def run_demo(out: str, bias_ratio: float = 0.95, seed: int = 0, epochs: int = 8,
              variants: tuple[str, ...] = DEFAULT_VARIANTS, methods: tuple[str, ...] = DEFAULT_METHODS,
              num_workers: int = 1) -> str:
     """Run the whole demo; returns the path of the written report.md."""
-    import ray
-
     import pipelines
     from ffr import datasets
+    from ffr.ray_session import ensure_ray
     from ffr.report import collect, render_text, runs_table, write_report
     from ffr.training import run_experiment
 
@@ -47,8 +46,7 @@ def run_demo(out: str, bias_ratio: float = 0.95, seed: int = 0, epochs: int = 8,
     counts = group_counts(real["train"].y, real["train"].b)
     print(f"[demo] real train groups (class, bias) → count: {counts}", flush=True)
 
-    if not ray.is_initialized():
-        ray.init()
+    ensure_ray()
     synthetic_root = os.path.join(out, "synthetic")
     if any(v != "none" for v in variants):
         budget = synthetic_budget(counts)

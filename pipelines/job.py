@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from ffr.ray_session import ensure_ray
 from pipelines.config import RayConfig
 from pipelines.worker import ShardWorker, WorkerSettings
 
@@ -29,12 +30,6 @@ class ShardActor:
         stats = [self.worker.process_shard(int(shard)) for shard in batch["shard"]]
         return {"shard": np.asarray([s["shard"] for s in stats], dtype=np.int64),
                 "stats": np.asarray([json.dumps(s) for s in stats], dtype=object)}
-
-
-def ensure_ray() -> None:
-    """Join the cluster in RAY_ADDRESS (e.g. under ``ray job submit``) or start a local one."""
-    if not ray.is_initialized():
-        ray.init()
 
 
 def run_shards(shards: list[int], settings: WorkerSettings, cfg: RayConfig,

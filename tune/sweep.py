@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-import ray
 from ray import tune
 
 from ffr.config import build, load_config, redact, set_dotted, to_dict
 from ffr.errors import FFRError
 from ffr.methods import METHODS
+from ffr.ray_session import ensure_ray
 from ffr.storage import filesystem, is_remote, join
 from ffr.training import rundir
 from ffr.training.config import TrainConfig, parse
@@ -143,8 +143,7 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
 
     cfg = parse_sweep(config)
     base = base_train_config(cfg)
-    if not ray.is_initialized():
-        ray.init()
+    ensure_ray()
     epochs = int(parse(base).epochs)
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max(epochs, 1),
                                grace_period=cfg.scheduler.grace_period,

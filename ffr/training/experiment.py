@@ -37,13 +37,6 @@ def _check_names(cfg: TrainConfig) -> None:
     ffr.methods.create(cfg.method, **cfg.method_hparams)  # also validates the hyperparameters
 
 
-def _ensure_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()  # joins the cluster named by RAY_ADDRESS (e.g. under `ray job submit`), else starts one
-
-
 def _log(message: str) -> None:
     print(message, flush=True)
 
@@ -110,7 +103,9 @@ def run_experiment(config: TrainConfig | dict, callbacks: list | None = None) ->
     cfg = parse(config)
     _check_names(cfg)
     data = load_experiment_data(cfg)  # fails fast, before any Ray work, on bad data options
-    _ensure_ray()
+    from ffr.ray_session import ensure_ray
+
+    ensure_ray()
     stage1_result = None
     init = rundir.resolve_checkpoint(cfg.init_checkpoint, cfg.seed) if cfg.init_checkpoint else None
     if variants.PRETRAIN_STAGE in data.stages:
