@@ -25,8 +25,8 @@ import pandas as pd
 
 from ffr.errors import FFRError
 from ffr.storage import filesystem, is_remote
+from ffr.training.rundir import CONFIG, LEGACY_RESULT, METRICS, RESULT, STOPPED
 
-RESULT, METRICS, CONFIG = "result.json", "metrics.jsonl", "config.json"
 RUN_COLUMNS = ("run", "dataset", "variant", "method", "stage", "seed", "status", "best_epoch", "val_wga",
                "test_wga", "test_mean_group_acc", "test_overall_acc")
 HEADERS = {"run": "run", "dataset": "dataset", "variant": "variant", "method": "method", "stage": "stage",
@@ -43,10 +43,15 @@ class RunRecord:
     result: dict | None
     config: dict
     metrics: list[dict] = field(default_factory=list)
+    stopped: dict | None = None  # a sweep scheduler (ASHA) stopped it early
 
     @property
     def finished(self) -> bool:
         return self.result is not None
+
+    @property
+    def status(self) -> str:
+        return "finished" if self.finished else "stopped" if self.stopped is not None else "unfinished"
 
     def get(self, key: str, default: Any = None) -> Any:
         """A field from result.json, else config.json, else the metrics (stage only)."""
@@ -100,12 +105,49 @@ class RunRecord:
             best_epoch, val_wga = (-best[1], best[0]) if best else (None, None)
         row = {"run": self.name, "dataset": self.get("dataset", "?"), "variant": self.get("variant", "?"),
                "method": self.method_label, "stage": self.get("stage"), "seed": self.get("seed"),
-               "status": "finished" if self.finished else "unfinished", "best_epoch": best_epoch,
+               "status": self.status, "best_epoch": best_epoch,
                "val_wga": val_wga, "test_wga": _number(test.get("worst_group_acc")),
                "test_mean_group_acc": _number(test.get("mean_group_acc")),
                "test_overall_acc": _number(test.get("overall_acc")), "path": self.path}
+        row["bias_ratio"] = _number((self.config.get("dataset_options") or {}).get("bias_ratio"))
+        row["settings"] = json.dumps(self.settings(), sort_keys=True, default=str)
         row.update({f"test_acc[{name}]": acc for name, acc in self.test_group_accuracies().items()})
+        row.update({f"test_n[{name}]": n for name, n in self.test_group_sizes().items()})
         return row
+
+    def settings(self) -> dict[str, Any]:
+        """What this run computed, as flat keys: its config minus seeds, the paths that depend on the seed
+        (synthetic_root, init_checkpoint) and where/how it ran. Runs equal here differ only by seed."""
+        if not self.config:  # a run directory without config.json: only what the result says
+            return {k: self.get(k) for k in ("dataset", "variant", "method", "stage")}
+        return {k: v for k, v in _flatten(self.config).items()
+                if k.rsplit(".", 1)[-1] not in _SEED_KEYS and k.split(".", 1)[0] not in _IGNORED}
+
+    def test_group_sizes(self) -> dict[str, int]:
+        sizes = ((self.result or {}).get("group_sizes") or {}).get("test") or {}
+        names = self.group_names()
+        return {names.get(int(g), f"group {g}"): int(n) for g, n in sizes.items()}
+
+
+def _ignored_settings() -> set[str]:
+    from ffr.training.config import INFRA_FIELDS
+
+    return {*INFRA_FIELDS, "run_name", "init_checkpoint", "synthetic_root"}
+
+
+_SEED_KEYS = {"seed"}  # top-level seed and dataset_options.seed (the split's seed) alike
+_IGNORED = _ignored_settings()
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, name))
+        else:
+            out[name] = value
+    return out
 
 
 def _number(value: Any) -> float | None:
@@ -158,6 +200,24 @@ def _read_metrics(fs, inner: str, where: str) -> list[dict]:
     return sorted(records.values(), key=lambda r: (r.get("stage") or 0, r.get("epoch") or 0))
 
 
+def _result_name(names: set[str]) -> str | None:
+    """ffr's result file in a folder; the pre-rename ``result.json`` only beside a config.json (a Tune trial
+    folder also holds a ``result.json``, of its own format, and no config.json)."""
+    if RESULT in names:
+        return RESULT
+    return LEGACY_RESULT if LEGACY_RESULT in names and CONFIG in names else None
+
+
+def _read_run(fs, root: str, directory: str, names: set[str]) -> RunRecord:
+    where = _uri(root, directory)
+    result_name = _result_name(names)
+    result = _read_json(fs, f"{directory}/{result_name}", f"{where}/{result_name}") if result_name else None
+    config = _read_json(fs, f"{directory}/{CONFIG}", f"{where}/{CONFIG}") if CONFIG in names else {}
+    metrics = _read_metrics(fs, f"{directory}/{METRICS}", f"{where}/{METRICS}") if METRICS in names else []
+    stopped = _read_json(fs, f"{directory}/{STOPPED}", f"{where}/{STOPPED}") if STOPPED in names else None
+    return RunRecord(where, result, config, metrics, stopped)
+
+
 def find_runs(root: str) -> list[RunRecord]:
     """Every run directory under ``root`` (recursively; ``root`` itself may be one)."""
     fs, inner = filesystem(root)
@@ -169,18 +229,28 @@ def find_runs(root: str) -> list[RunRecord]:
     by_dir: dict[str, set[str]] = {}
     for path in files:
         directory, _, name = path.rpartition("/")
-        if name in (RESULT, METRICS, CONFIG) and not re.search(r"/checkpoint_[^/]*(/|$)", directory + "/"):
+        if name in (RESULT, LEGACY_RESULT, METRICS, CONFIG, STOPPED) and \
+                not re.search(r"/checkpoint_[^/]*(/|$)", directory + "/"):
             by_dir.setdefault(directory, set()).add(name)
-    records = []
-    for directory, names in sorted(by_dir.items()):
-        if RESULT not in names and METRICS not in names:
-            continue
-        where = _uri(root, directory)
-        result = _read_json(fs, f"{directory}/{RESULT}", f"{where}/{RESULT}") if RESULT in names else None
-        config = _read_json(fs, f"{directory}/{CONFIG}", f"{where}/{CONFIG}") if CONFIG in names else {}
-        metrics = _read_metrics(fs, f"{directory}/{METRICS}", f"{where}/{METRICS}") if METRICS in names else []
-        records.append(RunRecord(where, result, config, metrics))
-    return records
+    return [_read_run(fs, root, directory, names) for directory, names in sorted(by_dir.items())
+            if _result_name(names) or METRICS in names]
+
+
+def read_run(directory: str) -> RunRecord:
+    """One run directory (local or s3://)."""
+    fs, inner = filesystem(directory)
+    names = {str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(inner, detail=False)} if fs.isdir(inner) else set()
+    return _read_run(fs, directory, inner.rstrip("/"), names)
+
+
+def run_plots(directory: str) -> dict[str, bytes]:
+    """The plots of one run (validation WGA per epoch, test accuracy per group), as PNG bytes by file name;
+    logged as the run's MLflow artifacts."""
+    record = read_run(directory)
+    dataset = str(record.get("dataset", "?"))
+    plots = {"val_wga_curve.png": plot_val_curves([record], dataset),
+             "test_group_acc.png": plot_test_groups([record], dataset)}
+    return {name: image for name, image in plots.items() if image is not None}
 
 
 def collect(paths: list[str]) -> list[RunRecord]:
@@ -211,24 +281,97 @@ def runs_table(records: list[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame([r.row() for r in records])
 
 
+VARIANT_ORDER = ("none", "usb", "asb", "ffr")
+VARIANT_LABELS = {"none": "none", "usb": "USB", "asb": "ASB", "ffr": "FFR"}
+STAGE1_LABEL = "FFR, stage 1 only"
+AXES = {"dataset", "variant", "method", "stage", "dataset_options.bias_ratio"}
+
+
 def summary_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of the accuracy columns, per (dataset, variant, method, stage); finished only."""
-    done = table[table["status"] == "finished"].copy()
-    keys = ["dataset", "variant", "method", "stage"]
+    """One row per setting (every config key but the seed; finished runs only): n seeds, and mean and sample
+    std (ddof=1; none for n = 1) of the accuracy columns. Runs that differ in anything else — bias ratio,
+    learning rate, a method hyperparameter — are different rows, never seeds of one."""
+    done = table[table["status"] == "finished"] if "status" in table else table.iloc[0:0]
+    columns = ["dataset", "variant", "method", "stage", "bias_ratio", "settings", "seeds"]
     if done.empty:
-        return pd.DataFrame(columns=[*keys, "seeds"])
-    done["stage"] = done["stage"].fillna(-1)
+        return pd.DataFrame(columns=columns)
     rows = []
-    for key, group in done.groupby(keys, sort=True, dropna=False):
-        row = dict(zip(keys, key))
-        row["stage"] = None if row["stage"] == -1 else row["stage"]
-        row["seeds"] = len(group)
+    for settings, group in done.groupby("settings", sort=False):
+        first = group.iloc[0]
+        row = {c: first[c] for c in columns[:-2]}
+        row.update({"settings": settings, "seeds": len(group),
+                    "seed_list": ",".join(str(_cell(v)) for v in sorted(group["seed"].dropna()))})
         for column in ACCURACY_COLUMNS:
             values = pd.to_numeric(group[column], errors="coerce").dropna().to_numpy(dtype=float)
             row[f"{column}_mean"] = float(values.mean()) if len(values) else None
-            row[f"{column}_std"] = float(values.std(ddof=0)) if len(values) else None
+            row[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else None
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _row_labels(summary: pd.DataFrame) -> list[str]:
+    """'method / variant' (or 'FFR, stage 1 only'), plus the settings that tell apart two rows that would
+    otherwise share a cell, e.g. 'erm / none [lr=0.001]'."""
+    return [f"{base} [{extra}]" if extra else base for base, extra in _row_parts(summary)]
+
+
+def _row_parts(summary: pd.DataFrame) -> list[tuple[str, str]]:
+    parsed = [json.loads(s) for s in summary["settings"]]
+    cell = [(r.method, r.variant, r.stage, r.bias_ratio) for r in summary.itertuples()]
+    varying: set[str] = set()
+    for key in set(cell):
+        members = [p for p, c in zip(parsed, cell) if c == key]
+        for name in {k for p in members for k in p} - AXES:
+            if len({json.dumps(p.get(name), default=str) for p in members}) > 1:
+                varying.add(name)
+    return [(STAGE1_LABEL if r.variant == "ffr" and r.stage == 1 else
+             f"{r.method} / {VARIANT_LABELS.get(str(r.variant), r.variant)}",
+             ", ".join(f"{k}={p[k]}" for k in sorted(varying) if k in p))
+            for r, p in zip(summary.itertuples(), parsed)]
+
+
+def _bias_label(value: Any) -> str:
+    number = _number(value)
+    return "bias –" if number is None else f"bias {number:g}"
+
+
+def _mean_std(mean: Any, std: Any, n: int) -> str:
+    """'55.0 ± 7.1 (n=2)'; one seed has no spread to show: '60.0 (n=1)'."""
+    mean, std = _number(mean), _number(std)
+    if mean is None:
+        return "–"
+    spread = f" ± {100 * std:.1f}" if n > 1 and std is not None else ""
+    return f"{100 * mean:.1f}{spread} (n={n})"
+
+
+def paper_tables(table: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per dataset: rows method × variant (none, USB, ASB, FFR; then 'FFR, stage 1 only'), columns bias
+    ratios, cells test WGA mean ± std over seeds with n."""
+    summary = summary_table(table)
+    out = []
+    for dataset, part in summary.groupby("dataset", sort=True):
+        part = part.reset_index(drop=True)
+        labels = _row_labels(part)
+        biases = sorted(part["bias_ratio"].unique(), key=lambda b: (_number(b) is None, _number(b) or 0))
+        keyed: dict[str, dict[str, str]] = {}
+        order: dict[str, tuple] = {}
+        for i, label in enumerate(labels):
+            r = part.iloc[i]
+            keyed.setdefault(label, {})[_bias_label(r.bias_ratio)] = _mean_std(r.test_wga_mean, r.test_wga_std,
+                                                                               int(r.seeds))
+            order[label] = _order_key(part, i, label)
+        headers = ["test WGA (%)", *(_bias_label(b) for b in biases)]
+        rows = [[label, *(keyed[label].get(h, "") for h in headers[1:])] for label in sorted(keyed, key=order.get)]
+        out.append((str(dataset), headers, rows))
+    return out
+
+
+def _order_key(part: pd.DataFrame, i: int, label: str) -> tuple:
+    r = part.iloc[i]
+    methods = sorted(part["method"].astype(str).unique(), key=lambda m: (m != "erm", m))
+    stage1 = r.variant == "ffr" and r.stage == 1
+    variant = VARIANT_ORDER.index(r.variant) if r.variant in VARIANT_ORDER else len(VARIANT_ORDER)
+    return (stage1, 0 if stage1 else methods.index(str(r.method)), variant, label)
 
 
 def _pct(value: Any) -> str:
@@ -251,25 +394,33 @@ def _dataset_sections(table: pd.DataFrame) -> list[tuple[str, list[str], list[li
         group_columns = [c for c in table.columns if c.startswith("test_acc[") and part[c].notna().any()]
         columns = [c for c in RUN_COLUMNS if c != "dataset"]
         headers = [HEADERS[c] + (" (%)" if c in ACCURACY_COLUMNS else "") for c in columns]
-        headers += [c[len("test_acc["):-1] for c in group_columns]
+        # group sizes beside the accuracies: in the header when every run tested the same groups, else per cell
+        sizes = {c: part[f"test_n[{c[9:-1]}]"].dropna().unique() if f"test_n[{c[9:-1]}]" in part else []
+                 for c in group_columns}
+        shared = {c: len(v) == 1 and part[f"test_n[{c[9:-1]}]"].notna().all() for c, v in sizes.items()}
+        headers += [c[9:-1] + (f" (n={int(sizes[c][0])})" if shared[c] else "") for c in group_columns]
         rows = []
         for _, r in part.iterrows():
             cells = [_pct(r[c]) if c in ACCURACY_COLUMNS else _cell(r[c]) for c in columns]
-            cells += [_pct(r[c]) for c in group_columns]
+            for c in group_columns:
+                n = r.get(f"test_n[{c[9:-1]}]")
+                cells.append(_pct(r[c]) + ("" if shared[c] or _number(n) is None or _number(r[c]) is None
+                                           else f" (n={int(n)})"))
             rows.append(cells)
         sections.append((str(dataset), headers, rows))
     return sections
 
 
 def _summary_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    headers = ["dataset", "variant", "method", "stage", "seeds"] + [f"{HEADERS[c]} (%)" for c in ACCURACY_COLUMNS]
+    headers = ["dataset", "row", "bias", "seeds"] + [f"{HEADERS[c]} (%)" for c in ACCURACY_COLUMNS]
     rows = []
-    for _, r in summary.iterrows():
-        cells = [_cell(r[c]) for c in ("dataset", "variant", "method", "stage", "seeds")]
-        for c in ACCURACY_COLUMNS:
-            mean, std = _number(r[f"{c}_mean"]), _number(r[f"{c}_std"])
-            cells.append("–" if mean is None else f"{100 * mean:.1f} ± {100 * (std or 0):.1f}")
-        rows.append(cells)
+    for dataset, part in summary.groupby("dataset", sort=True):
+        part = part.reset_index(drop=True)
+        for i, label in sorted(enumerate(_row_labels(part)), key=lambda il: _order_key(part, il[0], il[1])):
+            r = part.iloc[i]
+            cells = [str(dataset), label, _bias_label(r.bias_ratio)[5:], str(r.seed_list)]
+            cells += [_mean_std(r[f"{c}_mean"], r[f"{c}_std"], int(r.seeds)) for c in ACCURACY_COLUMNS]
+            rows.append(cells)
     return headers, rows
 
 
@@ -290,25 +441,36 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+PAPER_NOTE = ("test worst-group accuracy (%), mean ± sample std over seeds, n = seeds; runs are grouped by every "
+              "setting except the seed")
+
+
 def render_text(table: pd.DataFrame) -> str:
-    parts = []
+    parts = [f"dataset: {dataset}  {PAPER_NOTE}\n{text_table(headers, rows)}"
+             for dataset, headers, rows in paper_tables(table)]
     for dataset, headers, rows in _dataset_sections(table):
-        parts.append(f"dataset: {dataset}  (accuracies in %, test groups by name)\n{text_table(headers, rows)}")
+        parts.append(f"dataset: {dataset}  runs (accuracies in %, test groups by name, n = test images)\n"
+                     f"{text_table(headers, rows)}")
     summary = summary_table(table)
     if not summary.empty:
-        parts.append("mean ± std over seeds (finished runs)\n" + text_table(*_summary_rows(summary)))
+        parts.append("every setting: mean ± std over seeds (finished runs)\n" + text_table(*_summary_rows(summary)))
     return "\n\n".join(parts)
 
 
 def render_markdown(table: pd.DataFrame, paths: list[str], plots: dict[str, list[str]]) -> str:
     parts = ["# FFR report", "", f"Runs from: {', '.join(f'`{p}`' for p in paths)}. Accuracies in %; "
              "WGA = worst-group accuracy; val WGA is at the best epoch (the checkpoint that was tested).", ""]
+    papers = {dataset: (headers, rows) for dataset, headers, rows in paper_tables(table)}
     for dataset, headers, rows in _dataset_sections(table):
-        parts += [f"## {dataset}", "", markdown_table(headers, rows), ""]
+        parts += [f"## {dataset}", ""]
+        if dataset in papers:
+            parts += [f"Test worst-group accuracy (%): {PAPER_NOTE[len('test worst-group accuracy (%), '):]}.", "",
+                      markdown_table(*papers[dataset]), ""]
+        parts += ["### Runs", "", markdown_table(headers, rows), ""]
         parts += [f"![{name}]({name})" for name in plots.get(dataset, [])] + [""]
     summary = summary_table(table)
     if not summary.empty:
-        parts += ["## Mean ± std over seeds", "", markdown_table(*_summary_rows(summary)), ""]
+        parts += ["## Every setting: mean ± std over seeds", "", markdown_table(*_summary_rows(summary)), ""]
     return "\n".join(parts)
 
 
@@ -388,6 +550,44 @@ def plot_test_groups(records: list[RunRecord], dataset: str) -> bytes | None:
     return _png(fig)
 
 
+def plot_test_wga(table: pd.DataFrame, dataset: str) -> bytes | None:
+    """Test WGA by variant (x) and method (bars), error bars = sample std over seeds; one panel per bias ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summary_table(table)
+    summary = summary[summary["dataset"].astype(str) == dataset].reset_index(drop=True)
+    if summary.empty:
+        return None
+    stage1 = [r.variant == "ffr" and r.stage == 1 for r in summary.itertuples()]
+    summary["x"] = [STAGE1_LABEL if s1 else VARIANT_LABELS.get(r.variant, r.variant)
+                    for s1, r in zip(stage1, summary.itertuples())]
+    summary["bar"] = [("erm" if s1 else str(method)) + (f" [{extra}]" if extra else "")
+                      for s1, method, (_, extra) in zip(stage1, summary["method"], _row_parts(summary))]
+    biases = sorted(summary["bias_ratio"].unique(), key=lambda b: (_number(b) is None, _number(b) or 0))
+    xs = [x for x in [*VARIANT_LABELS.values(), STAGE1_LABEL] if x in set(summary["x"])]
+    xs += sorted(set(summary["x"]) - set(xs))
+    bars = sorted(summary["bar"].unique(), key=lambda m: (m != "erm", m))
+    fig, axes = plt.subplots(1, len(biases), figsize=(max(5.0, 1.4 * len(xs)) * len(biases), 4), squeeze=False)
+    width = 0.8 / len(bars)
+    for ax, bias in zip(axes[0], biases):
+        part = summary[summary["bias_ratio"].apply(lambda b, bias=bias: _number(b) == _number(bias))]
+        for j, bar in enumerate(bars):
+            rows = [part[(part["x"] == x) & (part["bar"] == bar)] for x in xs]
+            means = [100 * r["test_wga_mean"].iloc[0] if len(r) and _number(r["test_wga_mean"].iloc[0]) is not None
+                     else np.nan for r in rows]
+            stds = [100 * r["test_wga_std"].iloc[0] if len(r) and _number(r["test_wga_std"].iloc[0]) is not None
+                    else np.nan for r in rows]
+            ax.bar(np.arange(len(xs)) - 0.4 + width * (j + 0.5), means, width, yerr=stds, capsize=3, label=bar)
+        ax.set_xticks(np.arange(len(xs)), xs, rotation=20, ha="right")
+        ax.set(ylabel="test worst-group accuracy (%)", ylim=(0, 100), title=f"{dataset}, {_bias_label(bias)}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _png(fig)
+
+
 def write_report(records: list[RunRecord], paths: list[str], out: str) -> list[str]:
     """report.md, report.csv and the plots under ``out`` (local or s3://); returns what was written."""
     fs, inner = filesystem(out)
@@ -399,7 +599,8 @@ def write_report(records: list[RunRecord], paths: list[str], out: str) -> list[s
     plots: dict[str, list[str]] = {}
     for dataset in sorted(table["dataset"].astype(str).unique()):
         chosen = [r for r in records if str(r.get("dataset", "?")) == dataset]
-        for prefix, plot in (("val_wga_curves", plot_val_curves), ("test_group_acc", plot_test_groups)):
+        for prefix, plot in (("test_wga", lambda _records, d: plot_test_wga(table, d)),
+                             ("val_wga_curves", plot_val_curves), ("test_group_acc", plot_test_groups)):
             image = plot(chosen, dataset)
             if image is not None:
                 name = f"{prefix}_{_slug(dataset)}.png"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -19,13 +20,15 @@ ANIMAL_GROUPS = {0: "landbird/land", 1: "landbird/water", 5: "waterbird/water", 
 
 def make_run(root: Path, name: str, *, dataset: str, variant: str, method: str, stage: int, seed: int,
              val_wga: list[float], test_groups: dict[int, float] | None, group_names: dict[int, str],
-             extra_lines: str = "") -> Path:
+             extra_lines: str = "", bias_ratio: float = 0.95, lr: float = 1e-3,
+             test_sizes: dict[int, int] | None = None, result_file: str = "ffr_result.json") -> Path:
     """One run directory as training writes it; ``test_groups=None`` leaves it unfinished (no result.json)."""
     run = root / name
     (run / "checkpoint_000000").mkdir(parents=True)
     (run / "checkpoint_000000" / "model.pt").write_bytes(b"\0" * 16)
-    config = {"dataset": dataset, "dataset_options": {"root": "/data", "bias_ratio": 0.95}, "variant": variant,
-              "method": method, "stage": stage, "seed": seed, "run_name": name, "role": "train", "lr": 1e-3}
+    config = {"dataset": dataset, "dataset_options": {"root": "/data", "bias_ratio": bias_ratio, "seed": seed},
+              "variant": variant, "method": method, "stage": stage, "seed": seed, "run_name": name, "role": "train",
+              "lr": lr, "storage_path": str(root), "num_workers": 1}
     (run / "config.json").write_text(json.dumps(config))
     lines = []
     for epoch, wga in enumerate(val_wga):
@@ -43,7 +46,9 @@ def make_run(root: Path, name: str, *, dataset: str, variant: str, method: str, 
                   "seed": seed, "best_epoch": best, "best_val_worst_group_acc": val_wga[best],
                   "group_names": {str(g): n for g, n in group_names.items()}, "test": test,
                   "val": {"worst_group_acc": val_wga[best]}, "checkpoint": str(run / "checkpoint_000000")}
-        (run / "result.json").write_text(json.dumps(result))
+        if test_sizes:
+            result["group_sizes"] = {"test": {str(g): n for g, n in test_sizes.items()}}
+        (run / result_file).write_text(json.dumps(result))
     return run
 
 
@@ -90,9 +95,10 @@ def test_report_prints_tables_and_writes_files(tmp_path, capsys):
 
     report = (out / "report.md").read_text()
     assert "## colored-digits" in report and "## waterbirds" in report
-    assert "| colored-digits | none | erm | 2 | 2 | 55.0 ± 5.0 | 70.0 ± 10.0 |" in report
-    for png in ("val_wga_curves_colored-digits.png", "test_group_acc_colored-digits.png",
-                "val_wga_curves_waterbirds.png", "test_group_acc_waterbirds.png"):
+    assert "| colored-digits | erm / none | 0.95 | 0,1 | 55.0 ± 7.1 (n=2) | 70.0 ± 14.1 (n=2) |" in report
+    assert "| erm / none | 70.0 ± 14.1 (n=2) |" in report and "| FFR, stage 1 only | 75.0 (n=1) |" in report
+    for png in ("test_wga_colored-digits.png", "val_wga_curves_colored-digits.png",
+                "test_group_acc_colored-digits.png", "val_wga_curves_waterbirds.png", "test_group_acc_waterbirds.png"):
         assert f"]({png})" in report
         with Image.open(out / png) as image:
             assert image.format == "PNG" and image.size[0] > 200
@@ -119,7 +125,7 @@ def test_report_on_s3_runs_to_s3_out(tmp_path, s3_bucket, capsys):
     assert "cd-ffr-stage1-s0" in capsys.readouterr().out
     fs.invalidate_cache()
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket[5:]}/report", detail=False))
-    assert "report.md" in names and "report.csv" in names and len(names) == 6
+    assert "report.md" in names and "report.csv" in names and len(names) == 8
     table = pd.read_csv(io.BytesIO(fs.cat_file(f"{s3_bucket[5:]}/report/report.csv")))
     assert set(table["run"]) == {"cd-none-erm-s0", "cd-none-erm-s1", "cd-ffr-stage1-s0", "cd-ffr-groupdro-s0",
                                  "wb-asb-dro-s0"}
@@ -137,8 +143,50 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
 
     run = make_run(tmp_path / "runs", "r", dataset="d", variant="none", method="erm", stage=2, seed=0,
                    val_wga=[0.5], test_groups={0: 0.5}, group_names={0: "a/b"})
-    (run / "result.json").write_text('{"run_name": "r", "test": ')
+    (run / "ffr_result.json").write_text('{"run_name": "r", "test": ')
     assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{run}/result.json" in err and "not valid JSON" in err
+    assert err.count("\n") == 1 and f"{run}/ffr_result.json" in err and "not valid JSON" in err
     assert not (tmp_path / "out").exists()
+
+
+def _paper_rows(printed: str, dataset: str) -> dict[str, list[str]]:
+    """The paper table of one dataset as {row label: cells}, split on runs of 2+ spaces."""
+    lines = printed.split(f"dataset: {dataset}  test worst-group accuracy", 1)[1].split("\n\n", 1)[0].splitlines()
+    header = re.split(r"\s{2,}", lines[1].strip())
+    rows = {re.split(r"\s{2,}", x.strip())[0]: re.split(r"\s{2,}", x.strip())[1:] for x in lines[3:]}
+    return {"": header[1:], **rows}
+
+
+def test_runs_that_differ_in_more_than_the_seed_land_in_different_cells(tmp_path, capsys):
+    """Four runs, one seed each, used to print as 'seeds 4 … 55.0 ± 35.0'. Bias ratio → column; a
+    hyperparameter → its own row; only seeds are averaged; n = 1 shows no ±; group sizes are shown."""
+    digits = dict(dataset="colored-digits", group_names=DIGITS_GROUPS, stage=2, val_wga=[0.5],
+                  test_sizes={0: 400, 1: 20, 2: 21, 3: 390})
+    root = tmp_path / "runs"
+    make_run(root, "b90-s0", variant="none", method="erm", seed=0, bias_ratio=0.9, test_groups={0: 0.9, 1: 0.2},
+             **digits)
+    make_run(root, "b90-s1", variant="none", method="erm", seed=1, bias_ratio=0.9, test_groups={0: 0.9, 1: 0.4},
+             **digits)
+    make_run(root, "b99-s0", variant="none", method="erm", seed=0, bias_ratio=0.99, test_groups={0: 0.9, 1: 0.9},
+             **digits)
+    make_run(root, "b99-lr-s0", variant="none", method="erm", seed=0, bias_ratio=0.99, lr=1e-2,
+             test_groups={0: 0.9, 1: 0.7}, **digits)
+    make_run(root, "usb-s0", variant="usb", method="erm", seed=0, bias_ratio=0.99, test_groups={0: 0.9, 1: 0.6},
+             **digits)
+    make_run(root, "dro-s0", variant="asb", method="groupdro", seed=0, bias_ratio=0.9, test_groups={0: 0.5},
+             **digits)
+    # a run directory from before the result file was renamed is still read
+    make_run(root, "old-ffr-s0", variant="ffr", method="erm", seed=0, bias_ratio=0.9, test_groups={0: 0.8, 1: 0.3},
+             result_file="result.json", **digits)
+    assert main(["report", str(root)]) == 0
+    printed = capsys.readouterr().out
+    rows = _paper_rows(printed, "colored-digits")
+    assert rows[""] == ["bias 0.9", "bias 0.99"]
+    assert list(rows) == ["", "erm / none [lr=0.001]", "erm / none [lr=0.01]", "erm / USB [lr=0.001]",
+                          "erm / FFR [lr=0.001]", "groupdro / ASB [lr=0.001]"]
+    assert rows["erm / none [lr=0.001]"] == ["30.0 ± 14.1 (n=2)", "90.0 (n=1)"]
+    assert rows["erm / none [lr=0.01]"] == ["70.0 (n=1)"]  # the empty bias-0.9 cell is blank
+    assert rows["erm / FFR [lr=0.001]"] == ["30.0 (n=1)"]
+    assert not re.search(r"± [0-9.]+ \(n=1\)", printed)
+    assert "digit<5/green (n=20)" in printed  # the size of the group beside its accuracy

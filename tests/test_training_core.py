@@ -135,7 +135,7 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path, capsys, overrides, messag
     assert main(["train", "--config", str(config), f"storage_path={tmp_path}", *overrides]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
-    assert not list(tmp_path.glob("*/result.json"))
+    assert not list(tmp_path.glob("*/ffr_result.json"))
 
 
 def test_config_types_are_checked():

@@ -1,11 +1,18 @@
 """Sweeps: search spaces from the method registry, and a real Ray Tune sweep tracked in a sqlite MLflow store."""
 
+from types import SimpleNamespace
+
+import pandas as pd
 import pytest
 
+from ffr.cli import main
 from ffr.errors import FFRError
 from ffr.methods import METHODS
+from ffr.training import rundir
 from tune.spaces import method_space, to_domain
-from tune.sweep import param_space, parse_sweep, trial_train_config
+from tune.sweep import METRIC, FinishingASHA, param_space, parse_sweep, trial_train_config
+
+SHIPPED = "configs/sweep-colored-digits.yaml"
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -37,38 +44,97 @@ def test_trial_config_merges_method_hparams():
               "method_hparams": {"groupdro": {"step_size": 0.05, "adjustment": 1.0}}}
     train = trial_train_config({"dataset": "colored-digits", "method_hparams": {"adjustment": 0.0}}, params, "abc")
     assert train["method"] == "groupdro" and train["seed"] == 1 and train["lr"] == 0.005
-    assert train["method_hparams"] == {"step_size": 0.05, "adjustment": 1.0} and train["run_name"] == "trial-abc"
+    assert train["method_hparams"] == {"step_size": 0.05, "adjustment": 1.0}
+    assert train["run_name"] == "colored-digits-none-groupdro-s1-abc"
+
+
+def test_config_checks_fail_in_one_line_before_ray_starts(tmp_path, capsys):
+    """grace_period > epochs used to be ASHA's AssertionError traceback after Ray had started."""
+    import ray
+
+    assert main(["sweep", "--config", SHIPPED, f"storage_path={tmp_path}", "train.epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scheduler.grace_period = 2 is more than train.epochs = 1" in err
+    if not ray.is_initialized():  # run alone, nothing started Ray; with other tests the session cluster is up
+        assert not list(tmp_path.iterdir())
+
+
+def test_finishing_asha_lets_a_trial_through_its_last_epoch_only():
+    from ray.tune.schedulers import TrialScheduler
+
+    scheduler = FinishingASHA(3, time_attr="training_iteration", metric=METRIC, mode="max", grace_period=1)
+
+    class Trial:
+        def __init__(self, trial_id):
+            self.trial_id, self.config, self.evaluated_params = trial_id, {}, {}
+
+    good, bad = Trial("good"), Trial("bad")
+    for trial in (good, bad):
+        scheduler.on_trial_add(None, trial)
+    result = scheduler.on_trial_result
+    assert result(None, good, {"training_iteration": 1, METRIC: 0.9}) == TrialScheduler.CONTINUE
+    assert result(None, bad, {"training_iteration": 1, METRIC: 0.1}) == TrialScheduler.STOP  # early: stopped
+    assert result(None, good, {"training_iteration": 3, METRIC: 0.9}) == TrialScheduler.CONTINUE  # last epoch
+    assert result(None, good, {"training_iteration": 4, METRIC: 0.9}) == TrialScheduler.CONTINUE  # test report
 
 
 @pytest.mark.slow
-def test_sweep_runs_trials_and_tracks_them_in_mlflow(ray_cluster, tmp_path):
+def test_shipped_asha_sweep_then_report_and_mlflow(ray_cluster, tmp_path, capsys):
+    """configs/sweep-colored-digits.yaml, shrunk: every trial that trains all its epochs is test-evaluated,
+    ASHA-stopped ones are marked stopped, ``ffr report`` reads the sweep folder, and MLflow holds one run per
+    trial, named after the ffr run, with only its own method's hyperparameters."""
     import mlflow
 
-    from tune.sweep import METRIC, run_sweep
+    sweeps = tmp_path / "sweeps"
+    overrides = [f"storage_path={sweeps}", "methods=[erm, groupdro]", "seeds=[0, 1]", "train.epochs=3",
+                 "train.image_size=16", "train.backbone_options={width: 8}", "train.batch_size=256",
+                 "train.controller_failure_limit=1", "scheduler.grace_period=1",
+                 "mlflow.tags={team: fairness, api_token: s3cr3t-value}"]
+    assert main(["sweep", "--config", SHIPPED, *overrides]) == 0
+    printed = capsys.readouterr().out
+    folder = sweeps / "colored-digits-stage2"
+    uri = f"sqlite:///{sweeps}/mlflow.db"
+    assert f"mlflow ui --backend-store-uri {uri}" in printed and f"ffr report {folder}" in printed
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    table = run_sweep({
-        "name": "t", "storage_path": str(tmp_path / "sweeps"),
-        "train": {"dataset": "colored-digits", "dataset_options": {"bias_ratio": 0.9}, "backbone": "small-cnn",
-                  "pretrained": None, "image_size": 16, "epochs": 2, "batch_size": 256, "cache_in_memory": True,
-                  "controller_failure_limit": 1},
-        "methods": ["erm", "groupdro"], "seeds": [0], "search": {"lr": ["loguniform", 1e-3, 3e-3]},
-        "max_concurrent_trials": 2, "scheduler": {"type": "fifo"},
-        "mlflow": {"tracking_uri": uri, "experiment_name": "sweep-test", "tags": {"api_token": "s3cr3t-value"}},
-    })
-    assert sorted(table["method"]) == ["erm", "groupdro"]
-    assert table["error"].isna().all(), table["error"].tolist()
-    assert table[METRIC].between(0, 1).all() and (table["epochs_run"] == 2).all()
-    assert (tmp_path / "sweeps" / "t" / "sweep_results.csv").exists()
+    table = pd.read_csv(folder / "sweep_results.csv")
+    assert len(table) == 4 and set(table["status"]) <= {"finished", "stopped"}, table.to_string()
+    finished, stopped = table[table["status"] == "finished"], table[table["status"] == "stopped"]
+    assert len(finished) >= 1
+    assert finished["test_worst_group_acc"].between(0, 1).all() and (finished["epochs_run"] == 3).all()
+    assert (stopped["epochs_run"] < 3).all()
+    rows = [SimpleNamespace(**r) for r in table.to_dict("records")]
+    for row in rows:
+        run = folder / row.run_name
+        assert (run / rundir.RESULT).exists() == (row.status == "finished")
+        assert (run / rundir.STOPPED).exists() == (row.status == "stopped")
+
+    assert main(["report", str(folder)]) == 0  # Tune's own result.json files sit in the same tree
+    report = capsys.readouterr().out
+    for row in rows:
+        line = next(x for x in report.splitlines() if x.startswith(row.run_name))
+        assert row.status in line.split()
+        if row.status == "finished":
+            assert f"{100 * row.test_worst_group_acc:.1f}" in line.split()
 
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("sweep-test")
-    runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 2
-    for run in runs:
-        assert run.data.params["method"] in {"erm", "groupdro"}
-        assert METRIC in run.data.metrics
-        history = client.get_metric_history(run.info.run_id, METRIC)
-        assert len(history) == 2  # one point per epoch, forwarded by TuneReportCallback
-        everything = str(run.data.params) + str(run.data.tags)
-        assert "s3cr3t-value" not in everything
+    experiment = client.get_experiment_by_name("colored-digits-stage2")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == set(table["run_name"])
+    for row in rows:
+        run = runs[row.run_name]
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        assert (tags["dataset"], tags["variant"], tags["method"], tags["stage"], tags["seed"]) == \
+            ("colored-digits", "none", row.method, "2", str(row.seed))
+        assert tags["team"] == "fairness" and "s3cr3t-value" not in str(tags) + str(params)
+        assert float(params["lr"]) == pytest.approx(vars(row)["train.lr"])
+        assert ("method_hparams.step_size" in params) == (row.method == "groupdro")
+        history = client.get_metric_history(run.info.run_id, "val_acc/small 0-4/green")
+        assert len(history) == row.epochs_run
+        if row.status == "finished":
+            assert run.info.status == "FINISHED"
+            assert metrics["test_worst_group_acc"] == pytest.approx(row.test_worst_group_acc)
+            assert "test_acc/large 5-9/red" in metrics and "test_n/large 5-9/red" in metrics
+            artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert {"config.json", "metrics.jsonl", rundir.RESULT, "val_wga_curve.png"} <= artifacts
+        else:
+            assert run.info.status == "KILLED" and tags["ffr.status"] == "stopped"

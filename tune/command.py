@@ -1,8 +1,12 @@
-"""``ffr sweep --config FILE [key=value ...]``: a Ray Tune sweep of stage-2 methods, tracked in MLflow."""
+"""``ffr sweep --config FILE [key=value ...]``: a Ray Tune sweep of stage-2 methods, tracked in MLflow.
+
+Exits 0 when every trial finished or was stopped early by its scheduler (ASHA), 1 when any trial failed
+(one line names them; Tune printed their tracebacks above), 2 on a bad config (before Ray starts)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ffr.config import load_config
 
@@ -13,16 +17,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tune.sweep import METRIC, parse_sweep, run_sweep
+    from ffr.storage import join
+    from ffr.tracking import ui_line
+    from tune.sweep import METRIC, parse_sweep, run_sweep, tracking_uri_for
 
     cfg = parse_sweep(load_config(args.config, args.overrides))
     table = run_sweep(cfg)
-    with_metric = table.dropna(subset=[METRIC]) if METRIC in table else table.iloc[0:0]
-    print(table.to_string(index=False))
-    if not with_metric.empty:
-        by_method = with_metric.groupby("method")[METRIC].agg(["mean", "max", "count"])
-        print("\nvalidation worst-group accuracy by method:\n" + by_method.to_string())
-    failed = int(table["error"].notna().sum()) if "error" in table else 0
-    if failed:
-        print(f"{failed} trial(s) failed; see the errors above")
-    return 1 if failed == len(table) else 0
+    shown = [c for c in ("run_name", "status", "epochs_run", METRIC, "test_worst_group_acc") if c in table]
+    shown += [c for c in table.columns if c.startswith(("train.", "hp."))]
+    print(table[shown].to_string(index=False))
+    finished = table[table["status"] == "finished"].dropna(subset=["test_worst_group_acc"])
+    if not finished.empty:
+        by_method = finished.groupby("method")[[METRIC, "test_worst_group_acc"]].agg(["mean", "max", "count"])
+        print("\nfinished trials by method (worst-group accuracy):\n" + by_method.to_string())
+    counts = table["status"].value_counts().to_dict()
+    print(f"\n{len(table)} trials: {counts.get('finished', 0)} finished, {counts.get('stopped', 0)} stopped early "
+          f"by {cfg.scheduler.type.upper()}, {counts.get('error', 0)} failed")
+    print(f"report: ffr report {join(cfg.storage_path, cfg.name)}")
+    print(ui_line(tracking_uri_for(cfg)))
+    failed = table[table["status"] == "error"]
+    if not failed.empty:
+        names = ", ".join(f"{r.run_name} ({r.error})" for r in failed.itertuples())
+        print(f"ffr sweep: {len(failed)} of {len(table)} trials failed: {names}", file=sys.stderr)
+        return 1
+    return 0

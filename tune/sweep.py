@@ -2,9 +2,14 @@
 
 One Tune trial = one ``ffr.training.run_experiment`` (a Ray Train driver; the V2 Train-in-Tune pattern): the
 trial's TorchTrainer forwards rank-0 epoch metrics to Tune with ``TuneReportCallback``, so ASHA can stop bad
-trials early, and ``MLflowLoggerCallback`` (on the Tune RunConfig) records params and per-epoch metrics in
-MLflow. The search space is the product of: methods × seeds (grid), the sweep's own ``search`` entries over
-training-config keys, and each method's declared hyperparameter space (``ffr.methods`` HParam.space).
+trials early. The search space is the product of: methods × seeds (grid), the sweep's own ``search`` entries
+over training-config keys, and each method's declared hyperparameter space (``ffr.methods`` HParam.space).
+
+Every trial is an ordinary ffr run: its run directory is ``{storage_path}/{name}/{run name}`` (next to Tune's
+own trial folders), it is test-evaluated when its epochs are done, and ``ffr.tracking`` logs it to MLflow as
+one run named after the ffr run, with only its own method's hyperparameters. A trial ASHA stopped early gets a
+``stopped.json`` in its run directory (and its MLflow run is marked KILLED), so ``ffr report`` shows it as
+stopped, not as a crash.
 """
 
 from __future__ import annotations
@@ -12,23 +17,26 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from ffr import tracking
 from ffr.config import build, load_config, redact, set_dotted, to_dict
 from ffr.errors import FFRError
 from ffr.methods import METHODS
 from ffr.ray_session import ensure_ray
-from ffr.storage import filesystem, is_remote, join
+from ffr.storage import filesystem, join
+from ffr.tracking import MLflowConfig
 from ffr.training import rundir
 from ffr.training.config import TrainConfig, parse
 from tune.spaces import method_space, to_domain
 
 METRIC = "val_worst_group_acc"
+TRIAL_PREFIX = "tune-"  # Tune trial folders are named tune-<trial id>
 
 
 @dataclass
@@ -36,13 +44,6 @@ class SchedulerConfig:
     type: str = "asha"  # "asha" | "fifo"
     grace_period: int = 1
     reduction_factor: int = 2
-
-
-@dataclass
-class MLflowConfig:
-    tracking_uri: str | None = None  # sqlite:///path/mlflow.db locally; http://<head>:5000 on a cluster
-    experiment_name: str | None = None  # default: the sweep name
-    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class SweepConfig:
     num_samples: int = 1
     max_concurrent_trials: int = 1  # ≈ GPUs // (workers per trial): extra trials would only wait
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # experiment_name defaults to the sweep's name; tracking_uri as in ffr.tracking, beside storage_path
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     max_failures: int = 0  # trial-level retries (worker failures are retried inside Train)
 
@@ -73,6 +75,22 @@ def parse_sweep(config: SweepConfig | dict) -> SweepConfig:
     if cfg.num_samples < 1 or cfg.max_concurrent_trials < 1:
         raise FFRError("num_samples and max_concurrent_trials must be >= 1")
     return cfg
+
+
+def check_scheduler(cfg: SweepConfig, epochs: int) -> None:
+    """ASHA's own asserts would fire after Ray started, as a traceback; say it in one line before."""
+    if cfg.scheduler.type != "asha":
+        return
+    grace, factor = cfg.scheduler.grace_period, cfg.scheduler.reduction_factor
+    if epochs < 1:
+        raise FFRError(f"train.epochs = {epochs}; an ASHA sweep needs epochs >= 1")
+    if grace < 1:
+        raise FFRError(f"scheduler.grace_period = {grace}; expected an integer >= 1")
+    if grace > epochs:
+        raise FFRError(f"scheduler.grace_period = {grace} is more than train.epochs = {epochs}; expected "
+                       f"grace_period <= epochs (ASHA's first rung must come before the last epoch)")
+    if factor < 2:
+        raise FFRError(f"scheduler.reduction_factor = {factor}; expected an integer >= 2")
 
 
 def base_train_config(cfg: SweepConfig) -> dict[str, Any]:
@@ -97,6 +115,12 @@ def param_space(cfg: SweepConfig) -> dict[str, Any]:
     return space
 
 
+def trial_run_name(train: dict[str, Any], trial_id: str) -> str:
+    """The ffr run (and MLflow run) name of one trial: readable, unique within the sweep, stable on restore."""
+    cfg = parse(train)
+    return f"{cfg.dataset}-{cfg.variant}-{cfg.method}-s{cfg.seed}-{trial_id}"
+
+
 def trial_train_config(base: dict[str, Any], params: dict[str, Any], trial_id: str) -> dict[str, Any]:
     """The training config one trial runs: base + sampled keys + its method's sampled hyperparameters."""
     train = copy.deepcopy(base)
@@ -106,8 +130,26 @@ def trial_train_config(base: dict[str, Any], params: dict[str, Any], trial_id: s
     hparams = dict(train.get("method_hparams") or {})
     hparams.update(params.get("method_hparams", {}).get(params["method"], {}))
     train["method_hparams"] = hparams
-    train["run_name"] = f"trial-{trial_id}"
+    train["run_name"] = trial_run_name(train, trial_id)
     return train
+
+
+class FinishingASHA(ASHAScheduler):
+    """ASHA that never stops a trial once its last epoch is reported. Plain ASHA stops every trial at
+    ``max_t``, i.e. right after the last epoch, which kills the trial before its test evaluation; a trial
+    that has trained all its epochs has cost everything already, so it is let finish. It still counts in
+    the rungs, and trials below a rung's cutoff are stopped early as usual."""
+
+    def __init__(self, epochs: int, **kwargs) -> None:
+        super().__init__(max_t=epochs, **kwargs)
+        self._epochs = epochs
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP and result.get(self._time_attr, 0) >= self._epochs:
+            self._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return action
 
 
 def _trainable(params: dict[str, Any], base: dict[str, Any]) -> None:
@@ -116,45 +158,75 @@ def _trainable(params: dict[str, Any], base: dict[str, Any]) -> None:
     from ffr.training import run_experiment
 
     train = trial_train_config(base, params, tune.get_context().get_trial_id())
-    # A restored sweep may re-enter a trial whose run already finished: Train then reports no epochs, so
-    # the final numbers are reported once here instead.
-    finished_before = rundir.read_result(rundir.run_dir(train["storage_path"], train["run_name"])) is not None
     result = run_experiment(train, callbacks=[TuneReportCallback()])
-    if finished_before:
-        tune.report({METRIC: result["best_val_worst_group_acc"], "epoch": result.get("best_epoch") or 0})
+    # The test numbers, once, after the last epoch (FinishingASHA lets this report through). A restored
+    # sweep re-entering a finished trial reports only this.
+    tune.report({METRIC: result["best_val_worst_group_acc"], "best_epoch": result.get("best_epoch") or 0,
+                 "test_worst_group_acc": result["test"]["worst_group_acc"], "finished": True})
 
 
 def tracking_uri_for(cfg: SweepConfig) -> str | None:
-    """The config's URI, else $MLFLOW_TRACKING_URI (the head's server on a cluster), else a sqlite file beside
-    a local sweep (MLflow ≥ 3.13 rejects ./mlruns file stores); None for an S3 sweep with no server."""
-    if cfg.mlflow.tracking_uri:
-        return cfg.mlflow.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    if is_remote(cfg.storage_path):
-        return None
-    return f"sqlite:///{os.path.abspath(join(cfg.storage_path, 'mlflow.db'))}"
+    """Where the sweep's trials are tracked (ffr.tracking.tracking_uri, beside the sweep's storage_path)."""
+    return tracking.tracking_uri(cfg.mlflow, cfg.storage_path)
+
+
+def _trial_id(result) -> str | None:
+    name = str(result.path or "").rstrip("/").rsplit("/", 1)[-1]
+    return name[len(TRIAL_PREFIX):] if name.startswith(TRIAL_PREFIX) else None
+
+
+def _trial_row(result, base: dict[str, Any], epochs: int, uri: str | None, experiment: str) -> dict[str, Any]:
+    """One trial's row; marks a trial ASHA stopped early (run directory and MLflow run)."""
+    params = result.config or {}
+    metrics = result.metrics or {}
+    method = params.get("method")
+    trial_id = _trial_id(result)
+    run_name = trial_run_name(trial_train_config(base, params, trial_id), trial_id) if trial_id and method else None
+    directory = rundir.run_dir(base["storage_path"], run_name) if run_name else None
+    finished = directory is not None and rundir.read_result(directory) is not None
+    epochs_run = len({r.get("epoch") for r in rundir.read_metrics(directory) if r.get("stage") == 2}) \
+        if directory else 0
+    if result.error is not None:
+        status = "error"
+    elif finished:
+        status = "finished"
+    else:
+        status = "stopped"
+        rundir.write_stopped(directory, {"stopped_by": "asha", "epochs_run": epochs_run, "epochs": epochs})
+        for run in tracking.runs_named(uri, experiment, run_name) if uri else []:
+            if run.info.status != "FINISHED":
+                tracking.client(uri).set_tag(run.info.run_id, "ffr.status", "stopped")
+                tracking.client(uri).set_terminated(run.info.run_id, "KILLED")
+    result_file = rundir.read_result(directory) if finished else {}
+    return {"run_name": run_name, "status": status, "method": method, "seed": params.get("seed"),
+            **{f"train.{k}": v for k, v in params.get("train", {}).items()},
+            **{f"hp.{k}": v for k, v in params.get("method_hparams", {}).get(method, {}).items()},
+            METRIC: (result_file or {}).get("best_val_worst_group_acc", metrics.get(METRIC)),
+            "test_worst_group_acc": ((result_file or {}).get("test") or {}).get("worst_group_acc"),
+            "epochs_run": epochs_run,
+            "error": None if result.error is None else str(result.error).strip().splitlines()[-1][:200]}
 
 
 def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
-    """Run the sweep; returns one row per trial (config + final metrics), also written as sweep_results.csv."""
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    """Run the sweep; returns one row per trial (run_name, status finished|stopped|error, config, val and
+    test WGA), also written as ``{storage_path}/{name}/sweep_results.csv``. The runs' directories are
+    ``{storage_path}/{name}/{run_name}``; ``ffr report`` reads that folder."""
+    from ray.tune.schedulers import FIFOScheduler
 
     cfg = parse_sweep(config)
     base = base_train_config(cfg)
-    ensure_ray()
     epochs = int(parse(base).epochs)
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max(epochs, 1),
-                               grace_period=cfg.scheduler.grace_period,
+    check_scheduler(cfg, epochs)
+    uri = tracking_uri_for(cfg)
+    experiment = cfg.mlflow.experiment_name or cfg.name
+    base["mlflow"] = {"enabled": uri is not None, "tracking_uri": uri, "experiment_name": experiment,
+                      "tags": {**cfg.mlflow.tags, "sweep": cfg.name}}
+    if uri is not None:
+        tracking.experiment_id(uri, experiment)  # create the store once, before trials race to do it
+    ensure_ray()
+    scheduler = (FinishingASHA(epochs, time_attr="training_iteration", grace_period=cfg.scheduler.grace_period,
                                reduction_factor=cfg.scheduler.reduction_factor)
                  if cfg.scheduler.type == "asha" else FIFOScheduler())
-    callbacks = []
-    tracking_uri = tracking_uri_for(cfg)
-    if tracking_uri:
-        callbacks.append(MLflowLoggerCallback(tracking_uri=tracking_uri,
-                                              experiment_name=cfg.mlflow.experiment_name or cfg.name,
-                                              tags=redact(dict(cfg.mlflow.tags)), save_artifact=False))
     from ffr.storage import pyarrow_filesystem
 
     pa_fs, tune_path = pyarrow_filesystem(cfg.storage_path)
@@ -162,22 +234,13 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
         tune.with_parameters(_trainable, base=base),
         param_space=param_space(cfg),
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, num_samples=cfg.num_samples,
-                                    max_concurrent_trials=cfg.max_concurrent_trials),
+                                    max_concurrent_trials=cfg.max_concurrent_trials,
+                                    trial_dirname_creator=lambda trial: f"{TRIAL_PREFIX}{trial.trial_id}"),
         run_config=tune.RunConfig(name=cfg.name, storage_path=tune_path, storage_filesystem=pa_fs,
-                                  callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),
     )
     results = tuner.fit()
-    rows = []
-    for r in results:
-        params = r.config or {}
-        row = {"method": params.get("method"), "seed": params.get("seed"),
-               **{f"train.{k}": v for k, v in params.get("train", {}).items()},
-               **{f"hp.{k}": v for k, v in params.get("method_hparams", {}).get(params.get("method"), {}).items()},
-               METRIC: (r.metrics or {}).get(METRIC), "epochs_run": (r.metrics or {}).get("training_iteration"),
-               "error": None if r.error is None else str(r.error).splitlines()[0][:200]}
-        rows.append(row)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame([_trial_row(r, base, epochs, uri, experiment) for r in results])
     fs, inner = filesystem(join(cfg.storage_path, cfg.name))
     fs.makedirs(inner, exist_ok=True)
     with fs.open(join(inner, "sweep_results.csv"), "w") as f:

@@ -17,9 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = build(TrainConfig, load_config(args.config, args.overrides))
+    from ffr.tracking import tracking_uri, ui_line
     from ffr.training import run_experiment
 
     result = run_experiment(cfg)
+    print(ui_line(tracking_uri(cfg.mlflow, cfg.storage_path)))
     summary = {k: result[k] for k in ("run_name", "variant", "method", "best_epoch", "best_val_worst_group_acc")}
     summary["test_worst_group_acc"] = result["test"]["worst_group_acc"]
     summary["run_dir"] = f"{result['storage_path'].rstrip('/')}/{result['run_name']}"

@@ -2,7 +2,7 @@
 
 An experiment is one (dataset, variant, method, seed, hyperparameters). Its stages are separate runs with
 their own directories; their names are derived from the config's content, so rerunning the same command
-finds the same run (and resumes it, or skips it when ``result.json`` says it is done), and FFR's stage 1
+finds the same run (and resumes it, or skips it when ``ffr_result.json`` says it is done), and FFR's stage 1
 is shared by every stage-2 method trained on top of it.
 """
 
@@ -16,11 +16,13 @@ from typing import Any
 
 from ffr.config import build, to_dict
 from ffr.errors import FFRError
+from ffr.tracking import MLflowConfig
 
 OPTIMIZERS = ("adam", "sgd")
 # Fields that change where/how a run executes but not what it computes: left out of run-name hashes.
 INFRA_FIELDS = ("storage_path", "run_name", "num_workers", "use_gpu", "cpus_per_worker", "max_failures",
-                "controller_failure_limit", "keep_checkpoints", "cache_in_memory", "loader_workers", "fault_injection")
+                "controller_failure_limit", "keep_checkpoints", "cache_in_memory", "loader_workers", "fault_injection",
+                "mlflow")
 
 
 @dataclass
@@ -85,6 +87,8 @@ class TrainConfig:
     cache_in_memory: bool = False  # keep decoded, resized images in RAM (small datasets)
     loader_workers: int = 0
     fault_injection: FaultInjection | None = None
+    # MLflow tracking (ffr.tracking): by default a sqlite store beside a local storage_path
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

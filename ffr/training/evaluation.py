@@ -38,7 +38,8 @@ def _predictions(model, split, cfg: TrainConfig, device, spec=None) -> np.ndarra
 
 def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, device: torch.device | None = None,
                         data: ExperimentData | None = None) -> dict:
-    """{"epoch", "val", "test"} (ffr.metrics.summarize dicts); with DFR also "base_val"/"base_test" (the
+    """{"epoch", "val", "test"} (ffr.metrics.summarize dicts), "group_sizes" ({split: {group: n}}, real
+    training data); with DFR also "base_val"/"base_test" (the
     backbone's own head) and "dfr" details — "val"/"test" are then the DFR head's."""
     device = device or torch.device("cpu")
     data = data or load_experiment_data(cfg, spec.stage)
@@ -48,7 +49,11 @@ def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, 
     val, test = data.val, data.test
     out = {"epoch": state.get("epoch"),
            "val": summarize(_predictions(model, val, cfg, device), val.y, val.groups(), train_counts),
-           "test": summarize(_predictions(model, test, cfg, device), test.y, test.groups(), train_counts)}
+           "test": summarize(_predictions(model, test, cfg, device), test.y, test.groups(), train_counts),
+           # how many examples each accuracy is over: a 50 % on 4 images is not a 50 % on 400
+           "group_sizes": {"train": {str(g): int(n) for g, n in sorted(train_counts.items())},
+                           "val": {str(g): int(n) for g, n in sorted(group_counts_of(val.groups()).items())},
+                           "test": {str(g): int(n) for g, n in sorted(group_counts_of(test.groups()).items())}}}
     if spec.method == "dfr":
         method = ffr.methods.create("dfr", **spec.method_hparams)
         train_f, val_f, test_f = (_features(model, s, cfg, device) for s in (data.real["train"], val, test))

@@ -3,7 +3,7 @@
 ffr: stage 1 (ERM on balanced synthetic data, shared by all methods) → stage 2 (the method on real data,
 starting from stage 1's best checkpoint). none / usb / asb: stage 2 only. JTT first trains its
 identification model (short ERM, same data and init) inside stage 2's run directory. A run whose
-``result.json`` exists is done and is not trained again; one without it resumes from its checkpoints.
+``ffr_result.json`` exists is done and is not trained again; one without it resumes from its checkpoints.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 import ffr.methods
-from ffr import backbones, variants
+from ffr import backbones, tracking, variants
 from ffr.datasets import DATASETS
 from ffr.errors import FFRError
 from ffr.storage import join
@@ -41,19 +41,54 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
+def _tracker(cfg: TrainConfig, spec: StageSpec) -> tracking.RunTracker | None:
+    uri = tracking.tracking_uri(cfg.mlflow, cfg.storage_path)
+    if uri is None:
+        return None
+    tags = {**cfg.mlflow.tags, "dataset": cfg.dataset, "variant": cfg.variant, "method": spec.method,
+            "stage": spec.stage, "seed": cfg.seed, "role": spec.role}
+    return tracking.RunTracker(uri, cfg.mlflow.experiment_name or cfg.dataset, spec.run_name, tags)
+
+
 def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, storage_path: str | None = None,
                   callbacks: list | None = None) -> dict:
-    """Train (or resume, or skip if finished) one stage, evaluate its best checkpoint, write result.json."""
-    from ffr.training import ray_train
-
+    """Train (or resume, or skip if finished) one stage, evaluate its best checkpoint, write the result file;
+    tracked as one MLflow run (ffr.tracking) when a tracking URI resolves."""
     storage_path = storage_path or cfg.storage_path
     directory = rundir.run_dir(storage_path, spec.run_name)
     finished = rundir.read_result(directory)
     if finished is not None:
-        _log(f"[{spec.run_name}] already finished (result.json exists); not training again")
+        _log(f"[{spec.run_name}] already finished ({rundir.RESULT} exists); not training again")
         return finished
     rundir.write_config(directory, resolved(cfg, spec))
     rundir.write_splits(directory, data.splits_for(spec.stage))
+    tracker = _tracker(cfg, spec)
+    if tracker is None:
+        return _train_and_evaluate(cfg, spec, data, storage_path, directory, callbacks)
+    from ffr.training import ray_train
+
+    tracker.start(resolved(cfg, spec))
+    group_names = data.val.spec.group_names()
+    try:
+        result = _train_and_evaluate(cfg, spec, data, storage_path, directory,
+                                     [*(callbacks or []), ray_train.MLflowEpochs(tracker.uri, tracker.run_id,
+                                                                                 group_names)])
+    except BaseException:
+        tracker.fail()
+        raise
+    from ffr.report import run_plots
+
+    try:
+        tracker.finish(result, directory, run_plots(directory))
+    except Exception as e:  # noqa: BLE001 - the run itself is done and written; tracking is secondary
+        _log(f"[{spec.run_name}] warning: could not finish the MLflow run ({e.__class__.__name__}: {e})")
+    return result
+
+
+def _train_and_evaluate(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, storage_path: str,
+                        directory: str, callbacks: list | None) -> dict:
+    from ffr.training import ray_train
+
     if spec.epochs == 0:
         if not spec.init_checkpoint:
             raise FFRError("epochs = 0 only evaluates an existing model; set init_checkpoint")
@@ -97,7 +132,7 @@ def _identify_errors(cfg: TrainConfig, stage2: StageSpec, data: ExperimentData) 
 
 
 def run_experiment(config: TrainConfig | dict, callbacks: list | None = None) -> dict:
-    """Run every stage of one experiment; returns the final (stage-2) result.json, plus ``stage1`` for ffr.
+    """Run every stage of one experiment; returns the final (stage-2) result, plus ``stage1`` for ffr.
 
     ``callbacks`` (Ray Train UserCallbacks, e.g. Tune's TuneReportCallback) see the stage-2 run only."""
     cfg = parse(config)

@@ -7,9 +7,11 @@ validation worst-group accuracy, so the best one and the latest one are always k
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 import ray
@@ -76,7 +78,24 @@ class RayTrainSession(Session):
                              checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}")
 
 
+def log_level() -> str:
+    """Ray Train's log level for our runs: WARNING, or $FFR_TRAIN_LOG_LEVEL (INFO brings every report back)."""
+    return os.environ.get("FFR_TRAIN_LOG_LEVEL", "WARNING").upper()
+
+
+def _quiet_report_lines(level: str) -> None:
+    """Ray 2.60 logs every ``ray.train.report`` at INFO ("Reporting training result N: TrainingReport(...)",
+    the full metrics dict) through ``logging.getLogger(__file__)`` in ray/train/v2/_internal/execution/
+    context.py. That logger is named by a file path, not ``ray.train.*``, so ``LoggingConfig(log_level)``
+    (whose filter only looks at ``ray.train`` names) never reaches it and the root logger's console handler
+    forwards each line to the driver. Our own epoch line already says what matters."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(level)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
+    _quiet_report_lines(loop_config.get("log_level", "WARNING"))
     cfg, spec = parse(loop_config["config"]), build(StageSpec, loop_config["stage"])
     run_stage(cfg, spec, RayTrainSession(), run_directory=loop_config["run_dir"])
 
@@ -105,14 +124,15 @@ def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_director
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": to_dict(cfg), "stage": to_dict(spec), "run_dir": run_directory},
+        train_loop_config={"config": to_dict(cfg), "stage": to_dict(spec), "run_dir": run_directory,
+                           "log_level": log_level()},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=spec.run_name, storage_path=path, storage_filesystem=filesystem,
-            # Our one line per epoch says what matters; Ray Train's per-report INFO lines (full metric dicts,
-            # checkpoint paths) drown it. FFR_TRAIN_LOG_LEVEL=INFO brings them back.
-            logging_config=ray.train.LoggingConfig(log_level=os.environ.get("FFR_TRAIN_LOG_LEVEL", "WARNING")),
+            # Our one line per epoch says what matters; Ray Train's own INFO lines drown it (see also
+            # _quiet_report_lines). FFR_TRAIN_LOG_LEVEL=INFO brings them back.
+            logging_config=ray.train.LoggingConfig(log_level=log_level()),
             callbacks=list(callbacks or []),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures,
                                                    controller_failure_limit=cfg.controller_failure_limit),
@@ -127,6 +147,28 @@ def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_director
         raise FFRError(f"run {spec.run_name!r} finished without a checkpoint; is epochs > 0?")
     best, metrics = max(ranked, key=lambda cm: cm[1][SCORE])
     return checkpoint_uri(storage_path, best), metrics, checkpoint_uri(storage_path, result.checkpoint)
+
+
+class MLflowEpochs(ray.train.UserCallback):
+    """Logs each epoch's record (rank 0's report) to the run's MLflow run, live, from the Train controller;
+    group metrics are keyed by group name. A tracking hiccup warns once and never stops training."""
+
+    def __init__(self, uri: str, run_id: str, group_names: list[str]) -> None:
+        self.uri, self.run_id, self.group_names, self._warned = uri, run_id, list(group_names), False
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        from ffr import tracking
+
+        if not metrics:
+            return
+        record = metrics[0]
+        try:
+            tracking.log_metrics(self.uri, self.run_id, tracking.epoch_metrics(record, self.group_names),
+                                 step=int(record.get("epoch", 0)))
+        except Exception as e:  # noqa: BLE001 - tracking must not kill a training run
+            if not self._warned:
+                warnings.warn(f"MLflow logging to {self.uri} failed: {e}", stacklevel=2)
+                self._warned = True
 
 
 def _device(use_gpu: bool) -> torch.device:

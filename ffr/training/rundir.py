@@ -1,9 +1,13 @@
 """The run directory contract: what every training run writes under ``{storage_path}/{run_name}/``.
 
 ``config.json`` (resolved, secrets redacted), ``splits.parquet`` (relative keys), ``metrics.jsonl`` (one
-object per epoch), ``result.json`` (written last: the completion marker) and Ray Train's ``checkpoint_*``
-directories. Works the same on local paths and ``s3://``; readers here are shared with ``ffr report`` and
-``tune/``.
+object per epoch), ``ffr_result.json`` (written last: the completion marker) and Ray Train's ``checkpoint_*``
+directories; a sweep adds ``stopped.json`` to a trial that its scheduler stopped early. Works the same on local
+paths and ``s3://``; readers here are shared with ``ffr report`` and ``tune/``.
+
+The result file is not called ``result.json``: Ray Tune writes its own ``result.json`` (JSON lines) into every
+trial folder of the same sweep tree. Run directories written before the rename are still read: their
+``result.json`` counts when a ``config.json`` sits beside it (a Tune trial folder has none).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from ffr.datasets.base import GroupedSplit, save_splits
 from ffr.errors import FFRError
 from ffr.storage import filesystem, join, write_atomic
 
-CONFIG, SPLITS, METRICS, RESULT = "config.json", "splits.parquet", "metrics.jsonl", "result.json"
+CONFIG, SPLITS, METRICS, RESULT = "config.json", "splits.parquet", "metrics.jsonl", "ffr_result.json"
+LEGACY_RESULT = "result.json"  # ffr's result file before it was renamed (see above)
+STOPPED = "stopped.json"  # written by the sweep driver for a trial its scheduler (ASHA) stopped early
 
 
 def run_dir(storage_path: str, run_name: str) -> str:
@@ -86,12 +92,31 @@ def write_result(directory: str, result: dict) -> None:
     write_json(join(directory, RESULT), result)
 
 
+def result_path(directory: str) -> str | None:
+    """The run's result file, current or legacy name; None while the run is unfinished."""
+    fs, inner = filesystem(directory)
+    if fs.exists(join(inner, RESULT)):
+        return join(directory, RESULT)
+    if fs.exists(join(inner, LEGACY_RESULT)) and fs.exists(join(inner, CONFIG)):
+        return join(directory, LEGACY_RESULT)
+    return None
+
+
 def read_result(directory: str) -> dict | None:
-    return read_json(join(directory, RESULT))
+    path = result_path(directory)
+    return None if path is None else read_json(path)
+
+
+def write_stopped(directory: str, info: dict) -> None:
+    write_json(join(directory, STOPPED), info)
+
+
+def read_stopped(directory: str) -> dict | None:
+    return read_json(join(directory, STOPPED))
 
 
 def list_runs(root: str) -> list[str]:
-    """Run directories directly under ``root`` that have a result.json (finished runs)."""
+    """Run directories directly under ``root`` that have a result file (finished runs)."""
     fs, inner = filesystem(root)
     if not fs.exists(inner):
         raise FFRError(f"runs root {root!r} does not exist")
@@ -99,7 +124,7 @@ def list_runs(root: str) -> list[str]:
     found = []
     for entry in sorted(fs.ls(inner, detail=False)):
         name = str(entry).rstrip("/").rsplit("/", 1)[-1]
-        if fs.exists(join(str(entry), RESULT)):
+        if result_path(join(root, name)) is not None:
             found.append(join(root, name))
     return found
 
@@ -134,7 +159,7 @@ def best_run_of_sweep(root: str, seed: int, stage: int = 1) -> str:
 
 def resolve_checkpoint(reference: str, seed: int) -> str:
     """A stage-1 reference → a checkpoint directory: a checkpoint dir (has model.pt), a finished run dir
-    (its result.json's checkpoint), or ``best:<sweep dir>`` (the best stage-1 run for this seed)."""
+    (its result file's checkpoint), or ``best:<sweep dir>`` (the best stage-1 run for this seed)."""
     from ffr.training.loop import CHECKPOINT_FILE
 
     if reference.startswith("best:"):
@@ -146,4 +171,4 @@ def resolve_checkpoint(reference: str, seed: int) -> str:
     if result and result.get("checkpoint"):
         return result["checkpoint"]
     raise FFRError(f"init_checkpoint {reference!r} is neither a checkpoint directory (with model.pt) nor a "
-                   "finished run directory (with result.json); expected one of those or best:<sweep dir>")
+                   f"finished run directory (with {RESULT}); expected one of those or best:<sweep dir>")

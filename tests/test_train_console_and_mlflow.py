@@ -1,0 +1,60 @@
+"""A small ``ffr train`` as a user runs it (its own driver process, joined to the session's Ray cluster):
+what it prints, and what it records in MLflow's default sqlite store beside ``storage_path``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ffr import tracking
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 3
+# Ray's start-up lines (token auth notice, "Connected to" / "Started a local Ray instance", the
+# PreemptionWatcher actor notice; see docs/console.md) + one line per epoch + "done" + the MLflow line +
+# the JSON summary. Ray Train's per-report lines ("Reporting training result N: TrainingReport(...)") would
+# add one per epoch and push it over.
+MAX_LINES = EPOCHS + 9
+
+
+def test_small_train_prints_few_lines_and_is_tracked_in_mlflow(ray_cluster, tmp_path):
+    storage = tmp_path / "runs"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
+           "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    args = ["dataset=colored-digits", "dataset_options={bias_ratio: 0.95}", "backbone=small-cnn",
+            "backbone_options={width: 8}", "pretrained=null", "image_size=16", "cache_in_memory=true",
+            f"epochs={EPOCHS}", "batch_size=256", "lr=3e-3", f"storage_path={storage}", "max_failures=0",
+            "mlflow.tags={api_token: s3cr3t-value}"]
+    done = subprocess.run([sys.executable, "-m", "ffr.cli", "train", *args], env=env, capture_output=True,
+                          text=True, timeout=400)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert "Reporting training result" not in output
+    assert len(lines) <= MAX_LINES, "\n".join(lines)
+    assert sum("stage 2 epoch" in line for line in lines) == EPOCHS  # our epoch line, once each
+    uri = f"sqlite:///{storage}/mlflow.db"
+    assert f"MLflow: mlflow ui --backend-store-uri {uri}" in lines
+    summary = json.loads(lines[-1])
+
+    client = tracking.client(uri)
+    experiment = client.get_experiment_by_name("colored-digits")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == summary["run_name"] and run.info.status == "FINISHED"
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    assert {k: tags[k] for k in tracking.TAG_KEYS} == {"dataset": "colored-digits", "variant": "none",
+                                                       "method": "erm", "stage": "2", "seed": "0"}
+    assert params["dataset_options.bias_ratio"] == "0.95" and params["stage1.lr"] == "0.0001"
+    assert float(params["lr"]) == 3e-3 and params["epochs"] == str(EPOCHS)
+    assert "s3cr3t-value" not in json.dumps([tags, params])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc/small 0-4/green")] == [0, 1, 2]
+    assert metrics["test_worst_group_acc"] == pytest.approx(summary["test_worst_group_acc"])
+    assert metrics["test_n/large 5-9/red"] > 0 and "test_acc/large 5-9/red" in metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "metrics.jsonl", "ffr_result.json", "val_wga_curve.png", "test_group_acc.png"} <= artifacts
