@@ -14,6 +14,7 @@ from ffr.errors import FFRError
 
 Counts = dict[tuple[int, int], int]
 SYNTHETIC_MODES = ("usb", "asb", "ffr")
+BUDGET_MODES = (*SYNTHETIC_MODES, "all")  # "all": one generation output that serves usb, asb and ffr
 VAL_FLOOR = 10  # FFR keeps at least 10 examples per validation group so WGA is measurable
 
 
@@ -74,6 +75,20 @@ def synthetic_counts(counts: Counts, mode: str) -> Counts:
         return usb
     k = sum(usb.values()) // len(counts)
     return {g: k for g in counts}
+
+
+def budget_counts(counts: Counts, mode: str) -> Counts:
+    """Synthetic images to generate per group: one mode's counts, or ``all`` = the per-group maximum over the
+    three, so one output feeds every variant (each variant then draws its own counts from it).
+
+    ``counts`` are the real training set's group counts *after* bias-ratio downsampling (:func:`keep_counts`):
+    the set the synthetic images are mixed with or stand in for."""
+    if mode == "all":
+        per_mode = [synthetic_counts(counts, m) for m in SYNTHETIC_MODES]
+        return {g: max(c[g] for c in per_mode) for g in counts}
+    if mode not in SYNTHETIC_MODES:
+        raise FFRError(f"budget mode {mode!r} is unknown; expected one of {', '.join(BUDGET_MODES)}")
+    return synthetic_counts(counts, mode)
 
 
 def downsample_indices(y: np.ndarray, b: np.ndarray, bias_ratio: float, floor: int,

@@ -2,7 +2,13 @@
 
 ``load_config("configs/x.yaml", ["train.lr=0.01"])`` returns a plain dict; ``build(SomeDataclass, d)``
 turns it into a (nested) dataclass and rejects unknown keys with one clear line. Every run dumps its
-resolved config next to its outputs (``dump_config``), with secret-looking keys removed.
+resolved config next to its outputs (``dump_config``), with secret-looking keys removed; ``show_config``
+prints every key with its default and resolved value (``ffr <command> --show-config``).
+
+All YAML the project reads (config files, ``key=value`` overrides, recipe word lists, cluster files) goes
+through :func:`load_yaml`: PyYAML implements YAML 1.1, where ``1e-4``, ``3E-4`` and ``-.5`` are *strings*
+(1.1 floats need a dot and a signed exponent). :class:`YamlLoader` swaps in the YAML 1.2 core-schema float
+rule, so every number a researcher writes is a number.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,6 +30,29 @@ from ffr.errors import FFRError
 T = TypeVar("T")
 SECRET_MARKERS = ("secret", "password", "token", "access_key", "session_key", "credential")
 
+# YAML 1.2 core-schema floats: a dot or an exponent (sign optional), or .inf/.nan. Plain integers do not
+# match, so they stay ints (the float rule is tried before the int rule).
+_FLOAT_12 = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+
+
+class YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2 float resolution (``1e-4``, ``3E-4``, ``.5``, ``-.5`` are floats)."""
+
+
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _first in "-+.0123456789":
+    YamlLoader.yaml_implicit_resolvers.setdefault(_first, []).insert(0, ("tag:yaml.org,2002:float", _FLOAT_12))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text the way every ffr config is parsed (safe, YAML 1.2 floats)."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 — YamlLoader is a SafeLoader
+
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -32,7 +62,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key, raw = item.split("=", 1)
         if not key:
             raise FFRError(f"override {item!r} has an empty key")
-        out[key] = yaml.safe_load(raw) if raw else ""
+        out[key] = load_yaml(raw) if raw else ""
     return out
 
 
@@ -52,7 +82,7 @@ def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
     if not p.is_file():
         raise FFRError(f"{what} {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = load_yaml(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise FFRError(f"{what} {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -137,3 +167,61 @@ def to_dict(obj: Any) -> Any:
 def dump_config(obj: Any) -> str:
     """The resolved config as pretty JSON, secrets redacted — written beside every run's outputs."""
     return json.dumps(redact(to_dict(obj)), indent=2, sort_keys=True, default=str)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def config_rows(cls: type, resolved: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, default, resolved value) for every field of dataclass ``cls``, nested sections flattened.
+
+    Defaults come from the dataclass fields themselves, so a new field shows up without any edit here.
+    Free-form mappings (``recipe.options``, ``method_hparams``) are one row each: their keys have no defaults.
+    """
+    hints = typing.get_type_hints(cls)
+    rows: list[tuple[str, Any, Any]] = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        default = _field_default(f)
+        value = getattr(resolved, f.name) if resolved is not None else dataclasses.MISSING
+        section = next((t for t in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(t)),
+                       None)
+        if section is not None and (dataclasses.is_dataclass(default) or dataclasses.is_dataclass(value)):
+            rows += config_rows(section, value if dataclasses.is_dataclass(value) else None, key + ".")
+            continue
+        rows.append((key, default, value))
+    return rows
+
+
+def _shown(value: Any) -> str:
+    if value is dataclasses.MISSING:
+        return "(required)"
+    return json.dumps(to_dict(value), default=str)
+
+
+def format_config(cls: type, resolved: Any, prefix: str = "") -> str:
+    """A three-column table — key, default, value — with ``*`` marking keys that differ from the default."""
+    secrets = configured_secrets()
+    rows = []
+    for key, default, value in config_rows(cls, resolved, prefix):
+        if is_secret_name(key.rsplit(".", 1)[-1]):
+            default, value = ("<redacted>" if v not in (None, "", dataclasses.MISSING) else v for v in (default, value))
+        rows.append(("*" if to_dict(default) != to_dict(value) else " ", key,
+                     _shown(redact(default, secrets)), _shown(redact(value, secrets))))
+    width_key = max(len(r[1]) for r in rows)
+    width_default = min(max(len(r[2]) for r in rows), 40)
+    lines = [f"  {'key':<{width_key}}  {'default':<{width_default}}  value"]
+    lines += [f"{mark} {key:<{width_key}}  {default:<{width_default}}  {value}" for mark, key, default, value in rows]
+    lines.append("(* = differs from the default)")
+    return "\n".join(lines)
+
+
+def add_show_config(parser: Any) -> None:
+    """The shared ``--show-config`` flag of every command that takes a config."""
+    parser.add_argument("--show-config", action="store_true",
+                        help="print every config key with its default and resolved value, then exit")

@@ -1,9 +1,10 @@
 """``pipelines.generate(config) -> summary``: the one entry point behind ``ffr generate`` and the demo.
 
-recipe → manifest (written once) → pending shards → workers (Ray actor pool, or in-process) → shards,
-then ``groups.json``, ``config.json``, contact sheets and ``summary.json``. A rerun with the same config
-and output skips complete shards; a different config on the same output is refused before anything is
-written.
+recipe → manifest rounds → pending shards → workers (Ray actor pool, or in-process) → shards, until every
+group has its budget of accepted images; then ``groups.json``, ``config.json``, contact sheets and
+``summary.json``. A rerun with the same config and output skips complete shards; a larger budget extends
+the output with new ids; any other change that alters images is refused, naming the keys, before anything
+is written.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,10 +21,20 @@ import pandas as pd
 
 from ffr.config import dump_config
 from ffr.errors import FFRError
-from ffr.shards import complete_shards, write_groups
+from ffr.shards import complete_shards, read_stats, write_groups
 from ffr.storage import filesystem, join
-from pipelines.config import GenerateConfig, to_config
-from pipelines.manifest import build_manifest, fingerprint, group_budgets, write_manifest
+from pipelines.budget import extra_rows, group_budgets
+from pipelines.config import GenerateConfig, run_identity, to_config
+from pipelines.manifest import (
+    append_round,
+    build_manifest,
+    check_compatible,
+    check_generator,
+    effective_generator,
+    new_info,
+    read_manifest_info,
+    write_info,
+)
 from pipelines.recipes import create as create_recipe
 from pipelines.review import contact_sheets, summarize, write_json
 from pipelines.worker import ShardWorker, WorkerSettings
@@ -51,68 +63,134 @@ def check_writable(root: str) -> None:
         raise FFRError(f"output {root!r} is not writable: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
-def _run_local(shards: list[int], settings: WorkerSettings) -> Iterator[dict[str, Any]]:
-    worker = ShardWorker(settings)
-    for shard in shards:
-        yield worker.process_shard(shard)
+class _Runner:
+    """Runs lists of shards, round after round; the local worker (a loaded model) is kept between rounds."""
+
+    def __init__(self, cfg: GenerateConfig, settings: WorkerSettings) -> None:
+        self.cfg, self.settings = cfg, settings
+        self._local: ShardWorker | None = None
+
+    def __call__(self, shards: list[int]) -> Iterator[dict[str, Any]]:
+        if self.cfg.runner == "ray":
+            from ffr.ray_session import ensure_ray  # Ray is imported only when the Ray runner is used
+            from pipelines.job import run_shards
+
+            ensure_ray()  # now, so Ray's start-up lines come before the progress bar, not through it
+            env = {"FFR_S3_ENDPOINT": self.cfg.s3_endpoint} if self.cfg.s3_endpoint else {}
+            return run_shards(shards, self.settings, self.cfg.ray, env, verbose=self.cfg.verbose)
+        return self._run_local(shards)
+
+    def _run_local(self, shards: list[int]) -> Iterator[dict[str, Any]]:
+        if self._local is None:
+            self._local = ShardWorker(self.settings)
+        for shard in shards:
+            yield self._local.process_shard(shard)
 
 
-def _progress(it: Iterator[dict], total: int, enabled: bool) -> Iterator[dict]:
+def _progress(it: Iterator[dict], total: int, enabled: bool, desc: str) -> Iterator[dict]:
     if not enabled:
         yield from it
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, unit="shard", desc="generate") as bar:
+    with tqdm(total=total, unit="shard", desc=desc) as bar:
         for stats in it:
             bar.update(1)
             bar.set_postfix(accepted=stats["n_accepted"], refresh=False)
             yield stats
 
 
-def _plan(cfg: GenerateConfig):
-    recipe = create_recipe(cfg.recipe.name, cfg.recipe.options)
-    spec = recipe.spec()
-    manifest = build_manifest(recipe, group_budgets(spec, cfg.budget), cfg.seed, cfg.shard_size, cfg.generator)
-    return recipe, spec, manifest
+def _targets(cfg: GenerateConfig, spec) -> dict[int, int]:
+    return {spec.group_id(y, b): n for (y, b), n in group_budgets(spec, cfg.budget).items()}
 
 
 def plan(config: GenerateConfig | dict[str, Any]) -> pd.DataFrame:
-    """The manifest a config would generate (nothing is written)."""
-    return _plan(to_config(config))[2]
+    """The first round's manifest a config would generate into a new output (nothing is written)."""
+    cfg = to_config(config)
+    recipe = create_recipe(cfg.recipe.name, cfg.recipe.options)
+    manifest = build_manifest(recipe, group_budgets(recipe.spec(), cfg.budget), cfg.seed, cfg.shard_size,
+                              cfg.generator)
+    if manifest.empty:
+        raise FFRError("the budget asks for 0 images in every group; expected at least one image")
+    return manifest
+
+
+def _identity(cfg: GenerateConfig, recipe, settings: WorkerSettings) -> dict[str, Any]:
+    generator, negative = effective_generator(recipe, cfg.generator)
+    return run_identity(cfg, {
+        "generator": {**generator, "negative_prompt": negative},
+        "backend": {"name": settings.backend, "settings": settings.backend_settings},
+        "filters": {"gray_threshold": settings.gray_threshold, "clip_model": settings.clip_model,
+                    "clip_threshold": settings.clip_threshold}})
 
 
 def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
-    """Run (or resume) one generation run; returns the summary also written to ``{output}/summary.json``."""
+    """Generate until every group has its budget of accepted images (or extend / resume an output).
+
+    Returns the summary also written to ``{output}/summary.json``. Round after round (pipelines/budget.py):
+    run the planned shards not yet complete; when all are, plan the extra rows short groups need.
+    """
     cfg = to_config(config)
     if cfg.s3_endpoint:  # before any S3 access; Ray workers get it through the job's runtime_env
         os.environ["FFR_S3_ENDPOINT"] = cfg.s3_endpoint
-    recipe, spec, manifest = _plan(cfg)
+    recipe = create_recipe(cfg.recipe.name, cfg.recipe.options)
+    spec = recipe.spec()
+    targets = _targets(cfg, spec)
+    if not any(targets.values()):
+        raise FFRError("the budget asks for 0 images in every group; expected at least one image")
+    names = {g: spec.group_name(g) for g in range(spec.n_groups)}
     settings = _settings(cfg, recipe)
-    print_ = fingerprint(manifest, {"backend": settings.backend, "backend_settings": settings.backend_settings,
-                                    "image_format": settings.image_format, "gray": settings.gray_threshold,
-                                    "clip": [settings.clip_model, settings.clip_threshold]})
-    check_writable(cfg.output)
-    info = write_manifest(cfg.output, manifest, print_)
+    identity = _identity(cfg, recipe, settings)
+    check_generator(recipe, cfg.generator)
+    stored = {str(g): n for g, n in sorted(targets.items())}
+    info = read_manifest_info(cfg.output)
+    if info is not None:
+        check_compatible(cfg.output, info, identity, targets, names)  # before anything is written
+        if info["targets"] != stored:
+            info = {**info, "targets": stored}
+            write_info(cfg.output, info)
+    else:  # manifest.json appears with the first round's shards
+        check_writable(cfg.output)
+        info = {**new_info(recipe.name, identity), "targets": stored}
     write_groups(cfg.output, spec)
     write_json(cfg.output, "config.json", json.loads(dump_config(cfg)))  # secrets redacted
     done = set(complete_shards(cfg.output))
-    pending = [s for s in range(info["n_shards"]) if s not in done]
-    log.info("%d shards, %d complete, %d to generate", info["n_shards"], len(done), len(pending))
-    start = time.perf_counter()
+    skipped = len(done)
+    accepted: Counter = Counter()
+    for shard in done:
+        accepted.update({int(g): n for g, n in read_stats(cfg.output, shard).get("accepted_per_group", {}).items()})
+    run = _Runner(cfg, settings)
     run_stats: list[dict] = []
-    if pending:
-        if cfg.runner == "ray":
-            from pipelines.job import run_shards  # Ray is imported only when the Ray runner is used
-
-            env = {"FFR_S3_ENDPOINT": cfg.s3_endpoint} if cfg.s3_endpoint else {}
-            stream = run_shards(pending, settings, cfg.ray, env)
-        else:
-            stream = _run_local(pending, settings)
-        run_stats = list(_progress(stream, len(pending), cfg.progress))
+    start = time.perf_counter()
+    failure: FFRError | None = None
+    while True:
+        pending = [s for s in range(info["n_shards"]) if s not in done]
+        if not pending:
+            try:
+                extra = extra_rows(targets, {int(k): v for k, v in info["planned"].items()}, accepted,
+                                   cfg.budget.max_factor, names)
+            except FFRError as e:
+                failure = e
+                break
+            if not extra:
+                break
+            planned = {int(k): v for k, v in info["planned"].items()}
+            todo = {spec.decode(g)[:2]: n for g, n in extra.items()}
+            manifest = build_manifest(recipe, todo, cfg.seed, cfg.shard_size, cfg.generator, start=planned,
+                                      first_shard=info["n_shards"])
+            info = append_round(cfg.output, info, manifest)
+            pending = [s for s in range(info["n_shards"]) if s not in done]
+            log.info("round %d: %d rows in %d shards", len(info["rounds"]), len(manifest), len(pending))
+        desc = "generate" if len(info["rounds"]) <= 1 else f"generate (round {len(info['rounds'])})"
+        for stats in _progress(run(pending), len(pending), cfg.progress, desc):
+            run_stats.append(stats)
+            done.add(int(stats["shard"]))
+            accepted.update({int(g): n for g, n in stats.get("accepted_per_group", {}).items()})
     seconds = time.perf_counter() - start
-    summary = summarize(cfg.output, spec, info["n_rows"], run_stats, seconds, skipped=len(done))
+    summary = summarize(cfg.output, spec, info, targets, run_stats, seconds, skipped=skipped)
     summary["contact_sheets"] = (contact_sheets(cfg.output, spec, cfg.contact_sheet_size, cfg.contact_sheet_groups)
                                  if summary["accepted"] else [])
     write_json(cfg.output, "summary.json", summary)
+    if failure is not None:
+        raise failure
     return summary

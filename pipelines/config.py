@@ -6,13 +6,19 @@ means "the recipe's default" (e.g. D3S: img2img, strength 0.9, guidance 5, 50 st
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ffr.config import build
+from ffr.balance import BUDGET_MODES
+from ffr.config import build, redact, to_dict
 from ffr.errors import FFRError
 
 IMAGE_FORMATS = ("png", "jpg", "webp")
+# Keys that may change on an existing output: the budget (a larger one extends it) and how the run executes.
+# Every other key changes what an id's image is, so it is recorded with the output and must stay the same.
+MUTABLE_KEYS = ("output", "budget", "shard_size", "batch_size", "runner", "ray", "progress", "contact_sheet_size",
+                "contact_sheet_groups", "s3_endpoint", "verbose")
 
 
 @dataclass
@@ -23,11 +29,17 @@ class RecipeConfig:
 
 @dataclass
 class BudgetConfig:
-    """Images per group: ``per_group`` (an int, or {"y,b": n}), or FFR's rule from the real set's counts."""
+    """*Accepted* images per group: ``per_group`` (an int, or {"y,b": n}), or FFR's rule from real counts.
+
+    Rejected images are replaced (pipelines/budget.py); a larger budget on an existing output extends it.
+    """
 
     per_group: Any = None
-    real_counts: dict[str, int] | None = None  # {"y,b": n} of the real training set
-    mode: str = "ffr"  # usb | asb | ffr (ffr.balance.synthetic_counts)
+    # {"y,b": n} of the real TRAINING set AFTER bias-ratio downsampling (what training sees; `ffr balance
+    # --counts FULL --bias-ratio R --budget-block` prints this block from the full counts)
+    real_counts: dict[str, int] | None = None
+    mode: str = "ffr"  # usb | asb | ffr | all (all = per-group max of the three: one output for every variant)
+    max_factor: float = 3.0  # at most max_factor × target rows per group are generated; then the run fails
 
 
 @dataclass
@@ -80,7 +92,8 @@ class GenerateConfig:
     contact_sheet_size: int = 16  # samples per group in each contact sheet
     contact_sheet_groups: int = 200  # sheets for the first N groups only (d3s has 10,000 groups)
     s3_endpoint: str | None = None  # S3-compatible endpoint (MinIO...); default $FFR_S3_ENDPOINT / $AWS_ENDPOINT_URL
-    progress: bool = True
+    progress: bool = True  # a progress bar per round (Ray Data's own, on the Ray runner)
+    verbose: bool = False  # Ray Data's execution banners and operator progress bars (ffr generate --verbose)
 
     def validate(self) -> "GenerateConfig":
         if not self.recipe.name:
@@ -97,21 +110,30 @@ class GenerateConfig:
         if not 1 <= self.ray.min_actors <= self.ray.max_actors:
             raise FFRError(f"config keys ray.min_actors/max_actors = {self.ray.min_actors}/{self.ray.max_actors}; "
                            "expected 1 <= min_actors <= max_actors")
+        if self.budget.mode not in BUDGET_MODES:
+            raise FFRError(f"config key 'budget.mode' = {self.budget.mode!r}; expected one of {BUDGET_MODES}")
+        if not self.budget.max_factor >= 1:
+            raise FFRError(f"config key 'budget.max_factor' = {self.budget.max_factor!r}; expected a number >= 1")
         if self.generator.mode not in (None, "t2i", "img2img"):
             raise FFRError(f"config key 'generator.mode' = {self.generator.mode!r}; expected 't2i' or 'img2img'")
         return self
 
 
-def to_config(config: "GenerateConfig | dict[str, Any]") -> GenerateConfig:
-    """A GenerateConfig from a dict (``recipe: name`` is short for ``recipe: {name: name}``) or as is."""
-    if isinstance(config, GenerateConfig):
-        return config.validate()
+def normalize(config: dict[str, Any]) -> dict[str, Any]:
+    """``recipe: name`` is short for ``recipe: {name: name}``."""
     if not isinstance(config, dict):
         raise FFRError(f"a generation config must be a mapping or GenerateConfig, got {type(config).__name__}")
     data = dict(config)
     if isinstance(data.get("recipe"), str):
         data["recipe"] = {"name": data["recipe"]}
-    cfg = build(GenerateConfig, data)
+    return data
+
+
+def to_config(config: "GenerateConfig | dict[str, Any]") -> GenerateConfig:
+    """A validated GenerateConfig from a dict (see :func:`normalize`) or as is."""
+    if isinstance(config, GenerateConfig):
+        return config.validate()
+    cfg = build(GenerateConfig, normalize(config))
     for key in ("recipe", "budget", "generator", "backend", "filters", "ray"):
         value = getattr(cfg, key)
         if not hasattr(value, "__dataclass_fields__"):
@@ -121,3 +143,36 @@ def to_config(config: "GenerateConfig | dict[str, Any]") -> GenerateConfig:
         if not isinstance(getattr(getattr(cfg, section), leaf), dict):
             raise FFRError(f"config key {key!r} must be a mapping, got {getattr(getattr(cfg, section), leaf)!r}")
     return cfg.validate()
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def run_identity(cfg: GenerateConfig, resolved: dict[str, Any]) -> dict[str, Any]:
+    """What an output's images depend on, as flat ``{dotted key: value}`` (JSON types, secrets redacted).
+
+    ``resolved`` holds the effective values of keys whose ``None`` means "the recipe's default" (backend name,
+    gray threshold, generator settings), so writing the default out explicitly is not a change.
+    """
+    data = {k: v for k, v in to_dict(cfg).items() if k not in MUTABLE_KEYS}
+    data.update(resolved)
+    return json.loads(json.dumps(flatten(redact(data)), default=str, sort_keys=True))
+
+
+def identity_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old → new`` for every key that differs (sorted), ``(unset)`` where one side lacks the key."""
+    missing = object()
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, missing), new.get(key, missing)
+        if a != b:
+            shown = ["(unset)" if v is missing else json.dumps(v) for v in (a, b)]
+            out.append(f"{key}: {shown[0]} → {shown[1]}")
+    return out

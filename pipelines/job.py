@@ -8,7 +8,9 @@ to storage as encoded bytes. ``num_gpus`` per actor makes Ray place one actor pe
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,8 +34,25 @@ class ShardActor:
                 "stats": np.asarray([json.dumps(s) for s in stats], dtype=object)}
 
 
+@contextlib.contextmanager
+def _ray_data_console(verbose: bool) -> Iterator[None]:
+    """Ray Data's execution banners (plan, "Starting execution", timings) and operator progress bars, only
+    when ``verbose``: ``ffr generate`` shows its own one-line-per-round progress and a closing summary."""
+    ctx = ray.data.DataContext.get_current()
+    logger = logging.getLogger("ray.data")
+    saved = ctx.enable_progress_bars, logger.level
+    if not verbose:
+        ctx.enable_progress_bars = False
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars = saved[0]
+        logger.setLevel(saved[1])
+
+
 def run_shards(shards: list[int], settings: WorkerSettings, cfg: RayConfig,
-               env_vars: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+               env_vars: dict[str, str] | None = None, verbose: bool = False) -> Iterator[dict[str, Any]]:
     """Generate ``shards`` on the cluster; yields each shard's stats as it completes."""
     ensure_ray()
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
@@ -47,5 +66,6 @@ def run_shards(shards: list[int], settings: WorkerSettings, cfg: RayConfig,
         num_cpus=cfg.num_cpus_per_actor,
         **({"runtime_env": {"env_vars": env_vars}} if env_vars else {}),
     )
-    for row in ds.iter_rows():
-        yield json.loads(row["stats"])
+    with _ray_data_console(verbose):
+        for row in ds.iter_rows():
+            yield json.loads(row["stats"])

@@ -4,10 +4,13 @@ A row holds everything needed to regenerate its image bit-identically: a unique 
 class/bias indices and names, group, prompt, negative prompt, a ``seed`` derived from (run seed, id) by a
 stable hash, the generator settings and the guide references (img2img). Rows are interleaved across
 groups (k-th image of every group, then the (k+1)-th...) so any prefix of shards — a run stopped early —
-is still balanced. Layout under the output root::
+is still balanced. The manifest grows in rounds (pipelines/budget.py): each round appends shards with new
+indices and the next ids of each group; earlier shards are never rewritten. Layout under the output root::
 
     manifest/shard-00000.parquet ...   the rows of each shard
-    manifest/manifest.json            written last: n_rows, n_shards, fingerprint (resume safety check)
+    manifest/manifest.json            written after each round's shards: n_rows, n_shards, rounds, targets
+                                      and planned rows per group, and the config record (``identity``)
+                                      that a rerun must match (pipelines.config.run_identity)
 """
 
 from __future__ import annotations
@@ -22,15 +25,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ffr.balance import synthetic_counts
 from ffr.errors import FFRError
-from ffr.groups import GroupSpec
 from ffr.shards import shard_name
 from ffr.storage import filesystem, join, write_atomic
-from pipelines.config import BudgetConfig, GeneratorConfig
+from pipelines.config import MUTABLE_KEYS, GeneratorConfig, identity_diff
 from pipelines.recipes.base import Recipe
 
 MANIFEST_DIR = "manifest"
+FORMAT = 2  # 2: rounds of rows (budgets of accepted images) and the config record that guards an output
 SEED_BITS = 63
 GUIDE_COLUMNS = ("guide_foreground", "guide_background")
 
@@ -46,59 +48,39 @@ def sample_id(group: int, k: int) -> str:
     return f"g{group:04d}-{k:06d}"
 
 
-def _parse_group_key(key: Any, spec: GroupSpec, where: str) -> tuple[int, int]:
-    parts = key if isinstance(key, (list, tuple)) else str(key).replace("/", ",").split(",")
-    try:
-        y, b = (int(p) for p in parts)
-    except (TypeError, ValueError):
-        raise FFRError(f"{where} key {key!r} is not a group 'y,b' (e.g. '0,1')") from None
-    if not (0 <= y < spec.n_classes and 0 <= b < spec.n_bias):
-        raise FFRError(f"{where} key {key!r} is outside {spec.n_classes} classes × {spec.n_bias} biases")
-    return y, b
-
-
-def _count(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise FFRError(f"{where} = {value!r}; expected a non-negative integer")
-    return value
-
-
-def group_budgets(spec: GroupSpec, budget: BudgetConfig) -> dict[tuple[int, int], int]:
-    """Images per (y, b): an explicit number (per group or one for all) or FFR's synthetic_counts rule."""
-    if (budget.per_group is None) == (budget.real_counts is None):
-        raise FFRError("config section 'budget' needs exactly one of 'per_group' (images per group) or "
-                       "'real_counts' (the real set's {'y,b': n}, with 'mode')")
-    groups = [(y, b) for y in range(spec.n_classes) for b in range(spec.n_bias)]
-    if budget.real_counts is not None:
-        if not isinstance(budget.real_counts, dict) or not budget.real_counts:
-            raise FFRError(f"budget.real_counts = {budget.real_counts!r}; expected a mapping {{'y,b': count}}")
-        real = {_parse_group_key(k, spec, "budget.real_counts"): _count(v, f"budget.real_counts[{k!r}]")
-                for k, v in budget.real_counts.items()}
-        return {g: synthetic_counts(real, budget.mode).get(g, 0) for g in groups}
-    if isinstance(budget.per_group, dict):
-        explicit = {_parse_group_key(k, spec, "budget.per_group"): _count(v, f"budget.per_group[{k!r}]")
-                    for k, v in budget.per_group.items()}
-        return {g: explicit.get(g, 0) for g in groups}
-    n = _count(budget.per_group, "budget.per_group")
-    return {g: n for g in groups}
-
-
-def build_manifest(recipe: Recipe, budgets: dict[tuple[int, int], int], run_seed: int, shard_size: int,
-                   generator: GeneratorConfig | None = None) -> pd.DataFrame:
-    """All rows of a run, interleaved across groups, with a ``shard`` column."""
-    spec = recipe.spec()
-    settings = recipe.generator_settings()
+def effective_generator(recipe: Recipe, generator: GeneratorConfig | None = None) -> tuple[dict[str, Any], str | None]:
+    """(the recipe's generator settings with the config's non-None overrides, the config's negative prompt)."""
     overrides = {k: v for k, v in vars(generator or GeneratorConfig()).items() if v is not None}
     negative = overrides.pop("negative_prompt", None)
-    settings.update(overrides)
+    return {**recipe.generator_settings(), **overrides}, negative
+
+
+def check_generator(recipe: Recipe, generator: GeneratorConfig | None) -> tuple[dict[str, Any], str | None]:
+    """:func:`effective_generator`, refusing img2img for a recipe without guide images."""
+    settings, negative = effective_generator(recipe, generator)
     if settings["mode"] == "img2img" and not getattr(recipe, "guided", False):
         raise FFRError(f"generator.mode 'img2img' needs guide images, and recipe {recipe.name!r} has none "
                        "configured (d3s-*: set recipe.options.foreground_root and background_root)")
-    order = sorted(((k, g) for g, n in budgets.items() for k in range(n)), key=lambda t: (t[0], t[1]))
+    return settings, negative
+
+
+def build_manifest(recipe: Recipe, budgets: dict[tuple[int, int], int], run_seed: int, shard_size: int,
+                   generator: GeneratorConfig | None = None, start: dict[int, int] | None = None,
+                   first_shard: int = 0) -> pd.DataFrame:
+    """Rows for ``budgets[(y, b)]`` more images per group, interleaved across groups, with a ``shard`` column.
+
+    Group g's rows continue at k = ``start[g]`` (0 for a new output), so an extra round appends the next ids;
+    shards are numbered from ``first_shard``. Empty budgets give an empty frame.
+    """
+    spec = recipe.spec()
+    settings, negative = check_generator(recipe, generator)
+    start = start or {}
+    # (position within this round, group): the i-th new image of every group, then the (i+1)-th...
+    order = sorted((i, y, b) for (y, b), n in budgets.items() for i in range(n))
     rows = []
-    for k, (y, b) in order:
+    for i, y, b in order:
         g = spec.group_id(y, b)
-        sid = sample_id(g, k)
+        sid = sample_id(g, start.get(g, 0) + i)
         seed = row_seed(run_seed, sid)
         fields = recipe.row(y, b, np.random.default_rng([seed, 1]))  # prompt choices: a stream of their own
         row = {"id": sid, "recipe": recipe.name, "y": y, "b": b, "group": g,
@@ -108,19 +90,9 @@ def build_manifest(recipe: Recipe, budgets: dict[tuple[int, int], int], run_seed
         if negative is not None:
             row["negative_prompt"] = negative
         rows.append(row)
-    if not rows:
-        raise FFRError("the budget asks for 0 images in every group; expected at least one image")
     df = pd.DataFrame(rows)
-    df["shard"] = np.arange(len(df)) // shard_size
+    df["shard"] = first_shard + np.arange(len(df), dtype=np.int64) // shard_size
     return df
-
-
-def fingerprint(manifest: pd.DataFrame, extra: dict[str, Any]) -> str:
-    """What a finished shard depends on: every manifest row plus the backend/filter/format settings."""
-    h = hashlib.sha256()
-    h.update(pd.util.hash_pandas_object(manifest.astype(str), index=False).values.tobytes())
-    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
-    return h.hexdigest()
 
 
 def read_manifest_info(root: str) -> dict | None:
@@ -129,25 +101,58 @@ def read_manifest_info(root: str) -> dict | None:
     return json.loads(fs.cat_file(path)) if fs.exists(path) else None
 
 
-def write_manifest(root: str, manifest: pd.DataFrame, print_: str) -> dict:
-    """Write the manifest shards (once). A rerun must bring the same fingerprint, else nothing is touched."""
-    info = read_manifest_info(root)
-    n_shards = int(manifest["shard"].max()) + 1
-    if info is not None:
-        if info["fingerprint"] != print_:
-            raise FFRError(f"output {root!r} already holds a different run (its manifest or generator settings "
-                           "differ from this config); choose a new output or remove the old one")
-        return info
+def new_info(recipe: str, identity: dict[str, Any]) -> dict[str, Any]:
+    """The manifest record of an output before its first round: nothing planned yet."""
+    return {"format": FORMAT, "recipe": recipe, "identity": identity, "n_rows": 0, "n_shards": 0, "targets": {},
+            "planned": {}, "rounds": []}
+
+
+def check_compatible(root: str, info: dict[str, Any], identity: dict[str, Any], targets: dict[int, int],
+                     names: dict[int, str]) -> None:
+    """Refuse, in one line and before anything is written, a config that would change existing images."""
+    if info.get("format") != FORMAT:
+        raise FFRError(f"output {root!r} was written by an older ffr (no config record in its manifest); "
+                       "generate into a new output")
+    diff = identity_diff(info["identity"], identity)
+    if diff:
+        mutable = ", ".join(k + ".*" if k == "ray" else k for k in MUTABLE_KEYS[2:])
+        raise FFRError(f"output {root!r} holds a run with other settings ({'; '.join(diff)}); only budget.* "
+                       f"(a larger budget extends the output) and {mutable} may change — "
+                       "choose a new output for other settings")
+    for g, old in sorted((int(k), v) for k, v in info["targets"].items()):
+        if targets.get(g, 0) < old:
+            raise FFRError(f"output {root!r} targets {old} accepted images for group {names.get(g, g)!r} and this "
+                           f"budget asks for {targets.get(g, 0)}; an output only grows (variants draw their own "
+                           "counts from it), so keep the budget or choose a new output")
+
+
+def append_round(root: str, info: dict[str, Any], manifest: pd.DataFrame) -> dict[str, Any]:
+    """Write one round's manifest shards, then the updated manifest.json (last, atomically); returns it.
+
+    Shards of earlier rounds are never rewritten: a round only adds shard files with new indices.
+    """
     fs, base = filesystem(root)
     fs.makedirs(join(base, MANIFEST_DIR), exist_ok=True)
     for shard, part in manifest.groupby("shard", sort=True):
         sink = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False), sink)
         write_atomic(fs, join(base, MANIFEST_DIR, f"{shard_name(int(shard))}.parquet"), sink.getvalue())
-    info = {"n_rows": int(len(manifest)), "n_shards": n_shards, "fingerprint": print_,
-            "recipe": str(manifest["recipe"].iloc[0])}
-    write_atomic(fs, join(base, MANIFEST_DIR, "manifest.json"), json.dumps(info, indent=2).encode())
+    planned = {int(k): v for k, v in info["planned"].items()}
+    for g, n in manifest.groupby("group").size().items():
+        planned[int(g)] = planned.get(int(g), 0) + int(n)
+    n_shards = int(manifest["shard"].max()) + 1
+    info = {**info, "n_rows": info["n_rows"] + len(manifest), "n_shards": n_shards,
+            "planned": {str(g): n for g, n in sorted(planned.items())},
+            "rounds": [*info["rounds"], {"first_shard": info["n_shards"], "n_shards": n_shards - info["n_shards"],
+                                         "n_rows": int(len(manifest))}]}
+    write_info(root, info)
     return info
+
+
+def write_info(root: str, info: dict[str, Any]) -> None:
+    fs, base = filesystem(root)
+    fs.makedirs(join(base, MANIFEST_DIR), exist_ok=True)
+    write_atomic(fs, join(base, MANIFEST_DIR, "manifest.json"), json.dumps(info, indent=2).encode())
 
 
 def read_manifest_shard(root: str, shard: int) -> list[dict]:

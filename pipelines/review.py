@@ -68,9 +68,12 @@ def contact_sheets(root: str, spec: GroupSpec, per_group: int = 16, max_groups: 
     return written
 
 
-def summarize(root: str, spec: GroupSpec, n_manifest_rows: int, run_stats: list[dict], seconds: float,
-              skipped: int) -> dict[str, Any]:
-    """Totals over every complete shard (also ones from earlier, resumed runs) plus this run's speed."""
+def summarize(root: str, spec: GroupSpec, info: dict[str, Any], targets: dict[int, int], run_stats: list[dict],
+              seconds: float, skipped: int) -> dict[str, Any]:
+    """Totals over every complete shard (also ones from earlier, resumed or extended runs) plus this run's speed.
+
+    ``complete``: every planned shard is done and every group has at least its target of accepted images.
+    """
     rejects: Counter = Counter()
     per_group: Counter = Counter()
     n_rows = n_accepted = 0
@@ -83,12 +86,16 @@ def summarize(root: str, spec: GroupSpec, n_manifest_rows: int, run_stats: list[
         per_group.update({int(g): n for g, n in st.get("accepted_per_group", {}).items()})
     generated = sum(s["n_rows"] for s in run_stats)
     by_name: dict[str, int] = defaultdict(int)
+    target_by_name: dict[str, int] = {}
     for g in range(spec.n_groups):
         by_name[spec.group_name(g)] = int(per_group.get(g, 0))
+        target_by_name[spec.group_name(g)] = int(targets.get(g, 0))
+    short = {name: target - by_name[name] for name, target in target_by_name.items() if by_name[name] < target}
     return {
-        "complete": n_rows == n_manifest_rows,
-        "manifest_rows": n_manifest_rows, "rows_done": n_rows, "accepted": n_accepted,
-        "rejects_by_reason": dict(rejects), "accepted_per_group": dict(by_name),
+        "output": root, "complete": n_rows == info["n_rows"] and not short,
+        "manifest_rows": info["n_rows"], "rows_done": n_rows, "accepted": n_accepted,
+        "rejects_by_reason": dict(rejects), "accepted_per_group": dict(by_name), "target_per_group": target_by_name,
+        "short_per_group": short, "rounds": len(info["rounds"]),
         "shards_done": len(done), "shards_run": len(run_stats), "shards_skipped": skipped,
         "images_generated_this_run": generated, "seconds": round(seconds, 3),
         "images_per_s": round(generated / seconds, 2) if seconds > 0 else 0.0,

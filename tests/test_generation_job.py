@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ffr.errors import FFRError
 from ffr.shards import ShardReader, read_groups, read_metadata
 from ffr.storage import filesystem, join
 from pipelines import generate
@@ -89,9 +90,11 @@ def test_gray_and_black_outputs_are_rejected_with_reasons(ray_cluster, tmp_path)
                                                        "templates": ["{class} {attribute}"]}},
               "output": root, "budget": {"per_group": 3}, "backend": {"name": "procedural", "settings": {"noise": 0}},
               "shard_size": 4, "progress": False, "filters": {"gray_threshold": 200.0}}
-    summary = generate(config)
-    assert summary["complete"] and summary["accepted"] == 0
-    assert summary["rejects_by_reason"] == {"grayscale": 6}
+    with pytest.raises(FFRError, match="has 0 of its 3 accepted images after generating 9"):
+        generate(config)  # every image is rejected: extra rounds up to the cap (3 × 3 per group), then stop
+    summary = json.loads((tmp_path / "gray" / "summary.json").read_text())
+    assert not summary["complete"] and summary["accepted"] == 0 and summary["rounds"] == 2
+    assert summary["rejects_by_reason"] == {"grayscale": 18}
     meta = read_metadata(root, accepted_only=False)
     assert set(meta["reject_reason"]) == {"grayscale"} and not meta["accepted"].any()
 

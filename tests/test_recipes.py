@@ -191,10 +191,15 @@ def test_a_different_run_on_the_same_output_is_refused_and_nothing_changes(tmp_p
     from pipelines import generate
 
     assert generate(base)["complete"]
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    with pytest.raises(FFRError, match="already holds a different run"):
-        generate({**base, "seed": 2})
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(FFRError) as err:  # the message names every key that differs, old → new
+        generate({**base, "seed": 2, "generator": {"height": 48}, "budget": {"per_group": 4}, "shard_size": 2})
+    message = str(err.value)
+    assert "\n" not in message and "seed: 0 → 2" in message and "generator.height: 32 → 48" in message, message
+    assert "budget" not in message.split("(")[1].split(")")[0] and "shard_size:" not in message  # those may change
+    with pytest.raises(FFRError, match=r"targets 3 accepted images for group 'small \(0-4\)/red'.* asks for 2"):
+        generate({**base, "budget": {"per_group": 2}})  # an output only grows
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize("config", sorted(str(p) for p in Path("configs").glob("generate-*.yaml")))
@@ -213,10 +218,10 @@ def test_cli_generates_and_resumes_in_process(tmp_path, capsys):
     """``ffr generate`` with the shipped colored-digits config (local runner: no Ray), then a no-op rerun."""
     argv = ["generate", "--config", "configs/generate-colored-digits.yaml", f"output={tmp_path / 'out'}",
             "budget.per_group=5", "shard_size=8", "runner=local", "progress=false"]
-    assert ffr_main(argv) == 0
+    assert ffr_main([*argv, "--json"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["complete"] and first["accepted"] == 20 and first["shards_run"] == 3
-    assert ffr_main(argv) == 0
+    assert ffr_main([*argv, "--json"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["shards_run"] == 0 and second["shards_skipped"] == 3 and second["accepted"] == 20
     assert len(list((tmp_path / "out" / "contact_sheets").glob("*.png"))) == 4

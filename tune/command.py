@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ffr.config import load_config
+from ffr.config import add_show_config, load_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="sweep config YAML (see configs/sweep-*.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. num_samples=4 train.epochs=5")
+    add_show_config(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,6 +23,14 @@ def run(args: argparse.Namespace) -> int:
     from tune.sweep import METRIC, parse_sweep, run_sweep, tracking_uri_for
 
     cfg = parse_sweep(load_config(args.config, args.overrides))
+    if args.show_config:  # the sweep's own keys, then the base training config every trial starts from
+        from ffr.config import format_config
+        from ffr.training.config import TrainConfig, parse
+        from tune.sweep import SweepConfig, base_train_config
+
+        print(format_config(SweepConfig, cfg))
+        print("\n" + format_config(TrainConfig, parse(base_train_config(cfg)), "train."))
+        return 0
     table = run_sweep(cfg)
     shown = [c for c in ("run_name", "status", "epochs_run", METRIC, "test_worst_group_acc") if c in table]
     shown += [c for c in table.columns if c.startswith(("train.", "hp."))]

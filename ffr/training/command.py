@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ffr.config import build, load_config
+from ffr.config import add_show_config, build, format_config, load_config
 from ffr.training.config import TrainConfig
 
 
@@ -13,10 +13,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML training config (see configs/train-*.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. method=groupdro epochs=5 stage1.lr=1e-4")
+    add_show_config(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = build(TrainConfig, load_config(args.config, args.overrides))
+    if args.show_config:
+        print(format_config(TrainConfig, cfg))
+        return 0
     from ffr.tracking import tracking_uri, ui_line
     from ffr.training import run_experiment
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-import yaml
 
-from ffr.config import build
+from ffr.config import build, load_yaml
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
 from ffr.registry import Registry
@@ -73,4 +72,4 @@ def load_data(name: str) -> dict:
     """A word list shipped under pipelines/recipes/data/."""
     from importlib import resources
 
-    return yaml.safe_load(resources.files("pipelines.recipes").joinpath("data", name).read_text())
+    return load_yaml(resources.files("pipelines.recipes").joinpath("data", name).read_text())
