@@ -144,6 +144,9 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
     cfg = parse_sweep(config)
     base = base_train_config(cfg)
     ensure_ray()
+    from ffr.cluster.tune_env import keep_credentials_out_of_trials
+
+    keep_credentials_out_of_trials()  # Tune would copy AWS keys from this process into every trial's runtime env
     epochs = int(parse(base).epochs)
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max(epochs, 1),
                                grace_period=cfg.scheduler.grace_period,
