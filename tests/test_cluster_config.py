@@ -254,3 +254,10 @@ def test_the_private_address_command_in_cluster_yaml_prints_a_private_ip():
                          text=True, check=True).stdout.strip()
     ip = ipaddress.ip_address(out)
     assert (ip.is_private or ip.is_loopback) and not ip.is_unspecified
+
+
+def test_the_mlflow_servers_s3_proxy_dependency_is_declared_and_installed():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert any(d.startswith("boto3") for d in pyproject["project"]["optional-dependencies"]["server"])
+    config, _ = _load("cluster.yaml")
+    assert any("[server]" in c for c in config["setup_commands"])
