@@ -93,3 +93,15 @@ def test_without_custom_resources_generation_would_land_on_training_nodes(node_t
         for name in ("generate_gpu", "train_gpu"):
             node_type["resources"].pop(name, None)
     assert _launch(plain, [_generation_actor({})] * 8) == {"gpu-train": 2}
+
+
+def test_custom_resources_only_where_the_cluster_declares_them():
+    from ffr.errors import FFRError
+
+    assert custom_resources("generate", 1, environ={}) == {}  # laptop, local test cluster: plain GPUs
+    assert custom_resources("generate", 0, environ=CLUSTER_ENV) == {}  # CPU-only generation
+    assert custom_resources("train", 1, environ=CLUSTER_ENV) == {"train_gpu": 1.0}
+    assert custom_resources("generate", 1, {"my_gpu": 2}, environ=CLUSTER_ENV) == {"my_gpu": 2.0}
+    assert custom_resources("generate", 1, {}, environ=CLUSTER_ENV) == {}  # explicitly off
+    with pytest.raises(FFRError, match="ray.resources"):
+        custom_resources("generate", 1, {"generate_gpu": -1})
