@@ -73,6 +73,8 @@ class RayConfig:
     num_gpus_per_actor: float = 0.0
     num_cpus_per_actor: float = 1.0
     max_tasks_in_flight_per_actor: int = 2  # 2: the next shard is queued while one runs
+    # Custom resources per actor; None: generate_gpu per GPU where the cluster declares it (ffr.cluster.resources)
+    resources: dict[str, float] | None = None
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from ffr.cluster.resources import custom_resources
 from ffr.ray_session import ensure_ray
 from pipelines.config import RayConfig
 from pipelines.worker import ShardWorker, WorkerSettings
@@ -55,6 +56,7 @@ def run_shards(shards: list[int], settings: WorkerSettings, cfg: RayConfig,
                env_vars: dict[str, str] | None = None, verbose: bool = False) -> Iterator[dict[str, Any]]:
     """Generate ``shards`` on the cluster; yields each shard's stats as it completes."""
     ensure_ray()
+    resources = custom_resources("generate", cfg.num_gpus_per_actor, cfg.resources)
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
     ds = ds.map_batches(
         ShardActor,
@@ -65,6 +67,7 @@ def run_shards(shards: list[int], settings: WorkerSettings, cfg: RayConfig,
         num_gpus=cfg.num_gpus_per_actor,
         num_cpus=cfg.num_cpus_per_actor,
         **({"runtime_env": {"env_vars": env_vars}} if env_vars else {}),
+        **({"resources": resources} if resources else {}),  # lands actors on the generation node type
     )
     with _ray_data_console(verbose):
         for row in ds.iter_rows():

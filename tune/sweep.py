@@ -224,6 +224,9 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
     if uri is not None:
         tracking.experiment_id(uri, experiment)  # create the store once, before trials race to do it
     ensure_ray()
+    from ffr.cluster.tune_env import keep_credentials_out_of_trials
+
+    keep_credentials_out_of_trials()  # Tune would copy AWS keys from this process into every trial's runtime env
     scheduler = (FinishingASHA(epochs, time_attr="training_iteration", grace_period=cfg.scheduler.grace_period,
                                reduction_factor=cfg.scheduler.reduction_factor)
                  if cfg.scheduler.type == "asha" else FIFOScheduler())

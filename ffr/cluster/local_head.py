@@ -3,7 +3,17 @@
     python -m ffr.cluster.local_head --num-cpus 4      # prints the address and the client's export lines
 
 It starts ``ray start --head --block`` with the same security settings as cluster.yaml (token auth on, dashboard
-on loopback), its own temp dir and free ports, so it never collides with another Ray instance on the machine.
+on loopback), so it coexists with other Ray instances on the machine:
+
+* every port Ray would take at a fixed default, and the worker port range (Ray's default 10002-19999 is shared by
+  every instance), come from ports found free; the temp dir is its own;
+* its GCS address is exported as ``RAY_ADDRESS`` to everything it starts, so a job's ``ray.init()`` (and any
+  process the job spawns) joins this head and never another instance's ``/tmp/ray`` session;
+* S3 keys found in the launching environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+  ``AWS_SESSION_TOKEN``) move into a mode-600 credentials file in its temp dir, named by
+  ``AWS_SHARED_CREDENTIALS_FILE``, the way a node holds them in ``~/.aws/credentials``: Ray copies key variables
+  into runtime envs, which ``ray list actors --detail`` shows, a credentials file it never reads.
+
 Stopping signals its process group only (``ray stop`` would stop every Ray instance on the machine). The tests
 use :func:`local_head` to prove that the documented submit commands run for real.
 """
@@ -12,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -47,6 +58,43 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+# Worker ports per head: one per worker process (Tune trials, Train workers, Data actors, job drivers).
+WORKER_PORTS = 200
+CREDENTIAL_VARS = {"AWS_ACCESS_KEY_ID": "aws_access_key_id", "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+                   "AWS_SESSION_TOKEN": "aws_session_token", "AWS_SECURITY_TOKEN": "aws_security_token"}
+
+
+def _free_port_range(n: int, low: int = 20000, high: int = 60000, attempts: int = 100) -> tuple[int, int]:
+    """(first, last) of ``n`` consecutive ports that are all free right now, outside Ray's default worker range."""
+    for _ in range(attempts):
+        first = random.randrange(low, high - n)
+        sockets = []
+        try:
+            for port in range(first, first + n):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return first, first + n - 1
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise FFRError(f"no {n} consecutive free ports between {low} and {high}; too many Ray instances running?")
+
+
+def move_keys_to_credentials_file(env: dict[str, str], path: Path) -> bool:
+    """Move AWS key variables out of ``env`` into a ``[default]`` credentials file at ``path`` (mode 600)."""
+    found = {CREDENTIAL_VARS[k]: env.pop(k) for k in list(env) if k in CREDENTIAL_VARS}
+    if not found:
+        return False
+    path.touch(mode=0o600)
+    path.write_text("[default]\n" + "".join(f"{k} = {v}\n" for k, v in found.items()))
+    env["AWS_SHARED_CREDENTIALS_FILE"] = str(path)
+    env.pop("AWS_PROFILE", None)  # the file has only [default]
+    return True
+
+
 def venv_bin(name: str) -> str:
     """``name`` from this interpreter's environment (the venv's ``ray``, ``ffr``), else from PATH."""
     candidate = Path(sys.executable).parent / name
@@ -59,6 +107,7 @@ class LocalHead:
     token_path: Path  # the cluster's auth token, readable by this user only
     temp_dir: Path
     process: subprocess.Popen
+    gcs_address: str = ""  # 127.0.0.1:PORT, exported as RAY_ADDRESS to every process the head starts
 
     def client_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """Environment for ``ray job ...`` clients: token auth on, the token read from ``token_path``."""
@@ -112,25 +161,30 @@ def start_local_head(num_cpus: int = 4, env: Mapping[str, str] | None = None, ti
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
     ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
+    first_worker_port, last_worker_port = _free_port_range(WORKER_PORTS)
     head_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    head_env.update(env or {})
+    move_keys_to_credentials_file(head_env, temp_dir / "aws_credentials")
     head_env.update({
+        "RAY_ADDRESS": f"127.0.0.1:{ports['--port']}",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_path),
         "RAY_USAGE_STATS_ENABLED": "0",
         # SIGTERM would otherwise wait 30 s to drain the node (meant for Serve replicas on Kubernetes).
         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
         # Job entrypoints (`ffr ...`, `python ...`) resolve to this interpreter's environment.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{head_env.get('PATH', '')}",
     })
-    head_env.update(env or {})
     command = [venv_bin("ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                "--dashboard-host=127.0.0.1", f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp_dir}"]
     command += [f"{flag}={port}" for flag, port in ports.items()]
+    command += [f"--min-worker-port={first_worker_port}", f"--max-worker-port={last_worker_port}"]
     log = temp_dir / "head.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                    env=head_env, start_new_session=True)
-    head = LocalHead(f"http://127.0.0.1:{ports['--dashboard-port']}", token_path, temp_dir, process)
+    head = LocalHead(f"http://127.0.0.1:{ports['--dashboard-port']}", token_path, temp_dir, process,
+                     head_env["RAY_ADDRESS"])
     try:
         _wait_until_serving(head, timeout_s, log)
     except BaseException:

@@ -20,6 +20,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from ffr.cluster.resources import custom_resources
 from ffr.config import build, to_dict
 from ffr.errors import FFRError
 from ffr.storage import is_remote, pyarrow_filesystem
@@ -121,7 +122,8 @@ def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_director
     from ray.train.torch import TorchTrainer
 
     path, filesystem = _storage(storage_path)
-    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {}),
+                 **custom_resources("train", 1 if cfg.use_gpu else 0)}  # lands workers on the training node type
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg), "stage": to_dict(spec), "run_dir": run_directory,
@@ -190,7 +192,8 @@ def _misclassified_task(config: dict, stage: dict, checkpoint_dir: str) -> np.nd
 def _remote(task, cfg: TrainConfig):
     # "DEFAULT" scheduling: inside a Tune trial, tasks would otherwise be captured by the trial's placement
     # group, which holds only the trial driver's CPU (Train's own workers are scheduled outside it too).
-    return task.options(num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0, scheduling_strategy="DEFAULT")
+    return task.options(num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0, scheduling_strategy="DEFAULT",
+                        resources=custom_resources("train", 1 if cfg.use_gpu else 0))
 
 
 def evaluate(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str) -> dict:
