@@ -96,8 +96,8 @@ def build_tiny_clip(path: str | os.PathLike, seed: int = 0) -> str:
 
 # docs/reproducibility.md, guarantee 2: the same row in another batch (position, neighbours, batch size), in
 # another process or on another CPU gives pixels equal within these bounds, in 0–255 levels per channel.
-# Measured: 0 on AMD EPYC (AVX-512, no AMX); one pixel off by one level on AVX-512/AMX CPUs, where oneDNN picks
-# different kernels for different batch rows.
+# Measured: 0 on AMD EPYC (AVX-512, no AMX); one pixel off by one level was seen on AVX-512/AMX machines when a
+# row sat at another batch position.
 MAX_LEVELS = 2
 MEAN_LEVELS = 0.05
 
