@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 from PIL import Image, ImageDraw
@@ -87,15 +88,17 @@ def free_port() -> int:
 class Server:
     """``ffr review serve`` in a subprocess (a real uvicorn server on loopback)."""
 
-    def __init__(self, args: list[str], env: dict | None = None) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "ffr.cli", "review", "serve", "--port", str(self.port),
-                                      *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.log = log
+        with open(log, "w") as out:  # a file, not a pipe nobody reads: a chatty server must never block
+            self.proc = subprocess.Popen([sys.executable, "-m", "ffr.cli", "review", "serve", "--port",
+                                          str(self.port), *args], stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
+                raise RuntimeError(f"server exited: {self.log.read_text()}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return

@@ -30,13 +30,13 @@ TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates"))
 
 def create_app(review: Review, images: ImageSource) -> FastAPI:
     settings = review.settings
-    sessions = review.sessions
+    sessions, readers = review.sessions, review.readers
     app = FastAPI(title="ffr review", docs_url=None, redoc_url=None, openapi_url=None)
 
     def rater_of(request: Request) -> Rater:
         token = request.cookies.get(RATER_COOKIE)
         if token:
-            with sessions() as s:
+            with readers() as s:
                 rater = s.scalar(select(Rater).where(Rater.token_hash == token_hash(token)))
             if rater is not None:
                 return rater
@@ -45,7 +45,7 @@ def create_app(review: Review, images: ImageSource) -> FastAPI:
     def admin_hash(request: Request) -> str:
         token = request.cookies.get(ADMIN_COOKIE)
         if token:
-            with sessions() as s:
+            with readers() as s:
                 stored = s.get(Meta, "admin_token_hash").value
             if token_hash(token) == stored:
                 return stored
@@ -74,7 +74,7 @@ def create_app(review: Review, images: ImageSource) -> FastAPI:
 
     @app.get("/r/{token}")
     def invite(token: str) -> Response:
-        with sessions() as s:
+        with readers() as s:
             if s.scalar(select(Rater.id).where(Rater.token_hash == token_hash(token))) is None:
                 raise HTTPException(403, "this invite link is not valid (ask the review admin for a new one)")
         return sign_in(token, RATER_COOKIE, "/task")
@@ -82,8 +82,9 @@ def create_app(review: Review, images: ImageSource) -> FastAPI:
     @app.get("/task", response_class=HTMLResponse)
     def task_page(request: Request) -> Response:
         rater = rater_of(request)
-        with sessions() as s:
+        with review.write_lock, sessions() as s:
             task, ids = open_task(s, rater.id, settings)
+        with readers() as s:
             if not ids:
                 return TEMPLATES.TemplateResponse(request, "done.html", {"rater": rater})
             voted, total = task_progress(s, rater.id, task)
@@ -100,7 +101,7 @@ def create_app(review: Review, images: ImageSource) -> FastAPI:
     def task_json(request: Request) -> dict:
         """The current task for scripted raters and tests: ids still to vote on, and the CSRF token."""
         rater = rater_of(request)
-        with sessions() as s:
+        with review.write_lock, sessions() as s:
             task, ids = open_task(s, rater.id, settings)
         return {"task": task, "image_ids": ids, "csrf": csrf_token(settings.secret, rater.token_hash)}
 
@@ -114,9 +115,11 @@ def create_app(review: Review, images: ImageSource) -> FastAPI:
             raise HTTPException(404, "no such image")
         if present not in ("yes", "no"):
             raise HTTPException(400, f"present={present!r}; expected 'yes' or 'no'")
-        outcome = record_vote(sessions, rater.id, image_id, present == "yes", unsafe in ("1", "on", "yes"), settings)
+        with review.write_lock:
+            outcome = record_vote(sessions, rater.id, image_id, present == "yes", unsafe in ("1", "on", "yes"),
+                                  settings)
         if outcome is Outcome.NOT_ASSIGNED:
-            with sessions() as s:
+            with readers() as s:
                 known = s.get(ReviewImage, image_id) is not None
             raise HTTPException(409 if known else 404, "this image is not in your task" if known else "no such image")
         return RedirectResponse("/task", status_code=303, headers={"X-FFR-Vote": outcome.value})
@@ -145,7 +148,7 @@ def create_app(review: Review, images: ImageSource) -> FastAPI:
 
     @app.get("/admin/{token}")
     def admin_sign_in(token: str) -> Response:
-        with sessions() as s:
+        with readers() as s:
             if token_hash(token) != s.get(Meta, "admin_token_hash").value:
                 raise HTTPException(403, "admin token missing or wrong")
         return sign_in(token, ADMIN_COOKIE, "/admin")
@@ -162,7 +165,8 @@ def create_app(review: Review, images: ImageSource) -> FastAPI:
         stored = admin_hash(request)
         if not csrf_ok(settings.secret, stored, csrf):
             raise HTTPException(403, "CSRF token missing or wrong; reload the page")
-        summary = export(review, min_present)
+        with review.write_lock:
+            summary = export(review, min_present)
         return RedirectResponse(f"/admin?exported={summary['accepted']}", status_code=303)
 
     @app.exception_handler(StarletteHTTPException)

@@ -136,5 +136,6 @@ def _serve(args: argparse.Namespace) -> int:
     review = _init(args)
     images = ImageSource(args.data, args.references, args.definitions)
     print(f"serving {args.data} at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
-    uvicorn.run(create_app(review, images), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(review, images), host=args.host, port=args.port, log_level="warning",
+                timeout_keep_alive=30)  # raters pause between images; keep their connection
     return 0
