@@ -224,3 +224,31 @@ def test_export_changes_a_training_runs_synthetic_stage(tmp_path, capsys):
         stage1("accepted")
     topup = json.loads(open(f"{root}/review/topup.json").read())
     assert topup["shortfall"] == {"0,1": 65} and topup["budget"]["per_group"]["0,1"] == 365
+
+
+def test_cli_init_invite_progress_export_and_one_line_errors(output, capsys):
+    from ffr.cli import main
+
+    root = output["root"]
+    assert main(["review", "init", "--data", root, "--select", "sample", "--per-group", "2", "--votes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "8 image(s) added" in out and "/admin/" in out
+    assert main(["review", "invite", "alice", "--data", root, "--base-url", "http://127.0.0.1:9000"]) == 0
+    link = capsys.readouterr().out.strip()
+    assert link.startswith("http://127.0.0.1:9000/r/") and len(link) > 40
+    review, _ = open_review(root)
+    with review.sessions() as s:
+        from ffr.review.db import Rater
+
+        stored = s.scalar(select(Rater.token_hash))
+    assert link.rsplit("/", 1)[1] not in stored  # only the hash is stored
+    assert main(["review", "invite", "alice", "--data", root]) == 2
+    assert "exists already" in capsys.readouterr().err
+    assert main(["review", "progress", "--data", root]) == 0
+    assert "goldfish/grass" in capsys.readouterr().out
+    assert main(["review", "export", "--data", root, "--min-present", "3"]) == 2
+    assert "--min-present 3; expected 1..1" in capsys.readouterr().err
+    assert main(["review", "export", "--data", root, "--db", "nosuchdialect://x"]) == 2
+    assert "cannot open review database" in capsys.readouterr().err
+    assert main(["review", "export", "--data", root]) == 0
+    assert len(accepted_ids(root)) == 23 - 8  # 8 under review and pending (no votes yet): not accepted

@@ -16,6 +16,7 @@ from ffr.errors import FFRError
 from ffr.review import migrate
 from ffr.review.db import Meta, Rater, default_url, make_engine, session_factory
 from ffr.review.tokens import new_token, token_hash
+from ffr.shards import read_groups
 
 DEFAULT_VOTES = 5  # D3S: five workers per image
 DEFAULT_TASK_SIZE = 25  # D3S: 25 images per HIT
@@ -79,6 +80,7 @@ def open_review(data_uri: str, db_url: str | None = None, *, create: bool = Fals
     """Migrate and open the review of ``data_uri``. With ``create``, a fresh database gets its settings and an
     admin token, which is returned once (None otherwise). K, N and the lease given for an existing review
     replace the stored ones (K only upwards: votes already cast stay valid)."""
+    read_groups(data_uri)  # one clear line if data_uri is not a generation output (before creating anything)
     url = db_url or default_url(data_uri)
     engine = make_engine(url)
     try:
