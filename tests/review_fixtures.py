@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -106,6 +107,14 @@ class Server:
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError("server did not start in 60 s")
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used (Linux /proc; 0 elsewhere) — a load-independent cost figure."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.terminate()
