@@ -65,10 +65,18 @@ def decisions(review: Review, min_present: int | None = None) -> pd.DataFrame:
     return df
 
 
-def budgets(data_uri: str) -> pd.Series:
-    """Images per group that generation was asked for (every manifest row, accepted by its filters or not)."""
-    every = read_metadata(data_uri, accepted_only=False)
-    return every.groupby("group").size()
+def budgets(data_uri: str) -> tuple[pd.Series, bool]:
+    """(images per group that generation was asked for, whether they count *accepted* images).
+
+    Outputs written by "generate to a target" record their targets (accepted images per group) in
+    ``manifest/manifest.json``; older outputs budgeted manifest rows, so their rows per group are the budget."""
+    fs, base = filesystem(data_uri)
+    info_path = join(base, "manifest", "manifest.json")
+    if fs.exists(info_path):
+        targets = json.loads(fs.cat_file(info_path)).get("targets")
+        if targets:
+            return pd.Series({int(g): int(n) for g, n in targets.items()}).sort_index(), True
+    return read_metadata(data_uri, accepted_only=False).groupby("group").size(), False
 
 
 def _parquet_bytes(df: pd.DataFrame) -> bytes:
@@ -87,7 +95,7 @@ def export(review: Review, min_present: int | None = None) -> dict:
     fs, base = filesystem(data_uri)
     fs.makedirs(join(base, REVIEW_DIR), exist_ok=True)
     write_atomic(fs, join(base, REVIEW_DIR, DECISIONS_FILE), _parquet_bytes(decided))
-    topup = topup_request(data_uri, accepted, decided)
+    topup = topup_request(data_uri, decided)
     write_atomic(fs, join(base, REVIEW_DIR, TOPUP_FILE), json.dumps(topup, indent=2).encode())
     # accepted.parquet last: readers see a complete export or the previous one, never a mix.
     write_atomic(fs, join(base, REVIEW_DIR, ACCEPTED_FILE),
@@ -101,22 +109,26 @@ def export(review: Review, min_present: int | None = None) -> dict:
             "exported_at": time.time()}
 
 
-def topup_request(data_uri: str, accepted: pd.DataFrame, decided: pd.DataFrame) -> dict:
-    """New ids for the same groups: each group's budget grows by its shortfall (budget − accepted), so a
-    generation extended to the larger budget writes only the missing images, under new ids."""
+def topup_request(data_uri: str, decided: pd.DataFrame) -> dict:
+    """New ids for the same groups. A group's shortfall is its budget minus the images review left it (pending
+    ones count as kept: finish the review first); the new budget asks generation for that many more, which a
+    generation extended to the larger budget writes under new ids, leaving every existing image as it is."""
     spec = read_groups(data_uri)
-    budget = budgets(data_uri)
-    have = accepted.groupby("group").size()
+    budget, counts_accepted = budgets(data_uri)
+    generated = read_metadata(data_uri).groupby("group").size()
+    rejected = decided[decided["decision"] == REJECT]
+    rejected_per_group = rejected.groupby("group").size()
     per_group, shortfall = {}, {}
     for g, n in budget.items():
         y, b = spec.decode(int(g))
-        missing = max(int(n) - int(have.get(g, 0)), 0)
-        per_group[f"{y},{b}"] = int(n) + missing
+        kept = int(generated.get(g, 0)) - int(rejected_per_group.get(g, 0))
+        missing = max(int(n) - kept, 0)
+        # targets of accepted images grow from what generation accepted; a rows budget grows from its rows
+        per_group[f"{y},{b}"] = (int(generated.get(g, 0)) if counts_accepted else int(n)) + missing
         if missing:
             shortfall[f"{y},{b}"] = missing
-    rejected = decided.loc[decided["decision"] == REJECT, "id"].astype(str).tolist()
     override = json.dumps(per_group, separators=(",", ":"))
     return {"data": data_uri, "shortfall": shortfall, "budget": {"per_group": per_group},
-            "rejected_ids": rejected,
+            "rejected_ids": rejected["id"].astype(str).tolist(),
             "command": f"ffr generate --config <the config that made {data_uri}> output={data_uri} "
                        f"'budget.per_group={override}'"}

@@ -19,7 +19,7 @@ def group_progress(review: Review, min_present: int | None = None) -> pd.DataFra
     data_uri = review.settings.data_uri
     spec = read_groups(data_uri)
     generated = read_metadata(data_uri).groupby("group").size()
-    budget = budgets(data_uri)
+    budget, _ = budgets(data_uri)
     d = decisions(review, min_present)
     rows = []
     for g in sorted(set(budget.index) | set(generated.index)):
