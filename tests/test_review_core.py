@@ -71,8 +71,11 @@ def test_migrations_create_exactly_the_models_schema(output):
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     again, admin_again = open_review(output["root"])  # idempotent: same settings, no second admin token
     assert admin_again is None and again.settings == review.settings
+    other = build_review_output(output["root"] + "-other")["root"]
     with pytest.raises(FFRError, match="reviews .* not"):
-        open_review(output["root"] + "-other", review.url)
+        open_review(other, review.url)
+    with pytest.raises(FFRError, match="is not a generation output"):
+        open_review(output["root"] + "-missing", create=True)
 
 
 def test_selection_all_sample_and_evaluation_candidates(output, tmp_path):
