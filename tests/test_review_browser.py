@@ -1,6 +1,7 @@
 """A real browser (Debian's chromium through Playwright) rates images in the review app: an invite link, a
 task rated with the mouse, another with the keyboard, reloads mid-task; then the database holds K votes per
-image with no duplicate, and the veto rule and export run. Leaves a screenshot in docs/review.png.
+image with no duplicate, and the veto rule and export run. Takes the screenshot of docs/review.md
+(written there with FFR_UPDATE_SCREENSHOTS=1).
 
 Chromium comes from the project's set-up (``make`` installs Debian's ``chromium`` when it can); without it
 this test is skipped with the reason. Nothing is downloaded at run time.
@@ -74,8 +75,13 @@ def test_raters_in_a_real_browser(tmp_path):
                     with alice.expect_navigation():
                         alice.locator("#yes").click()
                 alice.wait_for_load_state("networkidle")
-                SCREENSHOT.parent.mkdir(exist_ok=True)
-                alice.screenshot(path=str(SCREENSHOT), full_page=True)
+                shot = alice.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+                assert shot[:4] == b"\x89PNG"
+                # docs/review.png is committed: refreshed on request (or when missing), so a test run leaves
+                # the checkout clean
+                if os.environ.get("FFR_UPDATE_SCREENSHOTS") or not SCREENSHOT.exists():
+                    SCREENSHOT.parent.mkdir(exist_ok=True)
+                    SCREENSHOT.write_bytes(shot)
                 _rate(alice, False, lambda i: (True, i == "g0001-000002"), reload_after=3)
                 bob = browser.new_context().new_page()
                 bob.goto(f"{server.url}/r/{links['bob']}")

@@ -68,17 +68,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _init(args: argparse.Namespace):
+    from sqlalchemy import func, select
+
+    from ffr.review.db import ReviewImage
     from ffr.review.selection import add_images, choose
     from ffr.review.store import open_review
 
     lease = args.lease_minutes * 60 if args.lease_minutes is not None else None
     review, admin_token = open_review(args.data, args.db, create=True, votes_per_image=args.votes,
                                       task_size=args.task_size, lease_seconds=lease)
-    with review.sessions.begin() as s:
-        from sqlalchemy import func, select
-
-        from ffr.review.db import ReviewImage
-
+    with review.readers() as s:
         empty = not s.scalar(select(func.count()).select_from(ReviewImage))
     added = 0
     if args.select or empty:
