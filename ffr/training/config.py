@@ -56,6 +56,7 @@ class TrainConfig:
     dataset: str = "colored-digits"
     dataset_options: dict[str, Any] = field(default_factory=dict)  # reader options: root, bias_ratio, seed, ...
     synthetic_root: str | None = None  # a generation output (local or s3://) for usb / asb / ffr
+    synthetic_review: str | None = None  # "accepted": only ids that `ffr review export` accepted
     variant: str = "none"
     # method (stage 2)
     method: str = "erm"
@@ -148,6 +149,8 @@ def pretrain_stage(cfg: TrainConfig) -> StageSpec:
                      s1.epochs if s1.epochs is not None else cfg.epochs, s1.batch_size or cfg.batch_size)
     depends = {k: getattr(cfg, k) for k in ("dataset", "dataset_options", "synthetic_root", "seed", "backbone",
                                             "backbone_options", "pretrained", "image_size")}
+    if cfg.synthetic_review:  # only when set, so existing stage-1 run names stay the same
+        depends["synthetic_review"] = cfg.synthetic_review
     depends.update({k: v for k, v in dataclasses.asdict(spec).items() if k not in ("run_name",)})
     spec.run_name = f"{cfg.dataset}-ffr-stage1-s{cfg.seed}-{_digest(depends)}"
     return spec
