@@ -18,9 +18,10 @@ from ffr.config import build, to_dict
 from ffr.errors import FFRError
 
 OPTIMIZERS = ("adam", "sgd")
+EXECUTORS = ("ray-train", "local")  # local: in this process, no Ray Train start-up (ffr/training/local.py)
 # Fields that change where/how a run executes but not what it computes: left out of run-name hashes.
 INFRA_FIELDS = ("storage_path", "run_name", "num_workers", "use_gpu", "cpus_per_worker", "max_failures",
-                "controller_failure_limit", "keep_checkpoints", "cache_in_memory", "loader_workers", "fault_injection")
+                "controller_failure_limit", "keep_checkpoints", "cache_in_memory", "loader_workers", "fault_injection", "executor")
 
 
 @dataclass
@@ -74,6 +75,7 @@ class TrainConfig:
     # stage 2 starts from: a checkpoint dir, a run dir, or "best:<sweep dir>" (best stage-1 run by mean val WGA)
     init_checkpoint: str | None = None
     # execution
+    executor: str = "ray-train"  # or "local": train in the calling process (one worker; small runs, Tune trials)
     storage_path: str = "runs"  # local dir or s3://bucket/prefix
     run_name: str | None = None  # default: derived from the config's content
     num_workers: int = 1
@@ -95,6 +97,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value < (0 if name == "epochs" else 1):
                 raise FFRError(f"{name} = {value!r} is out of range; expected a positive integer")
+        if self.executor not in EXECUTORS:
+            raise FFRError(f"executor {self.executor!r} is unknown; expected one of {', '.join(EXECUTORS)}")
+        if self.executor == "local" and self.num_workers != 1:
+            raise FFRError(f"executor 'local' trains in one process; num_workers = {self.num_workers} needs ray-train")
         if self.lr <= 0:
             raise FFRError(f"lr = {self.lr!r} must be > 0")
 
