@@ -48,3 +48,7 @@ def run_grid(chains: list[list[dict[str, Any]]], name: str, storage_path: str, m
               for r in results if r.error is not None]
     if failed:
         raise FFRError(f"{len(failed)} of {len(results)} grid trials failed: {'; '.join(failed)}")
+    unfinished = sum(1 for r in results if (r.metrics or {}).get("experiments_done") != len(r.config["chain"]))
+    if unfinished:  # e.g. Ctrl-C: Tune returns normally with the trials it stopped
+        raise FFRError(f"{unfinished} of {len(results)} grid trials did not finish (interrupted?); "
+                       "rerun the same command to resume: finished runs are not trained again")

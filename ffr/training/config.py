@@ -21,7 +21,8 @@ OPTIMIZERS = ("adam", "sgd")
 EXECUTORS = ("ray-train", "local")  # local: in this process, no Ray Train start-up (ffr/training/local.py)
 # Fields that change where/how a run executes but not what it computes: left out of run-name hashes.
 INFRA_FIELDS = ("storage_path", "run_name", "num_workers", "use_gpu", "cpus_per_worker", "max_failures",
-                "controller_failure_limit", "keep_checkpoints", "cache_in_memory", "loader_workers", "fault_injection", "executor")
+                "controller_failure_limit", "keep_checkpoints", "cache_in_memory", "loader_workers", "fault_injection",
+                "executor")
 
 
 @dataclass
