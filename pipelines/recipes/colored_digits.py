@@ -32,4 +32,5 @@ class ColoredDigits(Recipe):
         digit = int(rng.integers(5)) + 5 * y
         color = colored_digits.BIAS_NAMES[b]
         return {"prompt": f"the digit {digit} in white on a {color} background", "glyph": str(digit),
-                "background_rgb": list(colored_digits.BACKGROUND_RGB[color]), "ink_rgb": list(colored_digits.INK_RGB), "style": "optdigits"}
+                "background_rgb": list(colored_digits.BACKGROUND_RGB[color]), "ink_rgb": list(colored_digits.INK_RGB),
+                "style": "optdigits"}
