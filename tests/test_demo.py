@@ -5,7 +5,7 @@ import os
 import pytest
 
 from ffr import demo
-from ffr.training import local, rundir, run_experiment
+from ffr.training import local, run_experiment, rundir
 
 TINY = {"dataset": "colored-digits", "dataset_options": {"bias_ratio": 0.95}, "backbone": "small-cnn",
         "backbone_options": {"width": 8}, "pretrained": None, "image_size": 32, "batch_size": 256,
