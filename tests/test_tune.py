@@ -118,7 +118,6 @@ def test_shipped_asha_sweep_then_report_and_mlflow(ray_cluster, tmp_path, capsys
 
     sweeps = tmp_path / "sweeps"
     overrides = [f"storage_path={sweeps}", "methods=[erm, groupdro]", "seeds=[0, 1]", "train.epochs=2",
-                 "max_concurrent_trials=4",
                  "train.image_size=16", "train.backbone_options={width: 8}", "train.batch_size=256",
                  "train.controller_failure_limit=1", "scheduler.grace_period=1",
                  "mlflow.tags={team: fairness, api_token: s3cr3t-value}"]
