@@ -117,8 +117,9 @@ def param_space(cfg: SweepConfig) -> dict[str, Any]:
 
 def trial_run_name(train: dict[str, Any], trial_id: str) -> str:
     """The ffr run (and MLflow run) name of one trial: readable, unique within the sweep, stable on restore."""
-    cfg = parse(train)
-    return f"{cfg.dataset}-{cfg.variant}-{cfg.method}-s{cfg.seed}-{trial_id}"
+    # read from the dict, not parse(): the name is also needed for a trial whose sampled config is invalid
+    dataset, variant = train.get("dataset") or TrainConfig.dataset, train.get("variant") or TrainConfig.variant
+    return f"{dataset}-{variant}-{train['method']}-s{train['seed']}-{trial_id}"
 
 
 def trial_train_config(base: dict[str, Any], params: dict[str, Any], trial_id: str) -> dict[str, Any]:
