@@ -332,10 +332,19 @@ def _row_parts(summary: pd.DataFrame) -> list[tuple[str, str]]:
         for name in {k for p in members for k in p} - AXES:
             if len({json.dumps(p.get(name), default=str) for p in members}) > 1:
                 varying.add(name)
-    return [(STAGE1_LABEL if r.variant == "ffr" and r.stage == 1 else
-             f"{r.method} / {VARIANT_LABELS.get(str(r.variant), r.variant)}",
-             ", ".join(f"{k}={p[k]}" for k in sorted(varying) if k in p))
-            for r, p in zip(summary.itertuples(), parsed)]
+    for short in (_short, str):  # full precision only when rounding would merge two settings into one cell
+        parts = [(STAGE1_LABEL if r.variant == "ffr" and r.stage == 1 else
+                  f"{r.method} / {VARIANT_LABELS.get(str(r.variant), r.variant)}",
+                  ", ".join(f"{k.removeprefix('method_hparams.')}={short(p[k])}" for k in sorted(varying) if k in p))
+                 for r, p in zip(summary.itertuples(), parsed)]
+        if len(set(zip(parts, cell))) == len(parts):
+            break
+    return parts
+
+
+def _short(value: Any) -> str:
+    """A setting's value in a row label: sampled floats to 3 significant digits."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _bias_label(value: Any) -> str:
