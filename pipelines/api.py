@@ -93,6 +93,7 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
                                     "image_format": settings.image_format, "gray": settings.gray_threshold,
                                     "clip": [settings.clip_model, settings.clip_threshold]})
     check_writable(cfg.output)
+    recipe.prepare(cfg)  # e.g. D3S background templates, generated once beside the output
     info = write_manifest(cfg.output, manifest, print_)
     write_groups(cfg.output, spec)
     write_json(cfg.output, "config.json", json.loads(dump_config(cfg)))  # secrets redacted

@@ -94,6 +94,7 @@ def build_manifest(recipe: Recipe, budgets: dict[tuple[int, int], int], run_seed
     if settings["mode"] == "img2img" and not getattr(recipe, "guided", False):
         raise FFRError(f"generator.mode 'img2img' needs guide images, and recipe {recipe.name!r} has none "
                        "configured (d3s-*: set recipe.options.foreground_root and background_root)")
+    budgets = recipe.assign_budgets(budgets, run_seed)
     order = sorted(((k, g) for g, n in budgets.items() for k in range(n)), key=lambda t: (t[0], t[1]))
     rows = []
     for k, (y, b) in order:
