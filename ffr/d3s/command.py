@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = sub.add_parser("demo", help="the embedded offline D3S end to end (CPU)")
     d.add_argument("--out", default="d3s_demo_out")
     d.add_argument("--per-group", type=int, default=8, help="images per (digit, background)")
-    d.add_argument("--epochs", type=int, default=8)
+    d.add_argument("--epochs", type=int, default=12)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--local", action="store_true", help="generate and evaluate without Ray")
 

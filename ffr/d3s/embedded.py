@@ -83,7 +83,7 @@ def _load_folder(folder: str, wnids: tuple[str, ...]) -> tuple[torch.Tensor, tor
     return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float(), torch.tensor(ys)
 
 
-def train_plain_classifier(train_folder: str, out_path: str | Path, epochs: int = 8, seed: int = 0,
+def train_plain_classifier(train_folder: str, out_path: str | Path, epochs: int = 12, seed: int = 0,
                            size: int = IMAGE_SIZE) -> str:
     """A small CNN trained on plain-background digits, saved as a self-describing checkpoint: architecture,
     class count and its preprocessing travel with the weights (what ``ffr d3s eval`` reads)."""
@@ -96,11 +96,16 @@ def train_plain_classifier(train_folder: str, out_path: str | Path, epochs: int 
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=gen).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: one thread is many times faster than several on a busy machine
+    try:
+        for _ in range(epochs):
+            for idx in torch.randperm(len(x), generator=gen).split(32):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
     ckpt = {"arch": "ffr/small-cnn", "arch_options": {"width": 16}, "num_classes": len(table),
             "categories": list(table.names), "state_dict": model.state_dict(),
             "preprocess": {"resize": size, "crop": size, "mean": list(MEAN), "std": list(STD)}}
@@ -121,7 +126,8 @@ def generation_config(out: str, foregrounds: str, per_group: int, templates: int
             "ray": {"min_actors": 1, "max_actors": 2}, "contact_sheet_size": 8, "contact_sheet_groups": 20}
 
 
-def run_demo(out: str | Path, per_group: int = 8, epochs: int = 8, seed: int = 0, runner: str = "ray") -> dict:
+def run_demo(out: str | Path, per_group: int = 8, epochs: int = 12, seed: int = 0, runner: str = "ray",
+             plain_per_class: int = 80) -> dict:
     """Everything, end to end; returns the evaluation summary (also written under ``out/eval``)."""
     import pipelines
     from ffr.d3s.evaluate import EvalConfig, evaluate
@@ -129,7 +135,7 @@ def run_demo(out: str | Path, per_group: int = 8, epochs: int = 8, seed: int = 0
 
     out = Path(out).resolve()
     fg = write_foregrounds(out, seed=seed)
-    plain_train = write_plain_set(out, fg, "train", per_class=80, seed=seed)
+    plain_train = write_plain_set(out, fg, "train", per_class=plain_per_class, seed=seed)
     plain_val = write_plain_set(out, fg, "val", per_class=20, seed=seed + 1)
     ckpt = train_plain_classifier(plain_train, out / "models" / "small-cnn-plain.pt", epochs=epochs, seed=seed)
     data = str(out / "d3s")

@@ -116,8 +116,9 @@ def _predict_ray(plan: pd.DataFrame, spec: str, cfg: EvalConfig) -> pd.DataFrame
     from ffr.ray_session import ensure_ray
 
     ensure_ray()
-    blocks = max(1, min(len(plan) // max(cfg.batch_size, 1), 200))
-    ds = ray.data.from_pandas(plan, override_num_blocks=blocks).map_batches(
+    # blocks of a few batches each, in tar order: the pool streams through the plan, bounded in memory
+    step = max(cfg.batch_size * 4, -(-len(plan) // 1000))
+    ds = ray.data.from_pandas([plan.iloc[i:i + step] for i in range(0, len(plan), step)]).map_batches(
         Predictor, fn_constructor_kwargs={"spec": spec}, batch_size=cfg.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
         num_gpus=cfg.num_gpus_per_actor, num_cpus=cfg.num_cpus_per_actor)
