@@ -153,3 +153,39 @@ def test_embedded_d3s_shows_a_per_background_drop(tmp_path):
     assert summary["reference_top1"] >= 0.6  # it did learn the digits
     assert summary["drop_top1"] >= 0.15  # and loses them on the backgrounds
     assert (bg["drop_top1"] > 0.2).sum() >= 3 and (bg["n"] == 40).all()
+
+
+def test_compositing_backend_textures_and_img2img_puts_the_digit_in_the_scene(tmp_path):
+    from pipelines.backends import create
+    from pipelines.guides import paste_box
+
+    backend = create("compositing")
+    labels = ["grass", "road", "forest", "water", "sand", "indoors", "snow", "rain", "night", "cave"]
+    rows = [{"seed": 1, "width": 32, "height": 32, "bias_name": label} for label in labels]
+    means = [np.asarray(im, dtype=float).mean(axis=(0, 1)) for im in backend.generate(rows)]
+    assert min(np.abs(a - b).sum() for i, a in enumerate(means) for b in means[i + 1:]) > 5  # 10 distinct looks
+    assert np.array_equal(np.asarray(backend.generate(rows[:1])[0]), np.asarray(backend.generate(rows[:1])[0]))
+    fg = tmp_path / "fg.png"
+    Image.new("RGB", (32, 32), (110, 110, 110)).save(fg)
+    bg = tmp_path / "bg.png"
+    backend.generate(rows[:1])[0].save(bg)
+    row = {"seed": 5, "width": 32, "height": 32, "strength": 0.9, "mode": "img2img"}
+    guide = make_guide(str(fg), str(bg), 5, 32)
+    out = np.asarray(backend.generate([row], [guide])[0], dtype=float)
+    x, y, side = paste_box(5, 32)
+    box = out[y:y + side, x:x + side]
+    assert np.abs(box - 110).mean() > 20  # the flat backdrop was replaced by grass texture
+
+
+def test_review_accepted_restricts_splits_and_evaluation(digits_d3s, tmp_path):
+    pytest.importorskip("ffr.review.views")
+    from ffr.d3s.evaluate import EvalConfig, shard_plan
+
+    out, _ = digits_d3s
+    ids = sorted(ShardReader(out).metadata["id"])[:50]
+    (Path(out) / "review").mkdir(exist_ok=True)
+    pd.DataFrame({"id": ids}).to_parquet(Path(out) / "review" / "accepted.parquet", index=False)
+    record = write_splits(out, seed=0, mapping=str(_identity_mapping(tmp_path)), name="rev", review="accepted")
+    assert sum(record["rows"].values()) <= 50
+    plan = shard_plan(EvalConfig(data=out, models=["x"], output="unused", review="accepted"))
+    assert set(plan["id"]) == set(ids)
