@@ -119,15 +119,22 @@ def _predict_ray(plan: pd.DataFrame, spec: str, cfg: EvalConfig) -> pd.DataFrame
     # blocks of a few batches each, in tar order: the pool streams through the plan, bounded in memory
     step = max(cfg.batch_size * 4, -(-len(plan) // 1000))
     ds = ray.data.from_pandas([plan.iloc[i:i + step] for i in range(0, len(plan), step)]).map_batches(
-        Predictor, fn_constructor_kwargs={"spec": spec}, batch_size=cfg.batch_size, batch_format="numpy",
+        Predictor, fn_constructor_kwargs={"spec": spec, "threads": max(1, int(cfg.num_cpus_per_actor))},
+        batch_size=cfg.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
         num_gpus=cfg.num_gpus_per_actor, num_cpus=cfg.num_cpus_per_actor)
     parts = []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):  # streamed; only small arrays return
+        if not parts:
+            first = (time.perf_counter(), len(batch["id"]))
         parts.append(pd.DataFrame({"id": batch["id"], "model": batch["model"], "y": batch["y"].astype(np.int64),
                                    "background": batch["background"], "top5": list(batch["top5"]),
                                    "top5_scores": list(batch["top5_scores"])}))
-    return pd.concat(parts, ignore_index=True)
+    span = time.perf_counter() - first[0]
+    out = pd.concat(parts, ignore_index=True)
+    # after the pool is up and the first batch is back: the rate a long run settles at
+    out.attrs["steady_images_per_s"] = (len(out) - first[1]) / span if span > 0 else float("nan")
+    return out
 
 
 def predict(plan: pd.DataFrame, spec: str, cfg: EvalConfig) -> pd.DataFrame:
@@ -187,7 +194,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     for spec in cfg.models:
         start = time.perf_counter()
         preds.append(predict(plan, spec, cfg))
-        timing[spec] = {"images": len(plan), "seconds": round(time.perf_counter() - start, 3)}
+        timing[spec] = {"images": len(plan), "seconds": round(time.perf_counter() - start, 3),
+                        "steady_images_per_s": round(float(preds[-1].attrs.get("steady_images_per_s", "nan")), 1)}
         if ref_plan is not None:
             refs.append(predict(ref_plan, spec, cfg))
     pred = pd.concat(preds, ignore_index=True)

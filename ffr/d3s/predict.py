@@ -49,13 +49,17 @@ def read_bytes(paths: np.ndarray, offsets: np.ndarray, sizes: np.ndarray) -> lis
 class Predictor:
     """Loads one classifier once (on the GPU when there is one), then predicts batches of plan rows."""
 
-    def __init__(self, spec: str, device: str = "auto", threads: int = 4) -> None:
+    def __init__(self, spec: str, device: str = "auto", threads: int | None = None) -> None:
+        """``threads``: decode threads and torch CPU threads — the actor's CPU share under Ray, so actors on
+        one node do not oversubscribe it; None keeps torch's default (a plain in-process loop)."""
+        if threads is not None:
+            torch.set_num_threads(max(1, threads))
         self.model = load_classifier(spec)
         want = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         self.device = torch.device(want)
         self.model.module.to(self.device)
         self.k = min(5, self.model.n_classes)
-        self.pool = ThreadPoolExecutor(threads)  # decoding + resizing release the GIL
+        self.pool = ThreadPoolExecutor(threads or 4)  # decoding + resizing release the GIL
 
     def _tensor(self, data: bytes) -> torch.Tensor:
         return self.model.preprocess(Image.open(io.BytesIO(data)).convert("RGB"))
