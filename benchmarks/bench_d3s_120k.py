@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--plain-n", type=int, default=20_000, help="rows for the plain-loop reference")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--eval-only", action="store_true", help="reuse a finished --out; measure evaluation only")
     args = parser.parse_args()
 
     import ray
@@ -127,25 +128,30 @@ def main() -> None:
     print(f"plan: {len(manifest)} rows in {plan_s:.1f} s ({len(manifest) / plan_s:,.0f} rows/s)", flush=True)
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-    with SeriesSampler(os.getpid(), interval=1.0) as mem:
-        start = time.perf_counter()
-        summary = pipelines.generate(config)
-        gen_s = time.perf_counter() - start
-    rate = summary["accepted"] / gen_s
-    print(f"generate: {summary['accepted']} images in {gen_s:.0f} s = {rate:.0f} images/s wall, "
-          f"{steady_rate(config['output']):.0f} images/s steady", flush=True)
-    print("memory (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in {**mem.peak, **mem.halves()}.items()), flush=True)
+    if not args.eval_only:
+        with SeriesSampler(os.getpid(), interval=1.0) as mem:
+            start = time.perf_counter()
+            summary = pipelines.generate(config)
+            gen_s = time.perf_counter() - start
+        rate = summary["accepted"] / gen_s
+        print(f"generate: {summary['accepted']} images in {gen_s:.0f} s = {rate:.0f} images/s wall, "
+              f"{steady_rate(config['output']):.0f} images/s steady", flush=True)
+        print("memory (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in {**mem.peak, **mem.halves()}.items()),
+              flush=True)
 
     spec = args.model or f"checkpoint:{random_checkpoint(work / 'small-cnn-random.pt', args.size)}"
     cfg = EvalConfig(data=config["output"], models=[spec], output=str(work / "eval"), batch_size=args.batch_size,
                      min_actors=args.actors, max_actors=args.actors)
+    plan = shard_plan(cfg).iloc[:args.plain_n]
+    plain_before = plain_loop(plan, spec, args.batch_size)  # before and after: the machine's load drifts
     with SeriesSampler(os.getpid(), interval=1.0) as mem:
         start = time.perf_counter()
         result = evaluate(cfg)
         eval_s = time.perf_counter() - start
     ray_rate = result["images"] / eval_s
-    plan = shard_plan(cfg).iloc[:args.plain_n]
-    plain_rate = plain_loop(plan, spec, args.batch_size)
+    plain_after = plain_loop(plan, spec, args.batch_size)
+    plain_rate = (plain_before + plain_after) / 2
+    print(f"plain loop: {plain_before:.0f} images/s before, {plain_after:.0f} after the Ray job", flush=True)
     steady = next(iter(result["timing"].values()))["steady_images_per_s"]
     print(f"evaluate: {result['images']} images in {eval_s:.0f} s = {ray_rate:.0f} images/s end to end (Ray Data, "
           f"{args.actors} actors, incl. start-up, tables, heatmap), {steady:.0f} images/s steady; plain loop "

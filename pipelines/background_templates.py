@@ -21,14 +21,17 @@ from pipelines.guides import TEMPLATES_DIR, resolve, template_ref
 
 
 def templates_config(cfg: Any, recipe: Any) -> dict[str, Any]:
-    """The nested run's config: same backend, runner, cluster and seed; t2i at the guide size; no gray filter."""
+    """The nested run's config: same backend, runner, cluster and seed; t2i at the guide size; no gray filter.
+    (Changing it changes the nested run's fingerprint, which a rerun on an existing output refuses.)"""
     n = int(recipe.options.background_templates)
     generator = {k: getattr(cfg.generator, k) for k in ("height", "width", "steps") if getattr(cfg.generator, k)}
+    # 10 shards of n templates: never more actors (each loading the model) than there are shards
+    ray = {**vars(cfg.ray), "min_actors": min(cfg.ray.min_actors, 10), "max_actors": min(cfg.ray.max_actors, 10)}
     return {"recipe": {"name": "d3s-background-templates"}, "output": join(cfg.output, *TEMPLATES_DIR.split("/")),
-            "seed": cfg.seed, "budget": {"per_group": n}, "shard_size": min(1000, 10 * n), "image_format": "png",
+            "seed": cfg.seed, "budget": {"per_group": n}, "shard_size": n, "image_format": "png",
             "batch_size": cfg.batch_size, "generator": generator,
             "backend": {"name": cfg.backend.name or recipe.default_backend, "settings": dict(cfg.backend.settings)},
-            "filters": {"gray_threshold": 0.0}, "runner": cfg.runner, "ray": vars(cfg.ray),
+            "filters": {"gray_threshold": 0.0}, "runner": cfg.runner, "ray": ray,
             "s3_endpoint": cfg.s3_endpoint, "progress": cfg.progress, "contact_sheet_size": n}
 
 

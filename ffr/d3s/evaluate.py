@@ -33,6 +33,8 @@ from ffr.storage import filesystem, join, write_atomic
 from pipelines.guides import class_folders, list_images
 from pipelines.recipes.class_table import load_class_table
 
+BLOCK_BATCHES = 4  # batches per Ray Data block (4 and 16 measured the same at 120K rows)
+
 
 @dataclass
 class EvalConfig:
@@ -117,7 +119,7 @@ def _predict_ray(plan: pd.DataFrame, spec: str, cfg: EvalConfig) -> pd.DataFrame
 
     ensure_ray()
     # blocks of a few batches each, in tar order: the pool streams through the plan, bounded in memory
-    step = max(cfg.batch_size * 4, -(-len(plan) // 1000))
+    step = max(cfg.batch_size * BLOCK_BATCHES, -(-len(plan) // 1000))
     ds = ray.data.from_pandas([plan.iloc[i:i + step] for i in range(0, len(plan), step)]).map_batches(
         Predictor, fn_constructor_kwargs={"spec": spec, "threads": max(1, int(cfg.num_cpus_per_actor))},
         batch_size=cfg.batch_size, batch_format="numpy",
