@@ -76,7 +76,7 @@ class ShardWorker:
             guides = guide_images(batch, s.output)
             generated = self.backend.generate(batch, guides)
             verdicts = self.filters(generated, [r["prompt"] for r in batch])
-            for i, (row, image, verdict) in enumerate(zip(batch, generated, verdicts)):
+            for j, (row, image, verdict) in enumerate(zip(batch, generated, verdicts)):
                 key = f"{row['id']}.{s.image_format}"
                 # img2img: the guide is stored beside its image, so the pair can be reviewed later
                 guide_key = f"{row['id']}.guide.{s.image_format}" if guides is not None else ""
@@ -86,7 +86,7 @@ class ShardWorker:
                 if verdict.accepted:
                     images[key] = encode(image, s.image_format)
                     if guide_key:
-                        images[guide_key] = encode(guides[i], s.image_format)
+                        images[guide_key] = encode(guides[j], s.image_format)
                     per_group[str(row["group"])] += 1
                 else:
                     rejects[verdict.reason] += 1
