@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-seeds test lint bench clean browser
+.PHONY: demo demo-seeds d3s-demo test lint bench clean browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -32,6 +32,9 @@ demo: $(STAMP)
 demo-seeds: $(STAMP)
 	$(BIN)/ffr demo --out demo_out --seeds 0,1,2,3,4
 
+d3s-demo: $(STAMP)
+	$(BIN)/ffr d3s demo --out d3s_demo_out
+
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
 
@@ -42,4 +45,4 @@ bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out d3s_demo_out .pytest_cache

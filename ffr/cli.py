@@ -20,6 +20,7 @@ COMMANDS = {
     "report": ("ffr.report", "tables and plots from finished runs"),
     "demo": ("ffr.demo", "the embedded offline end-to-end run (colored digits)"),
     "review": ("ffr.review.command", "human review of generated images: web app, votes, veto rule, export"),
+    "d3s": ("ffr.d3s.command", "D3S: shift splits, per-background evaluation of classifiers, embedded demo"),
     "balance": ("ffr.balance_command", "print FFR's downsampling and synthetic budget tables for group counts"),
 }
 

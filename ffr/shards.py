@@ -62,8 +62,10 @@ def write_shard(root: str, index: int, rows: list[dict], images: dict[str, bytes
             if not row.get("accepted") or key not in images:
                 continue
             sample_id = str(row["id"])
-            for member, payload in ((key, images[key]),
-                                    (f"{sample_id}.json", json.dumps(row, default=str, sort_keys=True).encode())):
+            members = [(key, images[key]), (f"{sample_id}.json", json.dumps(row, default=str, sort_keys=True).encode())]
+            if row.get("guide_key") in images:  # an img2img guide, kept beside its image
+                members.append((row["guide_key"], images[row["guide_key"]]))
+            for member, payload in members:
                 info = tarfile.TarInfo(member)
                 info.size, info.mtime = len(payload), 0  # mtime 0: identical input → identical bytes
                 tar.addfile(info, io.BytesIO(payload))

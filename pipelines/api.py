@@ -100,16 +100,21 @@ def _progress(it: Iterator[dict], total: int, enabled: bool, desc: str) -> Itera
             yield stats
 
 
-def _targets(cfg: GenerateConfig, spec) -> dict[int, int]:
-    return {spec.group_id(y, b): n for (y, b), n in group_budgets(spec, cfg.budget).items()}
+def _budgets(cfg: GenerateConfig, recipe) -> dict[tuple[int, int], int]:
+    """Accepted images per (y, b) as the recipe assigns them (D3S ``uniform`` redraws each image's bias)."""
+    return recipe.assign_budgets(group_budgets(recipe.spec(), cfg.budget), cfg.seed)
+
+
+def _targets(cfg: GenerateConfig, recipe) -> dict[int, int]:
+    spec = recipe.spec()
+    return {spec.group_id(y, b): n for (y, b), n in _budgets(cfg, recipe).items()}
 
 
 def plan(config: GenerateConfig | dict[str, Any]) -> pd.DataFrame:
     """The first round's manifest a config would generate into a new output (nothing is written)."""
     cfg = to_config(config)
     recipe = create_recipe(cfg.recipe.name, cfg.recipe.options)
-    manifest = build_manifest(recipe, group_budgets(recipe.spec(), cfg.budget), cfg.seed, cfg.shard_size,
-                              cfg.generator)
+    manifest = build_manifest(recipe, _budgets(cfg, recipe), cfg.seed, cfg.shard_size, cfg.generator)
     if manifest.empty:
         raise FFRError("the budget asks for 0 images in every group; expected at least one image")
     return manifest
@@ -135,7 +140,7 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
         os.environ["FFR_S3_ENDPOINT"] = cfg.s3_endpoint
     recipe = create_recipe(cfg.recipe.name, cfg.recipe.options)
     spec = recipe.spec()
-    targets = _targets(cfg, spec)
+    targets = _targets(cfg, recipe)
     if not any(targets.values()):
         raise FFRError("the budget asks for 0 images in every group; expected at least one image")
     names = {g: spec.group_name(g) for g in range(spec.n_groups)}
@@ -152,6 +157,7 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
             write_info(cfg.output, info)
     else:  # manifest.json appears with the first round's shards
         info = {**new_info(recipe.name, identity), "targets": stored}
+    recipe.prepare(cfg)  # e.g. D3S background templates, generated once beside the output
     write_groups(cfg.output, spec)
     write_json(cfg.output, "config.json", json.loads(dump_config(cfg)))  # secrets redacted
     done = set(complete_shards(cfg.output))

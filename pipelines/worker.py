@@ -19,7 +19,7 @@ from PIL import Image
 from ffr.shards import write_shard
 from pipelines import backends
 from pipelines.filters import Filters
-from pipelines.guides import make_guide
+from pipelines.guides import make_guide, resolve
 from pipelines.manifest import read_manifest_shard
 
 PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
@@ -46,11 +46,12 @@ def encode(image: Image.Image, image_format: str) -> bytes:
     return buf.getvalue()
 
 
-def guide_images(rows: list[dict]) -> list[Image.Image] | None:
-    """img2img guides for a batch (None for text-to-image rows)."""
+def guide_images(rows: list[dict], output: str = "") -> list[Image.Image] | None:
+    """img2img guides for a batch (None for text-to-image rows); relative refs live under ``output``."""
     if not rows or rows[0].get("mode") != "img2img":
         return None
-    return [make_guide(r["guide_foreground"], r["guide_background"], int(r["seed"]), int(r["width"])) for r in rows]
+    return [make_guide(resolve(r["guide_foreground"], output), resolve(r["guide_background"], output),
+                       int(r["seed"]), int(r["width"])) for r in rows]
 
 
 class ShardWorker:
@@ -72,15 +73,20 @@ class ShardWorker:
         per_group: Counter = Counter()
         for i in range(0, len(rows), s.batch_size):
             batch = rows[i:i + s.batch_size]
-            generated = self.backend.generate(batch, guide_images(batch))
+            guides = guide_images(batch, s.output)
+            generated = self.backend.generate(batch, guides)
             verdicts = self.filters(generated, [r["prompt"] for r in batch])
-            for row, image, verdict in zip(batch, generated, verdicts):
+            for j, (row, image, verdict) in enumerate(zip(batch, generated, verdicts)):
                 key = f"{row['id']}.{s.image_format}"
+                # img2img: the guide is stored beside its image, so the pair can be reviewed later
+                guide_key = f"{row['id']}.guide.{s.image_format}" if guides is not None else ""
                 out_rows.append({**row, "accepted": verdict.accepted, "reject_reason": verdict.reason,
-                                 "clip_score": verdict.clip_score, "image_key": key,
+                                 "clip_score": verdict.clip_score, "image_key": key, "guide_key": guide_key,
                                  "image_width": image.width, "image_height": image.height})
                 if verdict.accepted:
                     images[key] = encode(image, s.image_format)
+                    if guide_key:
+                        images[guide_key] = encode(guides[j], s.image_format)
                     per_group[str(row["group"])] += 1
                 else:
                     rejects[verdict.reason] += 1

@@ -169,6 +169,23 @@ def build_synthetic(tmp_path: Path, per_group: int = 10) -> dict:
     return {"root": out, "fractions": (0.6, 0.2, 0.2)}
 
 
+def build_d3s_shift(tmp_path: Path) -> dict:
+    """The embedded D3S (digits on 10 procedural backgrounds, in-process) and one identity-mapped split view."""
+    import json
+
+    import pipelines
+    from ffr.d3s.embedded import generation_config, write_foregrounds
+    from ffr.d3s.splits import write_splits
+
+    fg = write_foregrounds(tmp_path, per_class=1, size=32)
+    out = str(tmp_path / "d3s")
+    pipelines.generate(generation_config(out, fg, per_group=1, templates=1, size=32, runner="local"))
+    mapping = tmp_path / "identity.json"
+    mapping.write_text(json.dumps({"names": [str(i) for i in range(10)], "classes": {str(i): i for i in range(10)}}))
+    write_splits(out, seed=0, mapping=str(mapping), name="id")
+    return {"root": out, "split": "id"}
+
+
 FIXTURES: dict[str, Callable[[Path], dict]] = {
     "celeba-hq": build_celeba_hq,
     "utk-face": build_utk_face,
@@ -178,4 +195,5 @@ FIXTURES: dict[str, Callable[[Path], dict]] = {
     # "colored-digits" and "synthetic": added by the training helper (readers in ffr/datasets/).
     "colored-digits": lambda tmp_path: {"bias_ratio": 0.95},  # embedded data: no files
     "synthetic": lambda tmp_path: build_synthetic(tmp_path),
+    "d3s-shift": build_d3s_shift,
 }

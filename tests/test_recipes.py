@@ -45,7 +45,7 @@ def d3s_folders(tmp_path):
 def _options(name: str, folders) -> dict:
     if name == "d3s-background":
         return {"classes": [7, 388], "foreground_root": folders[0], "background_root": folders[1]}
-    if name.startswith("d3s-"):
+    if name.startswith("d3s-") and name != "d3s-background-templates":
         return {"classes": [7, 388]}
     if name == "custom":
         return {"classes": ["cat", "dog", "fox"], "attributes": ["day", "night"],
@@ -100,7 +100,7 @@ def test_face_and_d3s_prompts_follow_the_papers():
     utk = plan({"recipe": "ffr-utkface", "output": "x", "budget": {"per_group": 8}})
     assert utk.loc[utk.b == 0, "prompt"].str.match(r"a headshot of a human (Male|Female) in their \w+ties$").all()
     assert utk.loc[(utk.y == 1) & (utk.b == 1), "prompt"].str.startswith("a headshot of a human Female ").all()
-    time = plan({"recipe": {"name": "d3s-time", "options": {"classes": [1]}}, "output": "x",
+    time = plan({"recipe": {"name": "d3s-time", "options": {"classes": [1], "definitions": False}}, "output": "x",
                  "budget": {"per_group": 1}})
     assert set(time["prompt"]) >= {"an old color photo of a goldfish, from the 1800s",
                                    "a futuristic color photo of a goldfish, from the 2200s"}
@@ -117,11 +117,39 @@ def test_ffr_recipes_use_the_real_readers_group_indices():
     assert create("colored-digits").spec() == colored_digits.SPEC
 
 
-def test_d3s_dictionary_adds_definitions(tmp_path):
-    (tmp_path / "dict.json").write_text('{"1": "small golden or orange-red freshwater fishes"}')
-    options = {"classes": [1], "dictionary": str(tmp_path / "dict.json")}
-    df = plan({"recipe": {"name": "d3s-background", "options": options}, "output": "x", "budget": {"per_group": 1}})
-    assert df["prompt"].iloc[0] == "a photo of a goldfish, small golden or orange-red freshwater fishes, on grass"
+def test_d3s_prompt_carries_the_class_definition_and_background():
+    df = plan({"recipe": {"name": "d3s-background", "options": {"classes": [1, 134]}}, "output": "x",
+               "budget": {"per_group": 1}})
+    prompts = dict(zip(zip(df["class_index"], df["bias_name"]), df["prompt"]))
+    assert prompts[(1, "grass")] == ("a photo of a goldfish, small golden or orange-red freshwater fishes of Eurasia "
+                                     "used as pond or aquarium fishes, on grass")
+    assert prompts[(134, "cave")].startswith("a photo of a crane, large long-necked wading bird")  # D3S's gloss fixed
+    assert prompts[(134, "cave")].endswith(", in a cave")
+    assert set(df["wnid"]) == {"n01443537", "n02012849"}
+    bare = plan({"recipe": {"name": "d3s-background", "options": {"classes": [1], "definitions": False}},
+                 "output": "x", "budget": {"per_group": 1}})
+    assert bare["prompt"].iloc[0] == "a photo of a goldfish, on grass"
+
+
+def test_d3s_class_table_is_imagenet_in_wnid_order():
+    from pipelines.recipes.class_table import load_class_table
+
+    table = load_class_table()
+    assert len(table) == 1000 and list(table.wnids) == sorted(table.wnids)
+    assert (table.wnids[0], table.names[0]) == ("n01440764", "tench") and all(table.definitions)
+
+
+def test_d3s_stratified_cells_are_equal_and_uniform_draws_backgrounds_per_image():
+    options = {"classes": list(range(20))}
+    strat = plan({"recipe": {"name": "d3s-background", "options": options}, "output": "x",
+                  "budget": {"per_group": 7}, "seed": 3})
+    assert set(Counter(zip(strat["y"], strat["b"])).values()) == {7} and len(strat) == 20 * 10 * 7
+    uni = plan({"recipe": {"name": "d3s-background", "options": {**options, "assignment": "uniform"}},
+                "output": "x", "budget": {"per_group": 7}, "seed": 3})
+    cells = Counter(zip(uni["y"], uni["b"]))
+    assert Counter(uni["y"]) == Counter(strat["y"])  # each class keeps its 70 images
+    assert len(set(cells.values())) > 3  # backgrounds drawn per image: unequal cells
+    assert uni["id"].is_unique
 
 
 def test_budgets_from_real_counts_follow_ffr_rule():
@@ -208,7 +236,7 @@ def test_example_configs_build(config, capsys):
     argv = ["--config", config, "--manifest-only", "budget.per_group=2", "budget.real_counts=null"]
     if "d3s" in config:
         argv += ["recipe.options.classes=[0, 1]", "recipe.options.foreground_root=null",
-                 "recipe.options.background_root=null"]
+                 "recipe.options.background_root=null", "recipe.options.background_templates=0"]
     assert ffr_main(["generate", *argv]) == 0
     lines = dict(line.split("\t", 1) for line in capsys.readouterr().out.strip().splitlines())
     assert all(v == "2" for k, v in lines.items() if k != "total") and len(lines) > 4

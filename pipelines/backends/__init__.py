@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.backends import procedural  # noqa: F401  (registers 'procedural')
+from pipelines.backends import compositing, procedural  # noqa: F401  (register themselves)
 from pipelines.backends.base import BACKENDS, GeneratorBackend
 
 # Imported on first use: it pulls in torch and diffusers, which procedural-only actors never need.

@@ -60,6 +60,14 @@ class Recipe:
         """Prompt fields for one image of group (y, b): ``prompt``, optional ``negative_prompt`` and extras."""
         raise NotImplementedError
 
+    def assign_budgets(self, budgets: dict[tuple[int, int], int], run_seed: int) -> dict[tuple[int, int], int]:
+        """Images per group as the recipe assigns them (D3S's ``uniform`` option redraws each image's bias)."""
+        return budgets
+
+    def prepare(self, cfg: Any) -> dict[str, Any] | None:
+        """Work needed before the images, once per output (D3S: generate the background templates)."""
+        return None
+
     def generator_settings(self) -> dict[str, Any]:
         return {**GENERATOR_DEFAULTS, **self.generator}
 
