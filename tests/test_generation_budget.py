@@ -22,7 +22,11 @@ from pipelines.recipes import create as create_recipe
 
 # colored-digits at 32 px: the gray rule's colour gap is 78–93 on red backgrounds and 32–42 on green ones, so
 # this threshold rejects about half of the green images and none of the red ones (measured over 30 per group).
-HALF_OF_GREEN = 39.5
+# colored-digits' color gap (pipelines.filters.color_gap) for the optdigits-style renders: green images span
+# about 18-36 (median 26-29), red ones 40-82. So 28 rejects about half of the green images and no red one;
+# 37.5 rejects every green image and no red one.
+HALF_OF_GREEN = 28.0
+ALL_OF_GREEN = 37.5
 
 
 def _config(output: Path, **extra) -> dict:
@@ -107,7 +111,7 @@ def test_rejected_images_are_replaced_until_every_group_reaches_its_target(ray_c
 def test_a_group_that_cannot_reach_its_target_stops_at_the_cap_with_one_line(tmp_path, capsys):
     root = tmp_path / "out"
     config = tmp_path / "c.yaml"
-    config.write_text(json.dumps(_config(root, filters={"gray_threshold": HALF_OF_GREEN},
+    config.write_text(json.dumps(_config(root, filters={"gray_threshold": ALL_OF_GREEN},
                                          budget={"per_group": 4, "max_factor": 1.5})))
     assert ffr_main(["generate", "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip()

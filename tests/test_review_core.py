@@ -185,9 +185,9 @@ def test_review_of_an_s3_output_reads_images_by_byte_range_and_exports_there(s3_
 
 
 def test_export_changes_a_training_runs_synthetic_stage(tmp_path, capsys):
-    """FFR's stage 1 on colored digits needs 266 synthetic images per group: reviewing 40 per group (5 votes)
-    that reject 25 of group (0, 1) takes exactly those out of the training set; rejecting 40 more is a clear
-    error that the top-up request answers."""
+    """FFR's stage 1 on colored digits draws ``need`` synthetic images per group (231 with today's split):
+    reviewing 40 per group (5 votes) that reject 25 of group (0, 1) takes exactly those out of the training
+    set; rejecting enough more that the group falls short is a clear error that the top-up request answers."""
     import pipelines
     from ffr.training.config import parse
     from ffr.training.data import load_experiment_data
@@ -210,23 +210,26 @@ def test_export_changes_a_training_runs_synthetic_stage(tmp_path, capsys):
 
     before, after = stage1(None), stage1("accepted")
     counts = lambda split: split.table.groupby(["y", "b"]).size().to_dict()  # noqa: E731
-    assert counts(before) == counts(after) == {(0, 0): 266, (0, 1): 266, (1, 0): 266, (1, 1): 266}
+    need = counts(before)[(0, 0)]
+    assert 100 < need <= 300 - 25 and counts(before) == counts(after) == {g: need for g in counts(before)}
     rejected_in_before = len(set(before.table["id"]) & bad)
     assert rejected_in_before > 15 and not set(after.table["id"]) & bad
     with capsys.disabled():
-        print(f"\n[review→training] stage-1 synthetic per group 266 both ways; pool 1200 → {len(accepted_ids(root))}; "
+        print(f"\n[review→training] stage-1 synthetic per group {need} both ways; pool 1200 → {len(accepted_ids(root))}; "
               f"rejected images in the stage-1 set: {rejected_in_before} without review, 0 with review: accepted")
 
-    more = sorted(set(choose(root)["id"][choose(root)["group"] == 1]) - set(sampled))[:40]
+    left = 300 - 25 - (need - 4)  # reject this many more and group (0, 1) keeps need - 4 images
+    more = sorted(set(choose(root)["id"][choose(root)["group"] == 1]) - set(sampled))[:left]
     with review.sessions.begin() as s:
         add_images(s, choose(root).loc[lambda d: d["id"].isin(more)])
     bad |= set(more)
     rate_everything(review, [f"q{i}" for i in range(5)], present=lambda name, image_id: image_id not in bad)
     export(review)
-    with pytest.raises(FFRError, match=r"235 images of group \(y=0, b=1\) but 266 are needed"):
+    with pytest.raises(FFRError, match=rf"{need - 4} images of group \(y=0, b=1\) but {need} are needed"):
         stage1("accepted")
-    topup = json.loads(open(f"{root}/review/topup.json").read())
-    assert topup["shortfall"] == {"0,1": 65} and topup["budget"]["per_group"]["0,1"] == 365
+    topup = json.loads(open(f"{root}/review/topup.json").read())  # short of the generated budget of 300
+    shortfall = 300 - (need - 4)
+    assert topup["shortfall"] == {"0,1": shortfall} and topup["budget"]["per_group"]["0,1"] == 300 + shortfall
 
 
 def test_cli_init_invite_progress_export_and_one_line_errors(output, capsys):
