@@ -28,11 +28,24 @@ def _run_chain(params: dict[str, Any]) -> None:
     tune.report({"experiments_done": done})
 
 
+def _create_tracking_stores(configs: list[dict[str, Any]]) -> None:
+    """Create each MLflow store and experiment the runs log to, once, here: concurrent trials creating one
+    sqlite store would race in its schema migration."""
+    from ffr import tracking
+    from ffr.training.config import parse
+
+    stores = {(tracking.tracking_uri(cfg.mlflow, cfg.storage_path), cfg.mlflow.experiment_name or cfg.dataset)
+              for cfg in map(parse, configs)}
+    for uri, experiment in sorted(stores - {(None, name) for _, name in stores}):
+        tracking.experiment_id(uri, experiment)
+
+
 def run_grid(chains: list[list[dict[str, Any]]], name: str, storage_path: str, max_concurrent: int = 2,
              cpus_per_trial: float = 1.0) -> None:
     """Run every chain as one Tune trial, ``max_concurrent`` at a time; raises FFRError naming failed trials."""
     if not chains or not all(chains):
         raise FFRError("a grid needs at least one chain, and every chain at least one training config")
+    _create_tracking_stores([config for chain in chains for config in chain])
     ensure_ray()
     pa_fs, tune_path = pyarrow_filesystem(storage_path)
     tuner = tune.Tuner(
