@@ -7,11 +7,16 @@ put in configs, logs or MLflow params.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 from functools import lru_cache
 
 import fsspec
+
+from ffr.errors import FFRError
+
+_BUCKETS_SEEN: set[tuple[int, str]] = set()  # (filesystem id, bucket) known to exist: checked once per process
 
 
 def is_remote(path: str) -> bool:
@@ -43,11 +48,62 @@ def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.filesystem("file"), os.path.abspath(path)
 
 
+def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
+    """Buckets and keys rather than folders (s3, gcs, azure): folders exist implicitly, buckets do not."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return any(p in ("s3", "s3a", "gs", "gcs", "abfs", "az", "adl") for p in protocols)
+
+
+def require_bucket(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """FFRError naming the bucket when ``path``'s bucket does not exist (object stores only).
+
+    Never creates it: ``s3fs.makedirs`` would silently create a bucket for a typo in its name."""
+    if not is_object_store(fs):
+        return
+    bucket = path.strip("/").split("/", 1)[0]
+    if (id(fs), bucket) in _BUCKETS_SEEN:
+        return
+    try:
+        exists = fs.exists(bucket)
+    except PermissionError:  # a key that may write a prefix but not list buckets: the writes will tell
+        exists = True
+    if not exists:
+        raise FFRError(f"bucket {bucket!r} does not exist (in {path!r}); create it first or fix the name — "
+                       "ffr never creates buckets")
+    _BUCKETS_SEEN.add((id(fs), bucket))
+
+
+def ensure_dir(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Make sure files can be written under ``path``: a local folder is created (with parents); on an object
+    store the bucket must already exist and nothing is created (key prefixes need no folders)."""
+    if is_object_store(fs):
+        require_bucket(fs, path)
+        return
+    fs.makedirs(path, exist_ok=True)
+
+
+def no_space(e: OSError) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write to ``{path}.tmp`` and rename into place, so a killed writer never leaves a half file at ``path``."""
+    """Write to ``{path}.tmp`` and rename into place, so a killed writer never leaves a half file at ``path``.
+
+    A full disk is a user-facing condition, not a bug: the partial temp file is removed and the error is one
+    line (what was already renamed into place stays valid, so a rerun with space resumes)."""
     tmp = f"{path}.tmp"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
+    try:
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        if not no_space(e):
+            raise
+        try:
+            fs.rm(tmp)
+        except OSError:
+            pass
+        raise FFRError(f"no space left on the device writing {path!r} ({len(data)} bytes); free space or "
+                       "choose another output, then rerun the same command to resume") from None
     fs.mv(tmp, path)
 
 

@@ -20,11 +20,11 @@ from typing import Any
 import pandas as pd
 
 from ffr.config import dump_config
-from ffr.errors import FFRError
+from ffr.errors import FFRError, unwrap_user_errors
 from ffr.shards import complete_shards, read_stats, write_groups
-from ffr.storage import filesystem, join
+from ffr.storage import ensure_dir, filesystem, join
 from pipelines.budget import extra_rows, group_budgets
-from pipelines.config import GenerateConfig, run_identity, to_config
+from pipelines.config import GenerateConfig, identity_diff, run_identity, to_config
 from pipelines.manifest import (
     append_round,
     build_manifest,
@@ -55,12 +55,24 @@ def check_writable(root: str) -> None:
     fs, base = filesystem(root)
     probe = join(base, ".ffr-write-check")
     try:
-        fs.makedirs(base, exist_ok=True)
+        ensure_dir(fs, base)
         with fs.open(probe, "wb") as f:
             f.write(b"ok")
         fs.rm(probe)
     except Exception as e:  # noqa: BLE001 — any storage failure here is the user's setup, not a bug
         raise FFRError(f"output {root!r} is not writable: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def check_before_ray(cfg: GenerateConfig, settings: WorkerSettings) -> None:
+    """Everything the driver can check, before Ray starts and before anything is written: the backend's name
+    and settings (and its model's existence), the CLIP model's existence. Otherwise each would fail only
+    inside the actors, after the manifest recorded the bad value."""
+    from pipelines.backends import BACKENDS
+    from pipelines.model_source import check_model_source
+
+    BACKENDS.get(settings.backend).check(dict(settings.backend_settings))
+    if settings.clip_model:
+        check_model_source(settings.clip_model)
 
 
 class _Runner:
@@ -124,6 +136,7 @@ def _identity(cfg: GenerateConfig, recipe, settings: WorkerSettings) -> dict[str
                     "clip_threshold": settings.clip_threshold}})
 
 
+@unwrap_user_errors
 def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
     """Generate until every group has its budget of accepted images (or extend / resume an output).
 
@@ -140,10 +153,16 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
         raise FFRError("the budget asks for 0 images in every group; expected at least one image")
     names = {g: spec.group_name(g) for g in range(spec.n_groups)}
     settings = _settings(cfg, recipe)
+    check_before_ray(cfg, settings)
     identity = _identity(cfg, recipe, settings)
     check_generator(recipe, cfg.generator)
     stored = {str(g): n for g, n in sorted(targets.items())}
     info = read_manifest_info(cfg.output)
+    if info is not None and identity_diff(info["identity"], identity) and not complete_shards(cfg.output):
+        # No image exists under the recorded settings (e.g. a run that failed on a bad model): nothing to
+        # protect, so the corrected config plans afresh instead of asking the user to delete the output.
+        log.warning("output %s has no complete shard; replanning it with the new settings", cfg.output)
+        info = None
     if info is not None:
         check_compatible(cfg.output, info, identity, targets, names)  # before anything is written
         if info["targets"] != stored:

@@ -19,10 +19,11 @@ from ffr.errors import FFRError
 from ffr.tracking import MLflowConfig
 
 OPTIMIZERS = ("adam", "sgd")
+BAD_IMAGE_POLICIES = ("fail", "skip")
 # Fields that change where/how a run executes but not what it computes: left out of run-name hashes.
 INFRA_FIELDS = ("storage_path", "run_name", "num_workers", "use_gpu", "cpus_per_worker", "max_failures",
                 "controller_failure_limit", "keep_checkpoints", "cache_in_memory", "loader_workers", "fault_injection",
-                "mlflow")
+                "mlflow", "skipped_images")
 
 
 @dataclass
@@ -89,6 +90,11 @@ class TrainConfig:
     fault_injection: FaultInjection | None = None
     # MLflow tracking (ffr.tracking): by default a sqlite store beside a local storage_path
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+    # A corrupt or unreadable real image: "fail" stops the run with one line naming the file (when it is read;
+    # dataset_options.verify=true reads all up front); "skip" decodes every real image up front on the driver,
+    # drops the bad ones from their split and records how many in the result file (bad_images_skipped).
+    bad_images: str = "fail"
+    skipped_images: list[str] | None = None  # filled by the driver under "skip", so workers drop the same rows
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -99,6 +105,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value < (0 if name == "epochs" else 1):
                 raise FFRError(f"{name} = {value!r} is out of range; expected a positive integer")
+        if self.bad_images not in BAD_IMAGE_POLICIES:
+            raise FFRError(f"bad_images = {self.bad_images!r}; expected one of {', '.join(BAD_IMAGE_POLICIES)}")
         if self.lr <= 0:
             raise FFRError(f"lr = {self.lr!r} must be > 0")
 
@@ -131,7 +139,9 @@ def _digest(obj: Any) -> str:
 
 
 def experiment_fields(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in to_dict(cfg).items() if k not in INFRA_FIELDS}
+    # bad_images only enters the digest when it is not the default, so runs named before it existed keep names
+    return {k: v for k, v in to_dict(cfg).items()
+            if k not in INFRA_FIELDS and not (k == "bad_images" and v == "fail")}
 
 
 def method_stage(cfg: TrainConfig, init_checkpoint: str | None = None) -> StageSpec:
