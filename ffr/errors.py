@@ -13,6 +13,7 @@ it in ``WorkerGroupError.worker_failures`` and Tune in ``TuneError``/``TrainingF
 
 from __future__ import annotations
 
+import errno
 import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -46,6 +47,22 @@ def _is_wrapper(e: BaseException) -> bool:
     return any(c.__name__ in ("RayTaskError", "RayActorError") for c in type(e).__mro__)
 
 
+# Storage that stayed unreachable through every retry is the environment, not a bug: one line, like bad input.
+_UNREACHABLE = ("EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError")
+
+
+def _unreachable(e: BaseException) -> FFRError | None:
+    """A storage outage or a full disk, as one line (a full disk mid-write from code that has no handler)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return FFRError(f"no space left on the device ({e.filename or e.strerror}); free space or choose another "
+                        "output, then rerun the same command to resume")
+    if any(c.__name__ in _UNREACHABLE for c in type(e).__mro__):
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return FFRError(f"object storage unreachable after retries ({type(e).__name__}: {first}); check the "
+                        "endpoint and network, then rerun the same command to resume")
+    return None
+
+
 def user_error(error: BaseException) -> FFRError | None:
     """The FFRError a (possibly Ray-wrapped) exception carries, as a plain one-line FFRError; None for a bug."""
     seen: set[int] = set()
@@ -58,6 +75,8 @@ def user_error(error: BaseException) -> FFRError | None:
         if isinstance(e, FFRError) and not _is_wrapper(e):
             message = str(e).strip().splitlines()
             return e if len(message) <= 1 else FFRError(message[-1])
+        if _unreachable(e) is not None:
+            return _unreachable(e)
         todo += _neighbours(e)
     return None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import threading
 from functools import lru_cache
 
 import fsspec
@@ -27,12 +28,38 @@ def s3_endpoint() -> str | None:
     return os.environ.get("FFR_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+# Transient object-store errors (connection resets, timeouts, 5xx, throttling) are retried by botocore's
+# "standard" mode: at most $FFR_S3_MAX_ATTEMPTS tries per request, exponential backoff with jitter capped at 20 s per
+# wait, then s3fs's own few retries. Every retry is counted below.
+# ($FFR_S3_MAX_ATTEMPTS, default 6, is read when a filesystem for an endpoint is first made.)
+_retries = 0
+_retries_lock = threading.Lock()
+
+
+def storage_retries() -> int:
+    """Failed object-store attempts that were retried (or given up on) in this process so far."""
+    return _retries
+
+
+def _count_retry(caught_exception=None, response=None, **_) -> None:
+    global _retries
+    status = (response[1].get("ResponseMetadata", {}).get("HTTPStatusCode", 200)
+              if isinstance(response, tuple) and len(response) > 1 and isinstance(response[1], dict) else 200)
+    if caught_exception is not None or status >= 500 or status == 429:
+        with _retries_lock:
+            _retries += 1
+
+
 @lru_cache(maxsize=8)
 def _s3(endpoint: str | None):
     import s3fs
 
     kwargs = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
-    return s3fs.S3FileSystem(**kwargs)
+    attempts = int(os.environ.get("FFR_S3_MAX_ATTEMPTS", "6"))
+    fs = s3fs.S3FileSystem(config_kwargs={"retries": {"max_attempts": attempts, "mode": "standard"}}, **kwargs)
+    fs.connect()  # the botocore client now, so the retry counter hooks into its events
+    fs.s3.meta.events.register("needs-retry.s3", _count_retry)
+    return fs
 
 
 def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -22,7 +22,7 @@ import pandas as pd
 from ffr.config import dump_config
 from ffr.errors import FFRError, unwrap_user_errors
 from ffr.shards import complete_shards, read_stats, write_groups
-from ffr.storage import ensure_dir, filesystem, join
+from ffr.storage import ensure_dir, filesystem, join, storage_retries
 from pipelines.budget import extra_rows, group_budgets
 from pipelines.config import GenerateConfig, identity_diff, run_identity, to_config
 from pipelines.manifest import (
@@ -178,6 +178,7 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
     accepted: Counter = Counter()
     for shard in done:
         accepted.update({int(g): n for g, n in read_stats(cfg.output, shard).get("accepted_per_group", {}).items()})
+    retries_before = storage_retries()
     run = _Runner(cfg, settings)
     run_stats: list[dict] = []
     start = time.perf_counter()
@@ -209,6 +210,10 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
     summary = summarize(cfg.output, spec, info, targets, run_stats, seconds, skipped=skipped)
     summary["contact_sheets"] = (contact_sheets(cfg.output, spec, cfg.contact_sheet_size, cfg.contact_sheet_groups)
                                  if summary["accepted"] else [])
+    # every retried object-store request of this run: the actors' (per shard) and this driver's own; with the
+    # local runner the shards' retries are already in the driver's count
+    from_shards = sum(int(s.get("storage_retries", 0)) for s in run_stats) if cfg.runner == "ray" else 0
+    summary["storage_retries"] = from_shards + storage_retries() - retries_before
     write_json(cfg.output, "summary.json", summary)
     if failure is not None:
         raise failure
