@@ -59,7 +59,26 @@ def _s3(endpoint: str | None):
     fs = s3fs.S3FileSystem(config_kwargs={"retries": {"max_attempts": attempts, "mode": "standard"}}, **kwargs)
     fs.connect()  # the botocore client now, so the retry counter hooks into its events
     fs.s3.meta.events.register("needs-retry.s3", _count_retry)
+    _no_silent_reconnect(fs.s3)
     return fs
+
+
+def _no_silent_reconnect(client) -> None:
+    """aiohttp resends an idempotent request once, immediately and invisibly, when a reused keep-alive
+    connection was reset. Turned off for our S3 clients so every retry goes through botocore's bounded
+    backoff, where it is counted. (aiobotocore 3.x keeps its aiohttp sessions in ``_sessions``; if that
+    ever changes, retries still happen, only some go uncounted.)"""
+    http = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    make = getattr(http, "_get_session", None)
+    if make is None:
+        return
+
+    async def get_session(proxy_url):
+        session = await make(proxy_url)
+        session._retry_connection = False
+        return session
+
+    http._get_session = get_session
 
 
 def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
