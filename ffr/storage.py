@@ -109,14 +109,26 @@ def require_bucket(fs: fsspec.AbstractFileSystem, path: str) -> None:
     bucket = path.strip("/").split("/", 1)[0]
     if (id(fs), bucket) in _BUCKETS_SEEN:
         return
-    try:
-        exists = fs.exists(bucket)
-    except PermissionError:  # a key that may write a prefix but not list buckets: the writes will tell
-        exists = True
+    exists = _bucket_exists(fs, bucket)
     if not exists:
         raise FFRError(f"bucket {bucket!r} does not exist (in {path!r}); create it first or fix the name — "
                        "ffr never creates buckets")
     _BUCKETS_SEEN.add((id(fs), bucket))
+
+
+def _bucket_exists(fs: fsspec.AbstractFileSystem, bucket: str) -> bool:
+    """HEAD the bucket: 404 means missing. Not ``fs.exists``: s3fs answers False for *any* failed probe, so an
+    outage or a role without s3:ListBucket would read as a missing bucket."""
+    call = getattr(fs, "call_s3", None)
+    if call is None:
+        return fs.exists(bucket)
+    try:
+        call("head_bucket", Bucket=bucket)
+    except FileNotFoundError:
+        return False
+    except PermissionError:  # a role that may write a prefix but not HEAD the bucket: its writes will tell
+        return True
+    return True
 
 
 def ensure_dir(fs: fsspec.AbstractFileSystem, path: str) -> None:
