@@ -5,6 +5,10 @@ Steady-state samples/s are measured over the epochs after the first (warm-up), i
 samples/s divide all training draws by the whole wall time (Ray: worker start-up, checkpoints, validation).
 Ratios are Ray / plain; the machine's cores are shared the same way (1 worker × all CPUs, 2 workers × half).
 
+Per-run overhead: the wall time of one whole small run (data, training, per-epoch validation and checkpoints,
+final evaluation) through ``run_experiment`` with ``executor: ray-train`` and ``executor: local``, minus the
+plain loop's wall time for the same epochs (data included). It is what each of the demo grid's 45 runs pays.
+
     .venv/bin/python benchmarks/bench_training.py [--epochs 4] [--width 32] [--batch-size 128]
 """
 
@@ -71,6 +75,23 @@ def ray_train_loop(args, workers: int) -> tuple[float, float]:
     return float(np.mean(steady)), sum(r["train_draws"] for r in records) / total
 
 
+def run_overhead(args) -> dict[str, float]:
+    """Seconds of one whole run: the plain loop (data included) and run_experiment with each executor."""
+    from ffr.training import run_experiment
+
+    started = time.perf_counter()
+    plain_torch_loop(args)
+    walls = {"plain": time.perf_counter() - started}
+    for executor in ("local", "ray-train"):
+        storage = tempfile.mkdtemp(prefix=f"bench-overhead-{executor}-")
+        config = {**_config(args, storage, 1, max(1, os.cpu_count() or 1)), "executor": executor, "run_name": None,
+                  "dataset_options": {"bias_ratio": 0.95}}
+        started = time.perf_counter()
+        run_experiment(config)
+        walls[executor] = time.perf_counter() - started
+    return walls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
@@ -95,6 +116,10 @@ def main() -> None:
     for workers, (steady, e2e) in rays.items():
         print(f"Ray Train, {workers} worker(s): {steady:8.0f} samples/s steady, {e2e:8.0f} end-to-end | "
               f"ratio vs plain: steady {steady / plain_steady:.2f}, end-to-end {e2e / plain_e2e:.2f}", flush=True)
+    walls = run_overhead(args)
+    print(f"one whole run ({args.epochs} epochs): plain loop {walls['plain']:.1f} s | "
+          + " | ".join(f"executor {e}: {walls[e]:.1f} s, overhead {walls[e] - walls['plain']:+.1f} s"
+                       for e in ("local", "ray-train")), flush=True)
     ray.shutdown()
 
 

@@ -30,7 +30,7 @@ def parse_counts(text: str) -> dict[tuple[int, int], int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = __doc__.splitlines()[0]
+    p.description = __doc__.splitlines()[0].replace("``", "")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "\n".join(__doc__.splitlines()[2:])
     p.add_argument("--counts", required=True,

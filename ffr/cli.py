@@ -19,6 +19,7 @@ COMMANDS = {
     "sweep": ("tune.command", "Ray Tune sweep of stage-2 methods, tracked in MLflow"),
     "report": ("ffr.report", "tables and plots from finished runs"),
     "demo": ("ffr.demo", "the embedded offline end-to-end run (colored digits)"),
+    "review": ("ffr.review.command", "human review of generated images: web app, votes, veto rule, export"),
     "balance": ("ffr.balance_command", "print FFR's downsampling and synthetic budget tables for group counts"),
 }
 

@@ -1,12 +1,20 @@
-"""``ffr report RUNS_ROOT... [--out DIR]``: one table (and plots) from finished and unfinished runs.
+"""``ffr report RUNS_ROOT... [--out DIR]``: paper tables, per-run tables and plots from run directories.
 
-A run directory is any folder holding ``result.json`` (finished) or only ``metrics.jsonl`` (unfinished:
-still training, or killed) — see the run directory contract in ``ffr/training/rundir.py``. Roots are
-searched recursively, locally or on ``s3://``, so a sweep folder or a whole storage path works. The
-report prints per dataset: best epoch, validation and test worst-group accuracy (WGA), test mean-group
-and overall accuracy and every test group's accuracy by name; then mean ± std over seeds. With ``--out``
-it also writes ``report.md``, ``report.csv`` (raw fractions) and PNG plots: per-epoch validation WGA
-curves and test per-group accuracy bars, one of each per dataset.
+A run directory is any folder holding ``ffr_result.json`` (finished; ``result.json`` beside a config.json
+for runs written before the rename), or only ``metrics.jsonl`` (unfinished: still training, killed, or
+``stopped.json``: stopped early by a sweep's ASHA) — see ``ffr/training/rundir.py``. Roots are searched
+recursively, locally or on ``s3://``, so a run, a sweep folder (Tune's own files in it are skipped) or a
+whole storage path works.
+
+Per dataset it prints the *paper table*: rows method × variant (none, USB, ASB, FFR, then "FFR, stage 1
+only"), columns bias ratios, each cell test WGA mean ± sample std over seeds and n. Runs are grouped by
+every setting except the seed (the config minus seeds, seed-dependent paths and execution fields), so runs
+that differ in bias ratio or a hyperparameter are never averaged as seeds; a hyperparameter that differs
+within a cell becomes part of the row label. Then one row per run (best epoch, val/test WGA, test
+mean-group and overall accuracy, each test group's accuracy by name with its size), and every setting with
+all its accuracies. With ``--out`` it also writes ``report.md``, ``report.csv`` (raw fractions) and PNG
+plots: test WGA by variant × method with error bars over seeds, validation WGA per epoch, and test
+accuracy per group.
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ class RunRecord:
         return "finished" if self.finished else "stopped" if self.stopped is not None else "unfinished"
 
     def get(self, key: str, default: Any = None) -> Any:
-        """A field from result.json, else config.json, else the metrics (stage only)."""
+        """A field from the result file, else config.json, else the metrics (stage only)."""
         for source in (self.result or {}, self.config):
             value = source.get(key)
             if isinstance(value, dict) and "name" in value:  # a config section such as dataset: {name: ...}
@@ -324,10 +332,19 @@ def _row_parts(summary: pd.DataFrame) -> list[tuple[str, str]]:
         for name in {k for p in members for k in p} - AXES:
             if len({json.dumps(p.get(name), default=str) for p in members}) > 1:
                 varying.add(name)
-    return [(STAGE1_LABEL if r.variant == "ffr" and r.stage == 1 else
-             f"{r.method} / {VARIANT_LABELS.get(str(r.variant), r.variant)}",
-             ", ".join(f"{k}={p[k]}" for k in sorted(varying) if k in p))
-            for r, p in zip(summary.itertuples(), parsed)]
+    for short in (_short, str):  # full precision only when rounding would merge two settings into one cell
+        parts = [(STAGE1_LABEL if r.variant == "ffr" and r.stage == 1 else
+                  f"{r.method} / {VARIANT_LABELS.get(str(r.variant), r.variant)}",
+                  ", ".join(f"{k.removeprefix('method_hparams.')}={short(p[k])}" for k in sorted(varying) if k in p))
+                 for r, p in zip(summary.itertuples(), parsed)]
+        if len(set(zip(parts, cell))) == len(parts):
+            break
+    return parts
+
+
+def _short(value: Any) -> str:
+    """A setting's value in a row label: sampled floats to 3 significant digits."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _bias_label(value: Any) -> str:

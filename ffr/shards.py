@@ -145,9 +145,8 @@ class ShardReader:
 
     def image_bytes(self, image_key: str) -> bytes:
         m = self._members[image_key]
-        with self._fs.open(self._paths[m.shard], "rb") as f:
-            f.seek(m.offset)
-            return f.read(m.size)
+        # One ranged read (an HTTP Range GET on S3), not a buffered open that would fetch a whole block.
+        return self._fs.cat_file(self._paths[m.shard], start=m.offset, end=m.offset + m.size)
 
     def labels(self) -> tuple[np.ndarray, np.ndarray]:
         return self.metadata["y"].to_numpy(np.int64), self.metadata["b"].to_numpy(np.int64)

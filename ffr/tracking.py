@@ -135,8 +135,12 @@ def epoch_metrics(record: dict, group_names: list[str]) -> dict[str, float]:
     return out
 
 
+FINAL_PREFIX = {"val": "final_val", "base_val": "final_base_val", "test": "test", "base_test": "base_test"}
+
+
 def final_metrics(result: dict) -> dict[str, float]:
-    """The result file's evaluation → ``test_worst_group_acc``, ``test_acc/<group>``, ``test_n/<group>``, ..."""
+    """The result file's evaluation → ``test_worst_group_acc``, ``test_acc/<group>``, ``test_n/<group>``, and
+    the tested checkpoint's validation numbers as ``final_val_*`` (``val_*`` are the per-epoch curves)."""
     names = {int(g): n for g, n in (result.get("group_names") or {}).items()}
     out: dict[str, float] = {}
     for split in ("val", "test", "base_val", "base_test"):
@@ -147,10 +151,11 @@ def final_metrics(result: dict) -> dict[str, float]:
             if match:
                 g = int(match.group(1))
                 key = f"acc/{metric_key(names.get(g, f'group {g}'))}"
-            out[f"{split}_{key}"] = float(value)
+            out[f"{FINAL_PREFIX[split]}_{key}"] = float(value)
     for split, sizes in (result.get("group_sizes") or {}).items():
         for g, n in sizes.items():
-            out[f"{split}_n/{metric_key(names.get(int(g), f'group {g}'))}"] = float(n)
+            prefix = "final_val" if split == "val" else split
+            out[f"{prefix}_n/{metric_key(names.get(int(g), f'group {g}'))}"] = float(n)
     for key in ("best_epoch", "best_val_worst_group_acc"):
         if isinstance(result.get(key), (int, float)):
             out[key] = float(result[key])

@@ -157,6 +157,7 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
     identity = _identity(cfg, recipe, settings)
     check_generator(recipe, cfg.generator)
     stored = {str(g): n for g, n in sorted(targets.items())}
+    check_writable(cfg.output)  # one clear line for a bad bucket or missing credentials (only a probe is written)
     info = read_manifest_info(cfg.output)
     if info is not None and identity_diff(info["identity"], identity) and not complete_shards(cfg.output):
         # No image exists under the recorded settings (e.g. a run that failed on a bad model): nothing to
@@ -169,7 +170,6 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
             info = {**info, "targets": stored}
             write_info(cfg.output, info)
     else:  # manifest.json appears with the first round's shards
-        check_writable(cfg.output)
         info = {**new_info(recipe.name, identity), "targets": stored}
     write_groups(cfg.output, spec)
     write_json(cfg.output, "config.json", json.loads(dump_config(cfg)))  # secrets redacted

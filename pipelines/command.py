@@ -27,7 +27,7 @@ LISTED = 8  # groups / contact sheets listed one per line; more are summarized
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.splitlines()[0]
+    parser.description = __doc__.splitlines()[0].replace("``", "")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "\n".join(__doc__.splitlines()[2:])
     parser.add_argument("--config", help="YAML config (see configs/generate-*.yaml)")

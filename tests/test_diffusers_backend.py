@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_diffusers import build_tiny_sd
+from tiny_diffusers import MEAN_LEVELS, assert_close_pixels, build_tiny_sd
 
 from ffr.errors import FFRError
 from pipelines.backends import BACKENDS, create
@@ -56,15 +56,28 @@ def test_text_to_image_gives_one_image_per_row_at_model_size(backend):
 
 
 def test_a_row_gives_the_same_pixels_in_any_batch_and_any_instance(tiny_sd):
+    """docs/reproducibility.md: (1) the same rows in the same batch, with the same settings, on the same machine
+    and library versions give the same bytes, in any backend instance; (2) the same row at another batch
+    position, beside other rows or in a batch of another size gives pixels equal within a stated tolerance
+    (bit-identical on some CPUs; one level off here and there on AVX-512/AMX CPUs)."""
     # euler_a adds fresh noise each step, so this also checks the per-image generators reach the scheduler.
     backend = create("diffusers", model=tiny_sd, scheduler="euler_a", **BASE)
-    alone = backend.generate([ROWS[0]])[0]
-    in_batch = backend.generate([ROWS[3], ROWS[1], ROWS[0], ROWS[2]])[2]  # different position, neighbours, padding
-    fresh = create("diffusers", model=tiny_sd, scheduler="euler_a", **BASE).generate([ROWS[2], ROWS[0]])[1]
-    assert np.array_equal(_pixels(alone), _pixels(in_batch))
-    assert np.array_equal(_pixels(alone), _pixels(fresh))
-    other_seed = backend.generate([{**ROWS[0], "seed": 999}])[0]
-    assert not np.array_equal(_pixels(alone), _pixels(other_seed))
+    batch = [ROWS[3], ROWS[1], ROWS[0], ROWS[2]]  # two pipeline calls of 3 (the second padded)
+    first = [_pixels(im) for im in backend.generate(batch)]
+    again = [_pixels(im) for im in backend.generate(batch)]
+    fresh = [_pixels(im) for im in create("diffusers", model=tiny_sd, scheduler="euler_a", **BASE).generate(batch)]
+    for a, b, c in zip(first, again, fresh):
+        assert np.array_equal(a, b) and np.array_equal(a, c)  # (1): bit-identical
+
+    alone = _pixels(backend.generate([ROWS[0]])[0])  # position 0, padded with copies of itself
+    elsewhere = _pixels(create("diffusers", model=tiny_sd, scheduler="euler_a", **BASE)
+                        .generate([ROWS[2], ROWS[0]])[1])  # position 1, other neighbours, another instance
+    wider = _pixels(create("diffusers", model=tiny_sd, scheduler="euler_a", **{**BASE, "batch_size": 4})
+                    .generate([ROWS[0]])[0])  # another batch size
+    for what, pixels in (("alone", alone), ("other position", elsewhere), ("batch size 4", wider)):
+        assert_close_pixels(pixels, first[2], what)  # (2): within the tolerance
+    other_seed = _pixels(backend.generate([{**ROWS[0], "seed": 999}])[0])
+    assert np.abs(other_seed.astype(int) - alone).mean() > 100 * MEAN_LEVELS  # another image is far away
 
 
 def test_img2img_follows_the_init_images(backend):
@@ -76,8 +89,8 @@ def test_img2img_follows_the_init_images(backend):
     assert not np.array_equal(_pixels(images[0]), _pixels(images[1]))
     text_only = backend.generate([rows[0]])[0]
     assert not np.array_equal(_pixels(images[0]), _pixels(text_only))
-    again = backend.generate([rows[2], rows[0]], init_images=[red, red])
-    assert np.array_equal(_pixels(again[1]), _pixels(images[0]))
+    again = backend.generate([rows[2], rows[0]], init_images=[red, red])  # another batch position: tolerance
+    assert_close_pixels(_pixels(again[1]), _pixels(images[0]), "img2img at another position")
 
 
 def test_per_row_overrides_match_backend_settings(tiny_sd, backend):

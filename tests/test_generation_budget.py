@@ -134,3 +134,20 @@ def test_balance_prints_the_budget_block_of_the_shipped_celeba_config(capsys):
 def test_manifest_only_prints_the_first_round(tmp_path, capsys):
     manifest = plan(_config(tmp_path / "x"))
     assert len(manifest) == 20 and manifest["id"].is_unique and manifest["shard"].max() == 4
+
+
+def test_generate_ends_with_the_output_the_contact_sheets_and_the_cumulative_count(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    root = tmp_path / "out"
+    config.write_text(json.dumps(_config(root)))
+    assert ffr_main(["generate", "--config", str(config)]) == 0
+    assert ffr_main(["generate", "--config", str(config), "budget.per_group=6"]) == 0  # extend: 4 more images
+    lines = capsys.readouterr().out.strip().splitlines()
+    last = lines[lines.index(next(line for line in lines[1:] if line.startswith("this run:"))):]
+    assert last[0].startswith("this run: 4 images in 1 shards") and "5 shards were already complete" in last[0]
+    assert last[1].startswith("accepted: 24 images in total over 2 round(s), 0 rejected; every group has its target")
+    assert last[2:6] == [f"  {name}  6 / 6" for name in ("small (0-4)/red  ", "small (0-4)/green", "large (5-9)/red  ",
+                                                         "large (5-9)/green")]
+    assert last[6] == f"output: {root}" and last[7] == "contact sheets (4):"
+    sheets = [line.strip() for line in last[8:]]
+    assert len(sheets) == 4 and all(Path(p).is_file() for p in sheets)

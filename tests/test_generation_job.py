@@ -127,10 +127,13 @@ def test_diffusers_text_to_image_through_ray_to_s3(ray_cluster, s3_bucket, s3_en
     assert summary["accepted"] == 8, summary["rejects_by_reason"]
     assert all(p.shape == (32, 32, 3) for p in pixels.values())
     assert len({p.tobytes() for p in pixels.values()}) == 8
-    # the same id regenerates the same pixels outside Ray, from the manifest row alone
+    # the same id regenerates the same pixels outside Ray, from the manifest row alone (alone in its batch:
+    # equal within the cross-batch tolerance of docs/reproducibility.md)
+    from tiny_diffusers import assert_close_pixels
+
     backend = create_backend("diffusers", **_diffusers_backend(tiny_sd_model)["settings"])
     row = manifest.iloc[5].to_dict()
-    assert np.array_equal(np.asarray(backend.generate([row])[0]), pixels[row["id"]])
+    assert_close_pixels(np.asarray(backend.generate([row])[0]), pixels[row["id"]], row["id"])
 
 
 def test_diffusers_img2img_d3s_guides_through_ray_to_s3(ray_cluster, s3_bucket, tiny_sd_model, tmp_path):

@@ -63,6 +63,11 @@ def build_runs(root: Path) -> Path:
              val_wga=[0.5, 0.7], test_groups={0: 0.8, 1: 0.75, 2: 0.8, 3: 0.8}, **digits)
     make_run(root / "sweep", "cd-ffr-groupdro-s0", variant="ffr", method="groupdro", stage=2, seed=0,
              val_wga=[0.4, 0.55, 0.55], test_groups=None, extra_lines='{"stage": 2, "epoch": 3, "val_wor', **digits)
+    # Ray Tune's own trial folder in the same sweep tree: its result.json is JSON lines, not an ffr run
+    tune_trial = root / "sweep" / "tune-abc_00000"
+    tune_trial.mkdir(parents=True)
+    (tune_trial / "result.json").write_text('{"training_iteration": 1}\n{"training_iteration": 2}\n')
+    (tune_trial / "params.json").write_text('{"method": "erm"}')
     make_run(root, "wb-asb-dro-s0", dataset="waterbirds", variant="asb", method="groupdro", stage=2, seed=0,
              val_wga=[0.1, 0.3], test_groups={0: 0.99, 1: 0.5, 4: 0.625, 5: 0.97}, group_names=ANIMAL_GROUPS)
     return root

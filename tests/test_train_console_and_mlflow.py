@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,12 +15,30 @@ from ffr import tracking
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 3
-# Ray's start-up lines (token auth notice, "Connected to" / "Started a local Ray instance", the
+EPOCHS = 5
+# Ray's start-up lines (token auth notice(s), "Connected to" / "Started a local Ray instance", the
 # PreemptionWatcher actor notice; see docs/console.md) + one line per epoch + "done" + the MLflow line +
-# the JSON summary. Ray Train's per-report lines ("Reporting training result N: TrainingReport(...)") would
-# add one per epoch and push it over.
+# the JSON summary: about EPOCHS + 7. Ray Train's per-report lines ("Reporting training result N:
+# TrainingReport(...)") would add one per epoch and push it over.
 MAX_LINES = EPOCHS + 9
+ACTOR_PREFIX = re.compile(r"^(\x1b\[\d+m)?\(\w+ pid=\d+\)(\x1b\[0m)? ?")
+
+
+def _without_tracebacks(lines: list[str]) -> list[str]:
+    """Drop the frames of tracebacks that Ray's own actors print when this shared 2-core test machine is
+    overloaded ("Failed to send resource request ... safe to ignore") or runs several Ray clusters; the
+    one-line message before each traceback stays and counts."""
+    kept, in_traceback = [], False
+    for line in lines:
+        content = ACTOR_PREFIX.sub("", line)
+        if content.startswith("Traceback (most recent call last)"):
+            in_traceback = True
+        elif in_traceback and not content.startswith((" ", "^")):
+            in_traceback = False  # the exception line closes the traceback
+        else:
+            if not in_traceback:
+                kept.append(line)
+    return kept
 
 
 def test_small_train_prints_few_lines_and_is_tracked_in_mlflow(ray_cluster, tmp_path):
@@ -29,19 +48,19 @@ def test_small_train_prints_few_lines_and_is_tracked_in_mlflow(ray_cluster, tmp_
     env.pop("MLFLOW_TRACKING_URI", None)
     args = ["dataset=colored-digits", "dataset_options={bias_ratio: 0.95}", "backbone=small-cnn",
             "backbone_options={width: 8}", "pretrained=null", "image_size=16", "cache_in_memory=true",
-            f"epochs={EPOCHS}", "batch_size=256", "lr=3e-3", f"storage_path={storage}", "max_failures=0",
+            f"epochs={EPOCHS}", "batch_size=256", "lr=0.003", f"storage_path={storage}", "max_failures=0",
             "mlflow.tags={api_token: s3cr3t-value}"]
     done = subprocess.run([sys.executable, "-m", "ffr.cli", "train", *args], env=env, capture_output=True,
                           text=True, timeout=400)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    lines = [line for line in output.splitlines() if line.strip()]
+    lines = _without_tracebacks([line for line in output.splitlines() if line.strip()])
     assert "Reporting training result" not in output
     assert len(lines) <= MAX_LINES, "\n".join(lines)
     assert sum("stage 2 epoch" in line for line in lines) == EPOCHS  # our epoch line, once each
     uri = f"sqlite:///{storage}/mlflow.db"
     assert f"MLflow: mlflow ui --backend-store-uri {uri}" in lines
-    summary = json.loads(lines[-1])
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
 
     client = tracking.client(uri)
     experiment = client.get_experiment_by_name("colored-digits")
@@ -51,9 +70,10 @@ def test_small_train_prints_few_lines_and_is_tracked_in_mlflow(ray_cluster, tmp_
     assert {k: tags[k] for k in tracking.TAG_KEYS} == {"dataset": "colored-digits", "variant": "none",
                                                        "method": "erm", "stage": "2", "seed": "0"}
     assert params["dataset_options.bias_ratio"] == "0.95" and params["stage1.lr"] == "0.0001"
-    assert float(params["lr"]) == 3e-3 and params["epochs"] == str(EPOCHS)
+    assert float(params["lr"]) == 0.003 and params["epochs"] == str(EPOCHS)
     assert "s3cr3t-value" not in json.dumps([tags, params])
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc/small 0-4/green")] == [0, 1, 2]
+    history = client.get_metric_history(run.info.run_id, "val_acc/small 0-4/green")
+    assert sorted(m.step for m in history) == list(range(EPOCHS))
     assert metrics["test_worst_group_acc"] == pytest.approx(summary["test_worst_group_acc"])
     assert metrics["test_n/large 5-9/red"] > 0 and "test_acc/large 5-9/red" in metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -78,6 +78,37 @@ def test_finishing_asha_lets_a_trial_through_its_last_epoch_only():
     assert result(None, good, {"training_iteration": 4, METRIC: 0.9}) == TrialScheduler.CONTINUE  # test report
 
 
+def test_a_trial_asha_stopped_is_marked_stopped_not_failed(tmp_path, capsys):
+    """What the sweep driver does with a trial its scheduler stopped after 1 of 3 epochs: stopped.json in the
+    run directory, the MLflow run KILLED and tagged, ``ffr report`` says 'stopped'; an errored one is 'error'."""
+    from ffr import tracking
+    from tune.sweep import _trial_row
+
+    base = {"dataset": "colored-digits", "storage_path": str(tmp_path / "sweep")}
+    params = {"method": "erm", "seed": 0, "train": {"lr": 0.001}}
+    name = "colored-digits-none-erm-s0-abc_00001"
+    run = tmp_path / "sweep" / name
+    rundir.write_config(str(run), {"dataset": "colored-digits", "variant": "none", "method": "erm", "stage": 2,
+                                   "seed": 0})
+    rundir.append_metrics(str(run), {"stage": 2, "epoch": 0, "val_worst_group_acc": 0.25})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = tracking.RunTracker(uri, "sweep", name, {"method": "erm"})
+    tracker.start({"lr": 0.001})
+    stopped = SimpleNamespace(config=params, metrics={METRIC: 0.25}, error=None, path=str(tmp_path / "tune-abc_00001"))
+    row = _trial_row(stopped, base, 3, uri, "sweep")
+    assert (row["run_name"], row["status"], row["epochs_run"], row["error"]) == (name, "stopped", 1, None)
+    assert rundir.read_stopped(str(run)) == {"stopped_by": "asha", "epochs_run": 1, "epochs": 3}
+    (mlflow_run,) = tracking.runs_named(uri, "sweep", name)
+    assert mlflow_run.info.status == "KILLED" and mlflow_run.data.tags["ffr.status"] == "stopped"
+    assert main(["report", str(tmp_path / "sweep")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(name))
+    assert "stopped" in line.split()
+
+    failed = SimpleNamespace(config={**params, "seed": 1}, metrics={}, error=RuntimeError("boom\nValueError: x"),
+                             path=str(tmp_path / "tune-abc_00002"))
+    assert _trial_row(failed, base, 3, uri, "sweep")["status"] == "error"
+
+
 @pytest.mark.slow
 def test_shipped_asha_sweep_then_report_and_mlflow(ray_cluster, tmp_path, capsys):
     """configs/sweep-colored-digits.yaml, shrunk: every trial that trains all its epochs is test-evaluated,
@@ -86,7 +117,7 @@ def test_shipped_asha_sweep_then_report_and_mlflow(ray_cluster, tmp_path, capsys
     import mlflow
 
     sweeps = tmp_path / "sweeps"
-    overrides = [f"storage_path={sweeps}", "methods=[erm, groupdro]", "seeds=[0, 1]", "train.epochs=3",
+    overrides = [f"storage_path={sweeps}", "methods=[erm, groupdro]", "seeds=[0]", "train.epochs=2",
                  "train.image_size=16", "train.backbone_options={width: 8}", "train.batch_size=256",
                  "train.controller_failure_limit=1", "scheduler.grace_period=1",
                  "mlflow.tags={team: fairness, api_token: s3cr3t-value}"]
@@ -97,11 +128,11 @@ def test_shipped_asha_sweep_then_report_and_mlflow(ray_cluster, tmp_path, capsys
     assert f"mlflow ui --backend-store-uri {uri}" in printed and f"ffr report {folder}" in printed
 
     table = pd.read_csv(folder / "sweep_results.csv")
-    assert len(table) == 4 and set(table["status"]) <= {"finished", "stopped"}, table.to_string()
+    assert len(table) == 2 and set(table["status"]) <= {"finished", "stopped"}, table.to_string()
     finished, stopped = table[table["status"] == "finished"], table[table["status"] == "stopped"]
     assert len(finished) >= 1
-    assert finished["test_worst_group_acc"].between(0, 1).all() and (finished["epochs_run"] == 3).all()
-    assert (stopped["epochs_run"] < 3).all()
+    assert finished["test_worst_group_acc"].between(0, 1).all() and (finished["epochs_run"] == 2).all()
+    assert (stopped["epochs_run"] < 2).all()
     rows = [SimpleNamespace(**r) for r in table.to_dict("records")]
     for row in rows:
         run = folder / row.run_name
@@ -138,3 +169,18 @@ def test_shipped_asha_sweep_then_report_and_mlflow(ray_cluster, tmp_path, capsys
             assert {"config.json", "metrics.jsonl", rundir.RESULT, "val_wga_curve.png"} <= artifacts
         else:
             assert run.info.status == "KILLED" and tags["ffr.status"] == "stopped"
+
+
+@pytest.mark.slow
+def test_sweep_exits_1_naming_the_trials_that_failed(ray_cluster, tmp_path, capsys):
+    """A trial that errors (here: a sampled batch size the training config rejects) makes ``ffr sweep``
+    exit 1 with one line naming it; the sweep itself still ends and writes its results."""
+    overrides = [f"storage_path={tmp_path}", "methods=[erm]", "seeds=[0, 1]", "search={batch_size: [grid, [0]]}",
+                 "search_method_hparams=false", "scheduler.type=fifo"]
+    assert main(["sweep", "--config", SHIPPED, *overrides]) == 1
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    summary = err_lines[-1]
+    assert summary.startswith("ffr sweep: 2 of 2 trials failed: colored-digits-none-erm-s0-"), summary
+    assert "colored-digits-none-erm-s1-" in summary and "batch_size = 0" in summary
+    table = pd.read_csv(tmp_path / "colored-digits-stage2" / "sweep_results.csv")
+    assert list(table["status"]) == ["error", "error"]

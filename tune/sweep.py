@@ -117,8 +117,9 @@ def param_space(cfg: SweepConfig) -> dict[str, Any]:
 
 def trial_run_name(train: dict[str, Any], trial_id: str) -> str:
     """The ffr run (and MLflow run) name of one trial: readable, unique within the sweep, stable on restore."""
-    cfg = parse(train)
-    return f"{cfg.dataset}-{cfg.variant}-{cfg.method}-s{cfg.seed}-{trial_id}"
+    # read from the dict, not parse(): the name is also needed for a trial whose sampled config is invalid
+    dataset, variant = train.get("dataset") or TrainConfig.dataset, train.get("variant") or TrainConfig.variant
+    return f"{dataset}-{variant}-{train['method']}-s{train['seed']}-{trial_id}"
 
 
 def trial_train_config(base: dict[str, Any], params: dict[str, Any], trial_id: str) -> dict[str, Any]:
@@ -170,6 +171,14 @@ def tracking_uri_for(cfg: SweepConfig) -> str | None:
     return tracking.tracking_uri(cfg.mlflow, cfg.storage_path)
 
 
+def _trial_name(trial, base: dict[str, Any]) -> str:
+    """Tune's name for a trial (its status tables, its errors) = the trial's ffr run name."""
+    try:
+        return trial_train_config(base, trial.config, trial.trial_id)["run_name"]
+    except Exception:  # noqa: BLE001 - a name is cosmetic; Tune's default never fails
+        return f"trial_{trial.trial_id}"
+
+
 def _trial_id(result) -> str | None:
     name = str(result.path or "").rstrip("/").rsplit("/", 1)[-1]
     return name[len(TRIAL_PREFIX):] if name.startswith(TRIAL_PREFIX) else None
@@ -198,7 +207,7 @@ def _trial_row(result, base: dict[str, Any], epochs: int, uri: str | None, exper
                 tracking.client(uri).set_tag(run.info.run_id, "ffr.status", "stopped")
                 tracking.client(uri).set_terminated(run.info.run_id, "KILLED")
     result_file = rundir.read_result(directory) if finished else {}
-    return {"run_name": run_name, "status": status, "method": method, "seed": params.get("seed"),
+    return {"run_name": run_name, "status": status, "run_dir": directory, "method": method, "seed": params.get("seed"),
             **{f"train.{k}": v for k, v in params.get("train", {}).items()},
             **{f"hp.{k}": v for k, v in params.get("method_hparams", {}).get(method, {}).items()},
             METRIC: (result_file or {}).get("best_val_worst_group_acc", metrics.get(METRIC)),
@@ -228,9 +237,10 @@ def _check_inputs(train: TrainConfig, seeds: list[int]) -> None:
 
 @unwrap_user_errors
 def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
-    """Run the sweep; returns one row per trial (run_name, status finished|stopped|error, config, val and
-    test WGA), also written as ``{storage_path}/{name}/sweep_results.csv``. The runs' directories are
-    ``{storage_path}/{name}/{run_name}``; ``ffr report`` reads that folder."""
+    """Run the sweep; returns one row per trial (run_name, status finished|stopped|error, run_dir, config,
+    val and test WGA), also written as ``{storage_path}/{name}/sweep_results.csv``. The run directories are
+    ``{storage_path}/{name}/{run_name}`` (``train.storage_path`` overrides the parent); ``ffr report`` reads
+    that folder."""
     from ray.tune.schedulers import FIFOScheduler
 
     cfg = parse_sweep(config)
@@ -261,6 +271,7 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
         param_space=param_space(cfg),
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, num_samples=cfg.num_samples,
                                     max_concurrent_trials=cfg.max_concurrent_trials,
+                                    trial_name_creator=lambda trial: _trial_name(trial, base),
                                     trial_dirname_creator=lambda trial: f"{TRIAL_PREFIX}{trial.trial_id}"),
         run_config=tune.RunConfig(name=cfg.name, storage_path=tune_path, storage_filesystem=pa_fs,
                                   failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),

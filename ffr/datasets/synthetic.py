@@ -14,6 +14,7 @@ from ffr.datasets.base import DATASETS, GroupedSplit, decode_image
 from ffr.datasets.splitting import random_split
 from ffr.errors import FFRError
 from ffr.groups import SYNTHETIC
+from ffr.review.views import filter_reviewed
 from ffr.shards import ShardReader
 
 
@@ -63,16 +64,19 @@ class ShardImages:
 
 @DATASETS.register("synthetic")
 def synthetic(root: str, bias_ratio: float | None = None, seed: int = 0, counts: dict | None = None,
-              fractions: tuple[float, float, float] | None = None) -> dict[str, GroupedSplit]:
+              fractions: tuple[float, float, float] | None = None, review: str | None = None
+              ) -> dict[str, GroupedSplit]:
     """All accepted images under ``root`` (or ``counts`` per group) as ``train``; ``bias_ratio`` does not
     apply and is ignored. ``fractions`` (e.g. 0.8, 0.1, 0.1) splits them seeded instead, to measure
-    accuracy on held-out synthetic images."""
+    accuracy on held-out synthetic images. ``review="accepted"`` keeps only the ids that human review
+    accepted (``ffr review export``), before any selection."""
     reader = ShardReader(root)
     meta = reader.metadata
     table = pd.DataFrame({"key": meta["image_key"].astype(str), "y": meta["y"].astype(np.int64),
                           "b": meta["b"].astype(np.int64), "source": SYNTHETIC, "id": meta["id"].astype(str)})
     # Shards finish in any order; sort by id so a selection depends on the images, not on shard timing.
     table = table.sort_values("id", kind="stable").reset_index(drop=True)
+    table = filter_reviewed(table, root, review).reset_index(drop=True)
 
     load_image = ShardImages(reader)
     wanted = _parse_counts(counts)

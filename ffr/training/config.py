@@ -20,21 +20,27 @@ from ffr.tracking import MLflowConfig
 
 OPTIMIZERS = ("adam", "sgd")
 BAD_IMAGE_POLICIES = ("fail", "skip")
+EXECUTORS = ("ray-train", "local")  # local: in this process, no Ray Train start-up (ffr/training/local.py)
 # Fields that change where/how a run executes but not what it computes: left out of run-name hashes.
 INFRA_FIELDS = ("storage_path", "run_name", "num_workers", "use_gpu", "cpus_per_worker", "max_failures",
                 "controller_failure_limit", "keep_checkpoints", "cache_in_memory", "loader_workers", "fault_injection",
-                "mlflow", "skipped_images")
+                "mlflow", "executor", "skipped_images")
 
 
 @dataclass
 class StageOptions:
-    """Settings for FFR's stage 1 (ERM on synthetic) that differ from the stage-2 ones; None = same."""
+    """Settings for FFR's stage 1 (ERM on synthetic) that differ from the stage-2 ones; None = same.
+
+    ``corruption`` (stage 1 only; FFR's synthetic-quality ablation): degrade every synthetic training image
+    with ``ffr.corruptions`` (pixelate, defocus-blur, gaussian-noise) at ``corruption_severity`` 1–5."""
 
     epochs: int | None = None
     lr: float | None = None
     weight_decay: float | None = None
     batch_size: int | None = None
     optimizer: str | None = None
+    corruption: str | None = None
+    corruption_severity: int = 3  # ignored (reset to 3) without a corruption, so such configs name one run
 
 
 @dataclass
@@ -57,6 +63,7 @@ class TrainConfig:
     dataset: str = "colored-digits"
     dataset_options: dict[str, Any] = field(default_factory=dict)  # reader options: root, bias_ratio, seed, ...
     synthetic_root: str | None = None  # a generation output (local or s3://) for usb / asb / ffr
+    synthetic_review: str | None = None  # "accepted": only ids that `ffr review export` accepted
     variant: str = "none"
     # method (stage 2)
     method: str = "erm"
@@ -74,9 +81,13 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 128  # global: split over workers
     stage1: StageOptions = field(default_factory=lambda: StageOptions(lr=1e-4))
+    # stage 2 (FFR's --freeze_bn ablation): BatchNorm layers keep the running statistics they start with
+    # (stage 1's, or ImageNet's) and normalize with them; their affine weights still train
+    freeze_bn: bool = False
     # stage 2 starts from: a checkpoint dir, a run dir, or "best:<sweep dir>" (best stage-1 run by mean val WGA)
     init_checkpoint: str | None = None
     # execution
+    executor: str = "ray-train"  # or "local": train in the calling process (one worker; small runs, Tune trials)
     storage_path: str = "runs"  # local dir or s3://bucket/prefix
     run_name: str | None = None  # default: derived from the config's content
     num_workers: int = 1
@@ -107,6 +118,20 @@ class TrainConfig:
                 raise FFRError(f"{name} = {value!r} is out of range; expected a positive integer")
         if self.bad_images not in BAD_IMAGE_POLICIES:
             raise FFRError(f"bad_images = {self.bad_images!r}; expected one of {', '.join(BAD_IMAGE_POLICIES)}")
+        if self.executor not in EXECUTORS:
+            raise FFRError(f"executor {self.executor!r} is unknown; expected one of {', '.join(EXECUTORS)}")
+        if self.executor == "local" and self.num_workers != 1:
+            raise FFRError(f"executor 'local' trains in one process; num_workers = {self.num_workers} needs ray-train")
+        if self.stage1.corruption is None:
+            self.stage1.corruption_severity = StageOptions.corruption_severity
+        else:
+            from ffr import corruptions
+
+            corruptions.create(self.stage1.corruption)
+            corruptions.check_severity(self.stage1.corruption_severity)
+            if self.variant != "ffr":
+                raise FFRError(f"stage1.corruption degrades FFR's stage-1 synthetic images; variant {self.variant!r} "
+                               "has no stage 1 (expected variant ffr)")
         if self.lr <= 0:
             raise FFRError(f"lr = {self.lr!r} must be > 0")
 
@@ -128,6 +153,9 @@ class StageSpec:
     init_checkpoint: str | None = None
     role: str = "train"  # "train" | "jtt-identification"
     error_set: list[bool] | None = None  # JTT's identification result, for stage 2
+    corruption: str | None = None  # FFR stage 1 only: ffr.corruptions name applied to the training images
+    corruption_severity: int | None = None
+    freeze_bn: bool = False  # BatchNorm running statistics frozen while training (stage 2 only)
 
 
 def parse(config: TrainConfig | dict) -> TrainConfig:
@@ -147,7 +175,7 @@ def experiment_fields(cfg: TrainConfig) -> dict[str, Any]:
 def method_stage(cfg: TrainConfig, init_checkpoint: str | None = None) -> StageSpec:
     name = cfg.run_name or f"{cfg.dataset}-{cfg.variant}-{cfg.method}-s{cfg.seed}-{_digest(experiment_fields(cfg))}"
     return StageSpec(2, name, cfg.method, dict(cfg.method_hparams), cfg.optimizer, cfg.lr, cfg.weight_decay,
-                     cfg.momentum, cfg.epochs, cfg.batch_size, init_checkpoint)
+                     cfg.momentum, cfg.epochs, cfg.batch_size, init_checkpoint, freeze_bn=cfg.freeze_bn)
 
 
 def pretrain_stage(cfg: TrainConfig) -> StageSpec:
@@ -155,9 +183,12 @@ def pretrain_stage(cfg: TrainConfig) -> StageSpec:
     s1 = cfg.stage1
     spec = StageSpec(1, "", "erm", {}, s1.optimizer or cfg.optimizer, s1.lr if s1.lr is not None else cfg.lr,
                      s1.weight_decay if s1.weight_decay is not None else cfg.weight_decay, cfg.momentum,
-                     s1.epochs if s1.epochs is not None else cfg.epochs, s1.batch_size or cfg.batch_size)
+                     s1.epochs if s1.epochs is not None else cfg.epochs, s1.batch_size or cfg.batch_size,
+                     corruption=s1.corruption, corruption_severity=s1.corruption_severity if s1.corruption else None)
     depends = {k: getattr(cfg, k) for k in ("dataset", "dataset_options", "synthetic_root", "seed", "backbone",
                                             "backbone_options", "pretrained", "image_size")}
+    if cfg.synthetic_review:  # only when set, so existing stage-1 run names stay the same
+        depends["synthetic_review"] = cfg.synthetic_review
     depends.update({k: v for k, v in dataclasses.asdict(spec).items() if k not in ("run_name",)})
     spec.run_name = f"{cfg.dataset}-ffr-stage1-s{cfg.seed}-{_digest(depends)}"
     return spec

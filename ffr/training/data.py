@@ -48,7 +48,7 @@ def load_experiment_data(cfg: TrainConfig, stage: int | None = None) -> Experime
     if needs_synthetic(cfg.variant) and not skip_stage1:
         if not cfg.synthetic_root:
             raise FFRError(f"variant {cfg.variant!r} needs synthetic_root (a generation output directory)")
-        synthetic = ffr.datasets.create("synthetic", root=cfg.synthetic_root)["train"]
+        synthetic = ffr.datasets.create("synthetic", root=cfg.synthetic_root, review=cfg.synthetic_review)["train"]
     if skip_stage1:
         by_stage = {METHOD_STAGE: StageData(METHOD_STAGE, real["train"], real["train"].spec)}
     else:

@@ -52,6 +52,17 @@ def _tracker(cfg: TrainConfig, spec: StageSpec) -> tracking.RunTracker | None:
     return tracking.RunTracker(uri, cfg.mlflow.experiment_name or cfg.dataset, spec.run_name, tags)
 
 
+def _executor(cfg: TrainConfig):
+    """The module that trains and evaluates a stage: Ray Train (default) or this process (``executor: local``)."""
+    if cfg.executor == "local":
+        from ffr.training import local
+
+        return local
+    from ffr.training import ray_train
+
+    return ray_train
+
+
 def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, storage_path: str | None = None,
                   callbacks: list | None = None) -> dict:
     """Train (or resume, or skip if finished) one stage, evaluate its best checkpoint, write the result file;
@@ -89,16 +100,15 @@ def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, stora
 
 def _train_and_evaluate(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, storage_path: str,
                         directory: str, callbacks: list | None) -> dict:
-    from ffr.training import ray_train
-
+    executor = _executor(cfg)
     if spec.epochs == 0:
         if not spec.init_checkpoint:
             raise FFRError("epochs = 0 only evaluates an existing model; set init_checkpoint")
         best, best_epoch, best_wga = spec.init_checkpoint, None, None
     else:
-        best, metrics, _latest = ray_train.fit_stage(cfg, spec, storage_path, directory, callbacks)
+        best, metrics, _latest = executor.fit_stage(cfg, spec, storage_path, directory, callbacks)
         best_epoch, best_wga = int(metrics["epoch"]), metrics["val_worst_group_acc"]
-    evaluated = ray_train.evaluate(cfg, spec, best)
+    evaluated = executor.evaluate(cfg, spec, best)
     if best_wga is None:
         best_wga = evaluated.get("base_val", evaluated["val"])["worst_group_acc"]
     result = {"run_name": spec.run_name, "dataset": cfg.dataset, "variant": cfg.variant, "method": spec.method,
@@ -115,8 +125,7 @@ def _train_and_evaluate(cfg: TrainConfig, spec: StageSpec, data: ExperimentData,
 
 def _identify_errors(cfg: TrainConfig, stage2: StageSpec, data: ExperimentData) -> list[bool]:
     """JTT's identification run: ERM for ``identification_epochs``; the error set of its final model."""
-    from ffr.training import ray_train
-
+    executor = _executor(cfg)
     epochs = int(ffr.methods.create("jtt", **cfg.method_hparams).config["identification_epochs"])
     spec = identification_stage(cfg, stage2, epochs)
     parent = rundir.run_dir(cfg.storage_path, stage2.run_name)
@@ -126,8 +135,8 @@ def _identify_errors(cfg: TrainConfig, stage2: StageSpec, data: ExperimentData) 
     if done is not None:
         return [bool(v) for v in done["error_set"]]
     rundir.write_config(directory, resolved(cfg, spec))
-    _best, _metrics, latest = ray_train.fit_stage(cfg, spec, parent, directory)
-    errors = np.asarray(ray_train.misclassified(cfg, spec, latest), dtype=bool)
+    _best, _metrics, latest = executor.fit_stage(cfg, spec, parent, directory)
+    errors = np.asarray(executor.misclassified(cfg, spec, latest), dtype=bool)
     rundir.write_json(marker, {"checkpoint": latest, "n_errors": int(errors.sum()), "n_train": len(errors),
                                "error_set": errors.astype(int).tolist()})
     _log(f"[{stage2.run_name}] JTT identification: {int(errors.sum())} of {len(errors)} training examples wrong")
@@ -152,9 +161,10 @@ def run_experiment(config: TrainConfig | dict, callbacks: list | None = None) ->
         if data.skipped_images:
             _log(f"skipped {len(data.skipped_images)} unreadable image(s) (bad_images: skip), e.g. "
                  f"{data.skipped_images[0]!r}")
-    from ffr.ray_session import ensure_ray
+    if cfg.executor != "local":
+        from ffr.ray_session import ensure_ray
 
-    ensure_ray()
+        ensure_ray()
     stage1_result = None
     if variants.PRETRAIN_STAGE in data.stages:
         stage1_result = run_stage_job(cfg, pretrain_stage(cfg), data)

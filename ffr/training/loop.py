@@ -25,10 +25,11 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CHECKPOINT_FILE = "model.pt"
 
 
-def make_transform(image_size: int) -> Callable:
-    """FFR's preprocessing for train and eval alike: resize (no crop, no flip) and ImageNet normalization."""
-    return transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
-                               transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+def make_transform(image_size: int, corrupt: Callable | None = None) -> Callable:
+    """FFR's preprocessing for train and eval alike: resize (no crop, no flip) and ImageNet normalization.
+    ``corrupt`` (PIL → PIL, e.g. ``ffr.corruptions.Corrupt``) runs after the resize, at the training size."""
+    return transforms.Compose([transforms.Resize((image_size, image_size)), *([corrupt] if corrupt else []),
+                               transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 class InMemoryDataset(torch.utils.data.Dataset):
@@ -49,8 +50,8 @@ class InMemoryDataset(torch.utils.data.Dataset):
 
 
 def image_dataset(split: GroupedSplit, image_size: int, group_spec: GroupSpec | None = None,
-                  in_memory: bool = False) -> torch.utils.data.Dataset:
-    ds = GroupedImageDataset(split, make_transform(image_size), group_spec)
+                  in_memory: bool = False, corrupt: Callable | None = None) -> torch.utils.data.Dataset:
+    ds = GroupedImageDataset(split, make_transform(image_size, corrupt), group_spec)
     return InMemoryDataset(ds) if in_memory else ds
 
 
@@ -73,11 +74,21 @@ def build_optimizer(name: str, params, lr: float, weight_decay: float, momentum:
     raise FFRError(f"optimizer {name!r} is unknown; expected adam or sgd")
 
 
+def freeze_batchnorm(model: nn.Module) -> None:
+    """BatchNorm layers to eval mode: they normalize with, and no longer update, their running statistics."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def train_one_epoch(model: nn.Module, batches, method: Method, optimizer, device: torch.device, n_groups: int,
-                    on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+                    on_batch: Callable[[int], None] | None = None, freeze_bn: bool = False) -> torch.Tensor:
     """One pass over ``batches``. Returns this worker's float64 tensor [loss sum, examples, draws of group
-    0, ..., draws of group G-1], ready to be all-reduced (loss sum = per-batch loss × batch size)."""
+    0, ..., draws of group G-1], ready to be all-reduced (loss sum = per-batch loss × batch size).
+    ``freeze_bn``: BatchNorm statistics stay as they are (FFR's frozen-BN ablation)."""
     model.train()
+    if freeze_bn:
+        freeze_batchnorm(model)
     totals = torch.zeros(2 + n_groups, dtype=torch.float64)
     for i, (x, y, _b, _source, g, _idx) in enumerate(batches):
         x, y, g = x.to(device, non_blocking=True), y.to(device), g.to(device)

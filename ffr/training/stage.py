@@ -107,7 +107,13 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
     data = data or load_experiment_data(cfg, spec.stage)
     stage_data = data.stages[spec.stage]
     torch.manual_seed(cfg.seed)
-    train_set = loop.image_dataset(stage_data.train, cfg.image_size, stage_data.train_spec, cfg.cache_in_memory)
+    corrupt = None
+    if spec.corruption:  # FFR's stage 1 trains on synthetic images only: all of them are degraded
+        from ffr.corruptions import Corrupt
+
+        corrupt = Corrupt(spec.corruption, spec.corruption_severity, seed=cfg.seed)
+    train_set = loop.image_dataset(stage_data.train, cfg.image_size, stage_data.train_spec, cfg.cache_in_memory,
+                                   corrupt)
     val_set = loop.image_dataset(data.val, cfg.image_size, None, cfg.cache_in_memory)
     train_groups = stage_data.train.groups(stage_data.train_spec)
     val_y, val_groups = data.val.y, data.val.groups()
@@ -144,7 +150,8 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
         n_groups = stage_data.train_spec.n_groups
         started = time.perf_counter()
         totals = session.all_reduce(loop.train_one_epoch(model, batches, method, optimizer, session.device, n_groups,
-                                                         _fault_hook(cfg, epoch, session.rank)).to(session.device))
+                                                         _fault_hook(cfg, epoch, session.rank),
+                                                         spec.freeze_bn).to(session.device))
         train_seconds = time.perf_counter() - started
         session.sync_buffers(model)
         val = summarize(gather_predictions(model, val_set, session), val_y, val_groups)

@@ -8,9 +8,11 @@ Reproducibility: every row gets its own CPU ``torch.Generator`` seeded from its 
 does not depend on the GPU model). Per-image generators alone are not enough: batched convolutions and matmuls are
 not bit-identical across batch *sizes* (measured on CPU: ~1e-6 differences, sometimes one pixel level after
 rounding). So every pipeline call has the same shape: rows are cut into micro-batches of exactly ``batch_size``
-and the last one is padded by repeating its last row (the extra images are dropped). With fixed shapes a row's
-pixels are the same whichever rows share its batch (tested). For the Ray job, use a batch size that is a multiple
-of ``batch_size`` so no padding is wasted.
+and the last one is padded by repeating its last row (the extra images are dropped). Fixed shapes make a row's
+pixels the same whichever rows share its batch on many CPUs, but not on all: on AVX-512/AMX CPUs a row at
+another batch position can come out one level off. docs/reproducibility.md states what is guaranteed (same
+batch → same bytes; any batch → within a stated tolerance) and tests check exactly that. For the Ray job, use a
+batch size that is a multiple of ``batch_size`` so no padding is wasted.
 
 Settings (keyword arguments of the constructor; ``DiffusersSettings`` below lists defaults). Per-row overrides:
 a row may carry ``steps``, ``guidance_scale``, ``strength``, ``width``, ``height`` (None/NaN = backend setting);

@@ -1,8 +1,10 @@
 """``colored-digits``: the synthetic side of the embedded offline benchmark (ffr/colored_digits.py).
 
 Class = digit size class (small 0–4 / large 5–9), bias = background color. Rows name the digit to draw
-(``glyph``) and the colors, and the ``procedural`` backend renders them with fonts — a look deliberately
-unlike scikit-learn's 8×8 handwritten digits on the real side, which is the synthetic→real gap FFR studies.
+(``glyph``), the colors and the ``optdigits`` style: the ``procedural`` backend renders font digits the way
+scikit-learn's real digits were made (cropped to the ink, block-summed to 8×8 with 17 gray levels,
+upscaled, colored alike). The synthetic→real gap that remains is fonts vs handwriting — what an
+off-the-shelf generator that knows its domain would leave — so stage 1 alone learns the core feature.
 """
 
 from __future__ import annotations
@@ -30,4 +32,5 @@ class ColoredDigits(Recipe):
         digit = int(rng.integers(5)) + 5 * y
         color = colored_digits.BIAS_NAMES[b]
         return {"prompt": f"the digit {digit} in white on a {color} background", "glyph": str(digit),
-                "background_rgb": list(colored_digits.BACKGROUND_RGB[color]), "ink_rgb": list(colored_digits.INK_RGB)}
+                "background_rgb": list(colored_digits.BACKGROUND_RGB[color]), "ink_rgb": list(colored_digits.INK_RGB),
+                "style": "optdigits"}

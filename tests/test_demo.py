@@ -1,0 +1,68 @@
+"""``ffr demo``'s grid: in-process runs (executor local), a Tune grid over seeds, the paper-style table."""
+
+import os
+
+import pytest
+
+from ffr import demo
+from ffr.training import local, run_experiment, rundir
+
+TINY = {"dataset": "colored-digits", "dataset_options": {"bias_ratio": 0.95}, "backbone": "small-cnn",
+        "backbone_options": {"width": 8}, "pretrained": None, "image_size": 32, "batch_size": 256,
+        "executor": "local", "cache_in_memory": True, "keep_checkpoints": 1}
+
+
+def test_local_executor_keeps_best_and_latest_and_resumes(tmp_path):
+    import ray
+
+    ray_was_up = ray.is_initialized()
+    cfg = {**TINY, "epochs": 3, "storage_path": str(tmp_path)}
+    result = run_experiment(cfg)
+    directory = rundir.run_dir(str(tmp_path), result["run_name"])
+    epochs = local.saved_epochs(directory)
+    assert result["checkpoint"] == local.checkpoint_dir(directory, result["best_epoch"])
+    assert set(epochs) == {result["best_epoch"], 2}  # keep_checkpoints=1: the best, plus the latest
+    assert ray.is_initialized() == ray_was_up  # no Ray needed
+
+    # An interrupted run: no result, and its last epoch's checkpoint lost. Rerunning redoes only what is missing.
+    os.remove(os.path.join(directory, rundir.RESULT))
+    if epochs[-1] != result["best_epoch"]:
+        local.LocalSession(directory, 1, None).restore()
+        import shutil
+
+        shutil.rmtree(local.checkpoint_dir(directory, epochs[-1]))
+    again = run_experiment(cfg)
+    assert [r["epoch"] for r in rundir.read_metrics(directory)] == [0, 1, 2]
+    assert again["best_val_worst_group_acc"] >= 0 and local.saved_epochs(directory)[-1] == 2
+
+
+def test_grid_table_and_paired_comparison_report_what_exceeds_the_seed_spread():
+    seeds = range(5)
+    wga = {("none", "erm"): {s: 0.40 + 0.05 * (s % 2) for s in seeds},
+           ("ffr", "erm"): {s: 0.60 + 0.05 * (s % 2) + 0.01 * s for s in seeds},  # +20 ± 1.6 in every seed
+           ("usb", "erm"): {s: 0.40 + (0.1 if s % 2 else -0.1) for s in seeds},  # ± 10, no consistent sign
+           (demo.STAGE1_ONLY, "erm"): {0: 0.5}}
+    table = demo.grid_table(wga, ("none", "usb", "ffr"), ("erm", "groupdro"))
+    assert "| none | 42.0 ± 2.7 (n=5) | – |" in table and "| FFR, stage 1 only | 50.0 (n=1) |  |" in table
+    comparisons = {(c["higher"][0], c["lower"][0]): c for c in demo.paired_comparisons(wga)}
+    assert comparisons[("ffr", "none")]["exceeds"] and comparisons[("ffr", "none")]["wins"] == 5
+    usb_none = comparisons.get(("usb", "none")) or comparisons[("none", "usb")]
+    assert not usb_none["exceeds"] and usb_none["n"] == 5
+    assert (demo.STAGE1_ONLY, "none") not in comparisons  # one seed: nothing to pair
+    text = demo.comparison_text(demo.paired_comparisons(wga))
+    assert text.startswith("Differences larger than the seed spread (paired over seeds, p < 0.05): FFR+ERM > ")
+
+
+@pytest.mark.slow
+def test_demo_runs_the_grid_over_seeds_as_tune_trials(ray_cluster, tmp_path, capsys):
+    path = demo.run_demo(str(tmp_path / "out"), seeds=(0, 1), epochs=1, stage1_epochs=1, variants=("none", "ffr"),
+                         methods=("erm",))
+    table = open(path).read()
+    for row in ("| none | ", "| FFR | ", "| FFR, stage 1 only | "):
+        assert row in table and "(n=2)" in table.split(row)[1].splitlines()[0]
+    assert "Differences larger than the seed spread" in table and "wall time" in table
+    # Rerunning trains nothing: every run is found finished.
+    capsys.readouterr()
+    demo.run_demo(str(tmp_path / "out"), seeds=(0, 1), epochs=1, stage1_epochs=1, variants=("none", "ffr"),
+                  methods=("erm",))
+    assert " epoch 1/1 " not in capsys.readouterr().out
