@@ -90,9 +90,9 @@ def main() -> None:
     print(f"{args.n} procedural images, {args.actors} actors, shards of {args.shard_size}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine: noisy)")
     for r in rows:
-        print(f"  {r['run']:<12} {r['seconds']:7.1f} s  retries counted {r['retries']:4d}  proxy: {r['resets']} resets "
-              f"of {r['requests']} requests  rows {r['rows']}  duplicates {r['duplicates']}  missing {r['missing']}  "
-              f"complete {r['complete']}")
+        print(f"  {r['run']:<12} {r['seconds']:7.1f} s  retries counted {r['retries']:4d} "
+              f"(summary.json)  proxy: {r['resets']} resets of {r['requests']} requests  "
+              f"rows {r['rows']}  duplicates {r['duplicates']}  missing {r['missing']}  complete {r['complete']}")
     print(f"wall time with faults / without: {rows[1]['seconds'] / rows[0]['seconds']:.2f}")
 
 

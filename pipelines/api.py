@@ -144,6 +144,7 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
     run the planned shards not yet complete; when all are, plan the extra rows short groups need.
     """
     cfg = to_config(config)
+    retries_before = storage_retries()  # this run's driver-side retries: from its very first storage request
     if cfg.s3_endpoint:  # before any S3 access; Ray workers get it through the job's runtime_env
         os.environ["FFR_S3_ENDPOINT"] = cfg.s3_endpoint
     recipe = create_recipe(cfg.recipe.name, cfg.recipe.options)
@@ -178,7 +179,6 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
     accepted: Counter = Counter()
     for shard in done:
         accepted.update({int(g): n for g, n in read_stats(cfg.output, shard).get("accepted_per_group", {}).items()})
-    retries_before = storage_retries()
     run = _Runner(cfg, settings)
     run_stats: list[dict] = []
     start = time.perf_counter()
