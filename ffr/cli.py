@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from ffr.errors import FFRError
+from ffr.errors import user_error
 
 COMMANDS = {
     "generate": ("pipelines.command", "generate synthetic images (Ray Data over a diffusion/procedural backend)"),
@@ -56,12 +56,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except FFRError as e:
-        print(f"ffr {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"ffr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        found = user_error(e)  # an FFRError, also one raised inside a Ray actor, task, Train worker or trial
+        if found is None:
+            raise  # a bug: its traceback
+        print(f"ffr {args.command}: error: {found}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

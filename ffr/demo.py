@@ -158,7 +158,7 @@ def run_demo(out: str, bias_ratio: float = 0.95, seeds: tuple[int, ...] = (0,), 
     from ffr import datasets
     from ffr.ray_session import ensure_ray
     from ffr.report import collect, render_text, runs_table, write_report
-    from ffr.storage import filesystem, join
+    from ffr.storage import ensure_dir, filesystem, join
     from tune.grid import run_grid
 
     if not seeds:
@@ -202,7 +202,7 @@ def run_demo(out: str, bias_ratio: float = 0.95, seeds: tuple[int, ...] = (0,), 
             f"{comparison_text(paired_comparisons(wga))}\n")
     print("\n" + text, flush=True)
     fs, inner = filesystem(join(out, "report"))
-    fs.makedirs(inner, exist_ok=True)
+    ensure_dir(fs, inner)
     path = join(out, "report", "grid.md")
     with fs.open(filesystem(path)[1], "w") as f:
         f.write(text)

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ffr.errors import FFRError
-from ffr.storage import filesystem, is_remote
+from ffr.storage import ensure_dir, filesystem, is_remote
 from ffr.training.rundir import CONFIG, LEGACY_RESULT, METRICS, RESULT, STOPPED
 
 RUN_COLUMNS = ("run", "dataset", "variant", "method", "stage", "seed", "status", "best_epoch", "val_wga",
@@ -610,7 +610,7 @@ def write_report(records: list[RunRecord], paths: list[str], out: str) -> list[s
     fs, inner = filesystem(out)
     if fs.exists(inner) and not fs.isdir(inner):
         raise FFRError(f"--out {out!r} is a file; expected a directory")
-    fs.makedirs(inner, exist_ok=True)
+    ensure_dir(fs, inner)
     table = runs_table(records)
     files: dict[str, bytes] = {}
     plots: dict[str, list[str]] = {}

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
-from ffr.storage import filesystem, join, write_atomic
+from ffr.storage import ensure_dir, filesystem, join, write_atomic
 
 SHARD_DIR = "shards"
 METADATA_COLUMNS = ("id", "y", "b", "group", "accepted", "reject_reason", "image_key")
@@ -39,7 +39,7 @@ def shard_name(index: int) -> str:
 
 def write_groups(root: str, spec: GroupSpec) -> None:
     fs, base = filesystem(root)
-    fs.makedirs(join(base, SHARD_DIR), exist_ok=True)
+    ensure_dir(fs, join(base, SHARD_DIR))
     write_atomic(fs, join(base, "groups.json"), json.dumps(spec.to_dict(), indent=2).encode())
 
 

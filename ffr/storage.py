@@ -7,11 +7,17 @@ put in configs, logs or MLflow params.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
+import threading
 from functools import lru_cache
 
 import fsspec
+
+from ffr.errors import FFRError
+
+_BUCKETS_SEEN: set[tuple[int, str]] = set()  # (filesystem id, bucket) known to exist: checked once per process
 
 
 def is_remote(path: str) -> bool:
@@ -22,12 +28,57 @@ def s3_endpoint() -> str | None:
     return os.environ.get("FFR_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+# Transient object-store errors (connection resets, timeouts, 5xx, throttling) are retried by botocore's
+# "standard" mode: at most $FFR_S3_MAX_ATTEMPTS tries per request, exponential backoff with jitter capped at 20 s per
+# wait, then s3fs's own few retries. Every retry is counted below.
+# ($FFR_S3_MAX_ATTEMPTS, default 6, is read when a filesystem for an endpoint is first made.)
+_retries = 0
+_retries_lock = threading.Lock()
+
+
+def storage_retries() -> int:
+    """Failed object-store attempts that were retried (or given up on) in this process so far."""
+    return _retries
+
+
+def _count_retry(caught_exception=None, response=None, **_) -> None:
+    global _retries
+    status = (response[1].get("ResponseMetadata", {}).get("HTTPStatusCode", 200)
+              if isinstance(response, tuple) and len(response) > 1 and isinstance(response[1], dict) else 200)
+    if caught_exception is not None or status >= 500 or status == 429:
+        with _retries_lock:
+            _retries += 1
+
+
 @lru_cache(maxsize=8)
 def _s3(endpoint: str | None):
     import s3fs
 
     kwargs = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
-    return s3fs.S3FileSystem(**kwargs)
+    attempts = int(os.environ.get("FFR_S3_MAX_ATTEMPTS", "6"))
+    fs = s3fs.S3FileSystem(config_kwargs={"retries": {"max_attempts": attempts, "mode": "standard"}}, **kwargs)
+    fs.connect()  # the botocore client now, so the retry counter hooks into its events
+    fs.s3.meta.events.register("needs-retry.s3", _count_retry)
+    _no_silent_reconnect(fs.s3)
+    return fs
+
+
+def _no_silent_reconnect(client) -> None:
+    """aiohttp resends an idempotent request once, immediately and invisibly, when a reused keep-alive
+    connection was reset. Turned off for our S3 clients so every retry goes through botocore's bounded
+    backoff, where it is counted. (aiobotocore 3.x keeps its aiohttp sessions in ``_sessions``; if that
+    ever changes, retries still happen, only some go uncounted.)"""
+    http = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    make = getattr(http, "_get_session", None)
+    if make is None:
+        return
+
+    async def get_session(proxy_url):
+        session = await make(proxy_url)
+        session._retry_connection = False
+        return session
+
+    http._get_session = get_session
 
 
 def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -43,11 +94,74 @@ def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.filesystem("file"), os.path.abspath(path)
 
 
+def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
+    """Buckets and keys rather than folders (s3, gcs, azure): folders exist implicitly, buckets do not."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return any(p in ("s3", "s3a", "gs", "gcs", "abfs", "az", "adl") for p in protocols)
+
+
+def require_bucket(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """FFRError naming the bucket when ``path``'s bucket does not exist (object stores only).
+
+    Never creates it: ``s3fs.makedirs`` would silently create a bucket for a typo in its name."""
+    if not is_object_store(fs):
+        return
+    bucket = path.strip("/").split("/", 1)[0]
+    if (id(fs), bucket) in _BUCKETS_SEEN:
+        return
+    exists = _bucket_exists(fs, bucket)
+    if not exists:
+        raise FFRError(f"bucket {bucket!r} does not exist (in {path!r}); create it first or fix the name — "
+                       "ffr never creates buckets")
+    _BUCKETS_SEEN.add((id(fs), bucket))
+
+
+def _bucket_exists(fs: fsspec.AbstractFileSystem, bucket: str) -> bool:
+    """HEAD the bucket: 404 means missing. Not ``fs.exists``: s3fs answers False for *any* failed probe, so an
+    outage or a role without s3:ListBucket would read as a missing bucket."""
+    call = getattr(fs, "call_s3", None)
+    if call is None:
+        return fs.exists(bucket)
+    try:
+        call("head_bucket", Bucket=bucket)
+    except FileNotFoundError:
+        return False
+    except PermissionError:  # a role that may write a prefix but not HEAD the bucket: its writes will tell
+        return True
+    return True
+
+
+def ensure_dir(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Make sure files can be written under ``path``: a local folder is created (with parents); on an object
+    store the bucket must already exist and nothing is created (key prefixes need no folders)."""
+    if is_object_store(fs):
+        require_bucket(fs, path)
+        return
+    fs.makedirs(path, exist_ok=True)
+
+
+def no_space(e: OSError) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write to ``{path}.tmp`` and rename into place, so a killed writer never leaves a half file at ``path``."""
+    """Write to ``{path}.tmp`` and rename into place, so a killed writer never leaves a half file at ``path``.
+
+    A full disk is a user-facing condition, not a bug: the partial temp file is removed and the error is one
+    line (what was already renamed into place stays valid, so a rerun with space resumes)."""
     tmp = f"{path}.tmp"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
+    try:
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        if not no_space(e):
+            raise
+        try:
+            fs.rm(tmp)
+        except OSError:
+            pass
+        raise FFRError(f"no space left on the device writing {path!r} ({len(data)} bytes); free space or "
+                       "choose another output, then rerun the same command to resume") from None
     fs.mv(tmp, path)
 
 

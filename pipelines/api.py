@@ -20,11 +20,11 @@ from typing import Any
 import pandas as pd
 
 from ffr.config import dump_config
-from ffr.errors import FFRError
+from ffr.errors import FFRError, unwrap_user_errors
 from ffr.shards import complete_shards, read_stats, write_groups
-from ffr.storage import filesystem, join
+from ffr.storage import ensure_dir, filesystem, join, storage_retries
 from pipelines.budget import extra_rows, group_budgets
-from pipelines.config import GenerateConfig, run_identity, to_config
+from pipelines.config import GenerateConfig, identity_diff, run_identity, to_config
 from pipelines.manifest import (
     append_round,
     build_manifest,
@@ -55,12 +55,24 @@ def check_writable(root: str) -> None:
     fs, base = filesystem(root)
     probe = join(base, ".ffr-write-check")
     try:
-        fs.makedirs(base, exist_ok=True)
+        ensure_dir(fs, base)
         with fs.open(probe, "wb") as f:
             f.write(b"ok")
         fs.rm(probe)
     except Exception as e:  # noqa: BLE001 — any storage failure here is the user's setup, not a bug
         raise FFRError(f"output {root!r} is not writable: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def check_before_ray(cfg: GenerateConfig, settings: WorkerSettings) -> None:
+    """Everything the driver can check, before Ray starts and before anything is written: the backend's name
+    and settings (and its model's existence), the CLIP model's existence. Otherwise each would fail only
+    inside the actors, after the manifest recorded the bad value."""
+    from pipelines.backends import BACKENDS
+    from pipelines.model_source import check_model_source
+
+    BACKENDS.get(settings.backend).check(dict(settings.backend_settings))
+    if settings.clip_model:
+        check_model_source(settings.clip_model)
 
 
 class _Runner:
@@ -129,6 +141,7 @@ def _identity(cfg: GenerateConfig, recipe, settings: WorkerSettings) -> dict[str
                     "clip_threshold": settings.clip_threshold}})
 
 
+@unwrap_user_errors
 def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
     """Generate until every group has its budget of accepted images (or extend / resume an output).
 
@@ -136,6 +149,7 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
     run the planned shards not yet complete; when all are, plan the extra rows short groups need.
     """
     cfg = to_config(config)
+    retries_before = storage_retries()  # this run's driver-side retries: from its very first storage request
     if cfg.s3_endpoint:  # before any S3 access; Ray workers get it through the job's runtime_env
         os.environ["FFR_S3_ENDPOINT"] = cfg.s3_endpoint
     recipe = create_recipe(cfg.recipe.name, cfg.recipe.options)
@@ -145,11 +159,17 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
         raise FFRError("the budget asks for 0 images in every group; expected at least one image")
     names = {g: spec.group_name(g) for g in range(spec.n_groups)}
     settings = _settings(cfg, recipe)
+    check_before_ray(cfg, settings)
     identity = _identity(cfg, recipe, settings)
     check_generator(recipe, cfg.generator)
     stored = {str(g): n for g, n in sorted(targets.items())}
     check_writable(cfg.output)  # one clear line for a bad bucket or missing credentials (only a probe is written)
     info = read_manifest_info(cfg.output)
+    if info is not None and identity_diff(info["identity"], identity) and not complete_shards(cfg.output):
+        # No image exists under the recorded settings (e.g. a run that failed on a bad model): nothing to
+        # protect, so the corrected config plans afresh instead of asking the user to delete the output.
+        log.warning("output %s has no complete shard; replanning it with the new settings", cfg.output)
+        info = None
     if info is not None:
         check_compatible(cfg.output, info, identity, targets, names)  # before anything is written
         if info["targets"] != stored:
@@ -196,6 +216,10 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
     summary = summarize(cfg.output, spec, info, targets, run_stats, seconds, skipped=skipped)
     summary["contact_sheets"] = (contact_sheets(cfg.output, spec, cfg.contact_sheet_size, cfg.contact_sheet_groups)
                                  if summary["accepted"] else [])
+    # every retried object-store request of this run: the actors' (per shard) and this driver's own; with the
+    # local runner the shards' retries are already in the driver's count
+    from_shards = sum(int(s.get("storage_retries", 0)) for s in run_stats) if cfg.runner == "ray" else 0
+    summary["storage_retries"] = from_shards + storage_retries() - retries_before
     write_json(cfg.output, "summary.json", summary)
     if failure is not None:
         raise failure

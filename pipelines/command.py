@@ -58,6 +58,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines += [f"  {name:<{width}}  {n} / {targets.get(name, 0)}" for name, n in groups.items()]
     else:
         lines.append(f"  {len(groups)} groups: {min(groups.values())} to {max(groups.values())} accepted each")
+    if summary.get("storage_retries"):
+        lines.append(f"storage: {summary['storage_retries']} request(s) retried after transient errors, all recovered")
     lines.append(f"output: {summary['output']}")
     sheets = summary.get("contact_sheets", [])
     if sheets:

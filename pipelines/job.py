@@ -42,14 +42,26 @@ def _ray_data_console(verbose: bool) -> Iterator[None]:
     ctx = ray.data.DataContext.get_current()
     logger = logging.getLogger("ray.data")
     saved = ctx.enable_progress_bars, logger.level
+    # Ray Data logs a failed task's or actor's traceback at ERROR before raising it; the raised error is what
+    # reaches the user (one line for an FFRError, the traceback for a bug), so the console copy is dropped.
+    consoles = [h for h in logger.handlers if not isinstance(h, logging.FileHandler)
+                and type(h).__name__ != "SessionFileHandler"]
     if not verbose:
         ctx.enable_progress_bars = False
         logger.setLevel(logging.WARNING)
+        for handler in consoles:
+            handler.addFilter(_below_error)
     try:
         yield
     finally:
         ctx.enable_progress_bars = saved[0]
         logger.setLevel(saved[1])
+        for handler in consoles:
+            handler.removeFilter(_below_error)
+
+
+def _below_error(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR
 
 
 def run_shards(shards: list[int], settings: WorkerSettings, cfg: RayConfig,

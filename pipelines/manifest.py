@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from ffr.errors import FFRError
 from ffr.shards import shard_name
-from ffr.storage import filesystem, join, write_atomic
+from ffr.storage import ensure_dir, filesystem, join, write_atomic
 from pipelines.config import MUTABLE_KEYS, GeneratorConfig, identity_diff
 from pipelines.recipes.base import Recipe
 
@@ -132,7 +132,7 @@ def append_round(root: str, info: dict[str, Any], manifest: pd.DataFrame) -> dic
     Shards of earlier rounds are never rewritten: a round only adds shard files with new indices.
     """
     fs, base = filesystem(root)
-    fs.makedirs(join(base, MANIFEST_DIR), exist_ok=True)
+    ensure_dir(fs, join(base, MANIFEST_DIR))
     for shard, part in manifest.groupby("shard", sort=True):
         sink = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False), sink)
@@ -151,7 +151,7 @@ def append_round(root: str, info: dict[str, Any], manifest: pd.DataFrame) -> dic
 
 def write_info(root: str, info: dict[str, Any]) -> None:
     fs, base = filesystem(root)
-    fs.makedirs(join(base, MANIFEST_DIR), exist_ok=True)
+    ensure_dir(fs, join(base, MANIFEST_DIR))
     write_atomic(fs, join(base, MANIFEST_DIR, "manifest.json"), json.dumps(info, indent=2).encode())
 
 

@@ -51,6 +51,15 @@ def resolve_model(source: str, cache_dir: str | None = None) -> str:
     return local  # a hub id: from_pretrained downloads it (or finds it in the HF cache when offline)
 
 
+def check_model_source(source: str) -> None:
+    """FFRError unless the model can be found: a local directory exists, or an s3:// prefix holds files (one
+    listing; nothing is copied). Hub ids are not checked (offline, the actor's load says whether it is cached)."""
+    if is_remote(str(source).strip()):
+        _remote_listing(str(source).strip())
+    else:
+        resolve_model(source)
+
+
 def _local_dir_for(source: str, cache_dir: str) -> Path:
     # The remote URI decides the cache folder: readable tail + hash so two prefixes never share a folder.
     tail = re.sub(r"[^\w.-]+", "_", source.rstrip("/").rsplit("/", 1)[-1])[:60] or "model"

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from ffr.groups import GroupSpec
 from ffr.shards import SHARD_DIR, complete_shards, read_metadata, read_stats, shard_name
-from ffr.storage import filesystem, join, write_atomic
+from ffr.storage import ensure_dir, filesystem, join, write_atomic
 
 SHEET_DIR = "contact_sheets"
 TILE = 128
@@ -49,7 +49,7 @@ def contact_sheets(root: str, spec: GroupSpec, per_group: int = 16, max_groups: 
     for shard, part in picked.groupby("shard"):
         images.update(_read_members(root, int(shard), set(part["image_key"])))
     fs, base = filesystem(root)
-    fs.makedirs(join(base, SHEET_DIR), exist_ok=True)
+    ensure_dir(fs, join(base, SHEET_DIR))
     written = []
     for g, part in picked.groupby("group", sort=True):
         cols = math.ceil(math.sqrt(len(part)))

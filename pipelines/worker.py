@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image
 
 from ffr.shards import write_shard
+from ffr.storage import storage_retries
 from pipelines import backends
 from pipelines.filters import Filters
 from pipelines.guides import make_guide, resolve
@@ -66,6 +67,7 @@ class ShardWorker:
         """Generate, filter, encode and write one shard; returns its small stats dict."""
         s = self.settings
         start = time.perf_counter()
+        retries_before = storage_retries()
         rows = read_manifest_shard(s.output, shard) if rows is None else rows
         out_rows: list[dict] = []
         images: dict[str, bytes] = {}
@@ -93,4 +95,6 @@ class ShardWorker:
         seconds = time.perf_counter() - start
         stats = {"seconds": round(seconds, 4), "rejects": dict(rejects), "accepted_per_group": dict(per_group)}
         write_shard(s.output, shard, out_rows, images, stats)
-        return {"shard": shard, "n_rows": len(rows), "n_accepted": len(images), **stats}
+        # object-store retries this shard needed (its own writes; counted by ffr.storage) → summary.json
+        return {"shard": shard, "n_rows": len(rows), "n_accepted": len(images), **stats,
+                "storage_retries": storage_retries() - retries_before}

@@ -1,7 +1,8 @@
 """``ffr sweep --config FILE [key=value ...]``: a Ray Tune sweep of stage-2 methods, tracked in MLflow.
 
 Exits 0 when every trial finished or was stopped early by its scheduler (ASHA), 1 when any trial failed
-(one line names them; Tune printed their tracebacks above), 2 on a bad config (before Ray starts)."""
+(one line names them, with a user error's own one-line message; Tune printed their tracebacks above), 2 on a
+bad config (before Ray starts)."""
 
 from __future__ import annotations
 

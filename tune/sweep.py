@@ -26,10 +26,10 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from ffr import tracking
 from ffr.config import build, load_config, redact, set_dotted, to_dict
-from ffr.errors import FFRError
+from ffr.errors import FFRError, unwrap_user_errors, user_error
 from ffr.methods import METHODS
 from ffr.ray_session import ensure_ray
-from ffr.storage import filesystem, join
+from ffr.storage import ensure_dir, filesystem, join, require_bucket
 from ffr.tracking import MLflowConfig
 from ffr.training import rundir
 from ffr.training.config import TrainConfig, parse
@@ -213,9 +213,29 @@ def _trial_row(result, base: dict[str, Any], epochs: int, uri: str | None, exper
             METRIC: (result_file or {}).get("best_val_worst_group_acc", metrics.get(METRIC)),
             "test_worst_group_acc": ((result_file or {}).get("test") or {}).get("worst_group_acc"),
             "epochs_run": epochs_run,
-            "error": None if result.error is None else str(result.error).strip().splitlines()[-1][:200]}
+            "error": None if result.error is None else _error_line(result.error),
+            "user_error": result.error is not None and user_error(result.error) is not None}
 
 
+def _error_line(error: BaseException) -> str:
+    """A failed trial's one line: its FFRError's message when it failed on a user error, else the error's
+    last line (the traceback is in Tune's own output and the trial's error file)."""
+    found = user_error(error)
+    return str(found) if found is not None else str(error).strip().splitlines()[-1][:200]
+
+
+def _check_inputs(train: TrainConfig, seeds: list[int]) -> None:
+    """What every trial would otherwise find wrong only after Ray and Tune started: the init checkpoint
+    (for each seed: best:<sweep> picks per seed) and the dataset (roots, files, bad-image policy)."""
+    from ffr.training.data import load_experiment_data
+
+    if train.init_checkpoint:
+        for seed in seeds:
+            rundir.resolve_checkpoint(train.init_checkpoint, int(seed))
+    load_experiment_data(train)
+
+
+@unwrap_user_errors
 def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
     """Run the sweep; returns one row per trial (run_name, status finished|stopped|error, run_dir, config,
     val and test WGA), also written as ``{storage_path}/{name}/sweep_results.csv``. The run directories are
@@ -227,6 +247,9 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
     base = base_train_config(cfg)
     epochs = int(parse(base).epochs)
     check_scheduler(cfg, epochs)
+    fs, inner = filesystem(cfg.storage_path)
+    require_bucket(fs, inner)  # before Ray: Tune's storage layer would create a missing bucket
+    _check_inputs(parse(base), cfg.seeds)
     uri = tracking_uri_for(cfg)
     experiment = cfg.mlflow.experiment_name or cfg.name
     base["mlflow"] = {"enabled": uri is not None, "tracking_uri": uri, "experiment_name": experiment,
@@ -256,7 +279,7 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
     results = tuner.fit()
     table = pd.DataFrame([_trial_row(r, base, epochs, uri, experiment) for r in results])
     fs, inner = filesystem(join(cfg.storage_path, cfg.name))
-    fs.makedirs(inner, exist_ok=True)
+    ensure_dir(fs, inner)
     with fs.open(join(inner, "sweep_results.csv"), "w") as f:
         table.to_csv(f, index=False)
     with fs.open(join(inner, "sweep_config.json"), "w") as f:

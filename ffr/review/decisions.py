@@ -22,7 +22,7 @@ from ffr.errors import FFRError
 from ffr.review.db import ReviewImage, Vote
 from ffr.review.store import Review
 from ffr.shards import read_groups, read_metadata
-from ffr.storage import filesystem, join, write_atomic
+from ffr.storage import ensure_dir, filesystem, join, write_atomic
 
 REVIEW_DIR = "review"
 ACCEPTED_FILE = "accepted.parquet"
@@ -93,7 +93,7 @@ def export(review: Review, min_present: int | None = None) -> dict:
     dropped = set(decided.loc[decided["decision"] != ACCEPT, "id"])
     accepted = generated[~generated["id"].isin(dropped)].sort_values("id")
     fs, base = filesystem(data_uri)
-    fs.makedirs(join(base, REVIEW_DIR), exist_ok=True)
+    ensure_dir(fs, join(base, REVIEW_DIR))
     write_atomic(fs, join(base, REVIEW_DIR, DECISIONS_FILE), _parquet_bytes(decided))
     topup = topup_request(data_uri, decided)
     write_atomic(fs, join(base, REVIEW_DIR, TOPUP_FILE), json.dumps(topup, indent=2).encode())

@@ -19,11 +19,12 @@ from ffr.errors import FFRError
 from ffr.tracking import MLflowConfig
 
 OPTIMIZERS = ("adam", "sgd")
+BAD_IMAGE_POLICIES = ("fail", "skip")
 EXECUTORS = ("ray-train", "local")  # local: in this process, no Ray Train start-up (ffr/training/local.py)
 # Fields that change where/how a run executes but not what it computes: left out of run-name hashes.
 INFRA_FIELDS = ("storage_path", "run_name", "num_workers", "use_gpu", "cpus_per_worker", "max_failures",
                 "controller_failure_limit", "keep_checkpoints", "cache_in_memory", "loader_workers", "fault_injection",
-                "mlflow", "executor")
+                "mlflow", "executor", "skipped_images")
 
 
 @dataclass
@@ -100,6 +101,11 @@ class TrainConfig:
     fault_injection: FaultInjection | None = None
     # MLflow tracking (ffr.tracking): by default a sqlite store beside a local storage_path
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+    # A corrupt or unreadable real image: "fail" stops the run with one line naming the file (when it is read;
+    # dataset_options.verify=true reads all up front); "skip" decodes every real image up front on the driver,
+    # drops the bad ones from their split and records how many in the result file (bad_images_skipped).
+    bad_images: str = "fail"
+    skipped_images: list[str] | None = None  # filled by the driver under "skip", so workers drop the same rows
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -110,6 +116,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value < (0 if name == "epochs" else 1):
                 raise FFRError(f"{name} = {value!r} is out of range; expected a positive integer")
+        if self.bad_images not in BAD_IMAGE_POLICIES:
+            raise FFRError(f"bad_images = {self.bad_images!r}; expected one of {', '.join(BAD_IMAGE_POLICIES)}")
         if self.executor not in EXECUTORS:
             raise FFRError(f"executor {self.executor!r} is unknown; expected one of {', '.join(EXECUTORS)}")
         if self.executor == "local" and self.num_workers != 1:
@@ -159,7 +167,9 @@ def _digest(obj: Any) -> str:
 
 
 def experiment_fields(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in to_dict(cfg).items() if k not in INFRA_FIELDS}
+    # bad_images only enters the digest when it is not the default, so runs named before it existed keep names
+    return {k: v for k, v in to_dict(cfg).items()
+            if k not in INFRA_FIELDS and not (k == "bad_images" and v == "fail")}
 
 
 def method_stage(cfg: TrainConfig, init_checkpoint: str | None = None) -> StageSpec:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import ffr.datasets
 from ffr.datasets.base import GroupedSplit
@@ -15,6 +16,7 @@ from ffr.variants import METHOD_STAGE, StageData, needs_synthetic, stages
 class ExperimentData:
     real: dict[str, GroupedSplit]
     stages: dict[int, StageData]
+    skipped_images: list[str] = field(default_factory=list)  # keys dropped under bad_images: skip
 
     @property
     def val(self) -> GroupedSplit:
@@ -35,6 +37,10 @@ def load_experiment_data(cfg: TrainConfig, stage: int | None = None) -> Experime
     for name in ("train", "val", "test"):
         if name not in real or len(real[name]) == 0:
             raise FFRError(f"dataset {cfg.dataset!r} has an empty {name!r} split; training needs train, val and test")
+    skipped: list[str] = []
+    if cfg.bad_images == "skip":
+        skipped = cfg.skipped_images if cfg.skipped_images is not None else find_bad_images(real)
+        real = {name: drop_keys(split, set(skipped)) for name, split in real.items()}
     data_seed = int(cfg.dataset_options.get("seed", 0))
     synthetic = None
     # FFR's stage 2 trains on real data only: no synthetic data when it starts from a given checkpoint.
@@ -47,4 +53,32 @@ def load_experiment_data(cfg: TrainConfig, stage: int | None = None) -> Experime
         by_stage = {METHOD_STAGE: StageData(METHOD_STAGE, real["train"], real["train"].spec)}
     else:
         by_stage = {s.stage: s for s in stages(cfg.variant, real["train"], synthetic, data_seed)}
-    return ExperimentData(real, by_stage)
+    return ExperimentData(real, by_stage, list(skipped))
+
+
+_DECODE_THREADS = 16  # decoding is mostly waiting on storage (S3 latency); PIL releases the GIL while decoding
+
+
+def find_bad_images(splits: dict[str, GroupedSplit]) -> list[str]:
+    """Keys (as in the split tables) of every image that cannot be read or decoded, in sorted order."""
+
+    def bad(split: GroupedSplit, key: str) -> bool:
+        try:
+            split.load_image(key)
+            return False
+        except FFRError:  # decode_image / ImageLoader: corrupt, not an image, or missing
+            return True
+
+    found: set[str] = set()
+    with ThreadPoolExecutor(_DECODE_THREADS) as pool:
+        for split in splits.values():
+            keys = split.table["key"].astype(str).tolist()
+            found.update(k for k, is_bad in zip(keys, pool.map(lambda k, s=split: bad(s, k), keys)) if is_bad)
+    return sorted(found)
+
+
+def drop_keys(split: GroupedSplit, keys: set[str]) -> GroupedSplit:
+    if not keys:
+        return split
+    keep = ~split.table["key"].astype(str).isin(keys).to_numpy()
+    return split.subset(keep.nonzero()[0])

@@ -8,13 +8,15 @@ identification model (short ERM, same data and init) inside stage 2's run direct
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 import ffr.methods
 from ffr import backbones, tracking, variants
 from ffr.datasets import DATASETS
-from ffr.errors import FFRError
-from ffr.storage import join
+from ffr.errors import FFRError, unwrap_user_errors
+from ffr.storage import filesystem, join, require_bucket
 from ffr.training import rundir
 from ffr.training.config import (
     StageSpec,
@@ -113,6 +115,7 @@ def _train_and_evaluate(cfg: TrainConfig, spec: StageSpec, data: ExperimentData,
               "stage": spec.stage, "seed": cfg.seed, "best_epoch": best_epoch, "best_val_worst_group_acc": best_wga,
               "group_names": {str(g): n for g, n in enumerate(data.val.spec.group_names())},
               "checkpoint": best, "init_checkpoint": spec.init_checkpoint, "storage_path": storage_path,
+              "bad_images": cfg.bad_images, "bad_images_skipped": len(cfg.skipped_images or []),
               **{k: v for k, v in evaluated.items() if k != "epoch"}}
     rundir.write_result(directory, result)
     _log(f"[{spec.run_name}] done: best epoch {best_epoch}, val WGA {best_wga:.3f}, "
@@ -140,19 +143,29 @@ def _identify_errors(cfg: TrainConfig, stage2: StageSpec, data: ExperimentData) 
     return errors.tolist()
 
 
+@unwrap_user_errors
 def run_experiment(config: TrainConfig | dict, callbacks: list | None = None) -> dict:
     """Run every stage of one experiment; returns the final (stage-2) result, plus ``stage1`` for ffr.
 
     ``callbacks`` (Ray Train UserCallbacks, e.g. Tune's TuneReportCallback) see the stage-2 run only."""
     cfg = parse(config)
     _check_names(cfg)
+    # Before Ray starts: the storage bucket (Ray Train's storage layer would create a missing one), the
+    # init checkpoint, then the data (roots, files, bad-image policy).
+    fs, inner = filesystem(cfg.storage_path)
+    require_bucket(fs, inner)
+    init = rundir.resolve_checkpoint(cfg.init_checkpoint, cfg.seed) if cfg.init_checkpoint else None
     data = load_experiment_data(cfg)  # fails fast, before any Ray work, on bad data options
+    if cfg.bad_images == "skip":
+        cfg = dataclasses.replace(cfg, skipped_images=data.skipped_images)  # workers drop the same rows
+        if data.skipped_images:
+            _log(f"skipped {len(data.skipped_images)} unreadable image(s) (bad_images: skip), e.g. "
+                 f"{data.skipped_images[0]!r}")
     if cfg.executor != "local":
         from ffr.ray_session import ensure_ray
 
         ensure_ray()
     stage1_result = None
-    init = rundir.resolve_checkpoint(cfg.init_checkpoint, cfg.seed) if cfg.init_checkpoint else None
     if variants.PRETRAIN_STAGE in data.stages:
         stage1_result = run_stage_job(cfg, pretrain_stage(cfg), data)
         init = stage1_result["checkpoint"]

@@ -19,7 +19,7 @@ from ffr.datasets.base import GroupedImageDataset, GroupedSplit
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
 from ffr.methods.base import Method
-from ffr.storage import filesystem, join
+from ffr.storage import ensure_dir, filesystem, join
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CHECKPOINT_FILE = "model.pt"
@@ -138,7 +138,7 @@ def save_state(state: dict, directory: str) -> str:
     buf = io.BytesIO()
     torch.save(state, buf)
     fs, inner = filesystem(directory)
-    fs.makedirs(inner, exist_ok=True)
+    ensure_dir(fs, inner)
     with fs.open(join(inner, CHECKPOINT_FILE), "wb") as f:
         f.write(buf.getvalue())
     return join(directory, CHECKPOINT_FILE)

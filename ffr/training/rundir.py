@@ -21,7 +21,7 @@ import numpy as np
 from ffr.config import redact
 from ffr.datasets.base import GroupedSplit, save_splits
 from ffr.errors import FFRError
-from ffr.storage import filesystem, join, write_atomic
+from ffr.storage import ensure_dir, filesystem, join, write_atomic
 
 CONFIG, SPLITS, METRICS, RESULT = "config.json", "splits.parquet", "metrics.jsonl", "ffr_result.json"
 LEGACY_RESULT = "result.json"  # ffr's result file before it was renamed (see above)
@@ -47,7 +47,7 @@ def _clean(obj):
 
 def write_json(path: str, obj) -> None:
     fs, inner = filesystem(path)
-    fs.makedirs(inner.rsplit("/", 1)[0] if "/" in inner else inner, exist_ok=True)
+    ensure_dir(fs, inner.rsplit("/", 1)[0] if "/" in inner else inner)
     write_atomic(fs, inner, json.dumps(_clean(obj), indent=2, sort_keys=True, default=str).encode())
 
 
@@ -64,7 +64,7 @@ def write_config(directory: str, config: dict) -> None:
 
 def write_splits(directory: str, splits: dict[str, GroupedSplit]) -> None:
     fs, inner = filesystem(directory)
-    fs.makedirs(inner, exist_ok=True)
+    ensure_dir(fs, inner)
     save_splits(splits, join(directory, SPLITS))
 
 
@@ -83,7 +83,7 @@ def append_metrics(directory: str, record: dict) -> None:
             if not (r.get("stage") == record["stage"] and r.get("epoch", -1) >= record["epoch"])]
     kept.append(_clean(record))
     fs, inner = filesystem(join(directory, METRICS))
-    fs.makedirs(inner.rsplit("/", 1)[0], exist_ok=True)
+    ensure_dir(fs, inner.rsplit("/", 1)[0])
     with fs.open(inner, "w") as f:
         f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 

@@ -23,6 +23,13 @@ class GeneratorBackend:
     def __init__(self, **settings: Any) -> None:
         self.settings = settings
 
+    @classmethod
+    def check(cls, settings: dict[str, Any]) -> None:
+        """Validate ``settings`` on the driver, before Ray starts, without loading anything heavy (FFRError).
+
+        The default builds the backend, which suits cheap backends; model-loading ones override this."""
+        cls(**settings)
+
     def generate(self, rows: list[dict], init_images: list[Image.Image] | None = None) -> list[Image.Image]:
         """rows: manifest rows (``prompt``, ``negative_prompt``, ``seed``, labels, generator settings).
 

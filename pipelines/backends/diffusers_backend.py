@@ -37,7 +37,7 @@ from PIL import Image
 from ffr.errors import FFRError
 from ffr.registry import Registry
 from pipelines.backends.base import BACKENDS, GeneratorBackend
-from pipelines.model_source import resolve_model
+from pipelines.model_source import check_model_source, resolve_model
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -144,6 +144,15 @@ def _require_xformers(device: torch.device) -> None:
         raise FFRError(f"attention 'xformers' needs a CUDA device, got {device}; use attention=sdpa")
 
 
+def _parse_settings(settings: dict[str, Any]) -> DiffusersSettings:
+    known = {f.name for f in dataclasses.fields(DiffusersSettings)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise FFRError(f"unknown diffusers backend setting(s) {', '.join(map(repr, unknown))}; "
+                       f"expected some of: {', '.join(sorted(known))}")
+    return DiffusersSettings(**settings)
+
+
 @BACKENDS.register("diffusers")
 class DiffusersBackend(GeneratorBackend):
     """Loads the pipeline once (per Ray actor) and generates one image per manifest row, in order."""
@@ -152,12 +161,7 @@ class DiffusersBackend(GeneratorBackend):
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
-        known = {f.name for f in dataclasses.fields(DiffusersSettings)}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise FFRError(f"unknown diffusers backend setting(s) {', '.join(map(repr, unknown))}; "
-                           f"expected some of: {', '.join(sorted(known))}")
-        self.config = DiffusersSettings(**settings)
+        self.config = _parse_settings(settings)
         self.device = _pick_device(self.config.device)
         self.dtype = _pick_dtype(self.config.dtype, self.device)
         if self.config.attention == "xformers":  # checked before the (slow) model load
@@ -165,6 +169,13 @@ class DiffusersBackend(GeneratorBackend):
         self.model_path = resolve_model(self.config.model, self.config.cache_dir)
         self.text2image = self._load()
         self._image2image = None
+
+    @classmethod
+    def check(cls, settings: dict[str, Any]) -> None:
+        """Settings and the model's existence (a local directory, or files under an s3:// prefix); the model
+        itself loads in the actors. The device is checked there too: the driver may have no GPU."""
+        config = _parse_settings(settings)
+        check_model_source(config.model)
 
     def _load(self):
         from diffusers import AutoPipelineForText2Image, DiffusionPipeline
