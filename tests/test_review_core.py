@@ -216,7 +216,8 @@ def test_export_changes_a_training_runs_synthetic_stage(tmp_path, capsys):
     assert rejected_in_before > 15 and not set(after.table["id"]) & bad
     with capsys.disabled():
         print(f"\n[review→training] stage-1 synthetic per group {need} both ways; "
-              f"pool 1200 → {len(accepted_ids(root))}; rejected images in the stage-1 set: {rejected_in_before} without review, 0 with review: accepted")
+              f"pool 1200 → {len(accepted_ids(root))}; rejected images in the stage-1 set: "
+              f"{rejected_in_before} without review, 0 with review: accepted")
 
     left = 300 - 25 - (need - 4)  # reject this many more and group (0, 1) keeps need - 4 images
     more = sorted(set(choose(root)["id"][choose(root)["group"] == 1]) - set(sampled))[:left]
