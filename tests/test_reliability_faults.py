@@ -217,3 +217,23 @@ def test_full_disk_stops_in_one_line_and_a_rerun_with_space_completes(small_disk
     make_space()
     assert main(args) == 0, capsys.readouterr().err
     _check_exactly_once(output, _config(output, per_group=100, shard_size=25, size=64))
+
+
+@pytest.mark.slow
+def test_training_through_a_resetting_proxy_completes(s3_bucket, proxy):
+    """FFR on colored digits with its synthetic shards, checkpoints and results on S3 behind the 10 %-reset proxy:
+    reads (tar ranges), checkpoint writes and result files all retry and the run finishes with a test WGA.
+    ``executor: local`` trains in this process, so every S3 request really crosses the proxy."""
+    from ffr.training import run_experiment, rundir
+
+    synthetic = f"{s3_bucket}/digits"
+    assert generate(_config(synthetic, per_group=300, shard_size=600, runner="local"))["complete"]
+    before = proxy.injected.resets
+    result = run_experiment({"dataset": "colored-digits", "dataset_options": {"bias_ratio": 0.95}, "variant": "ffr",
+                             "synthetic_root": synthetic, "method": "erm", "backbone": "small-cnn",
+                             "pretrained": None, "image_size": 32, "epochs": 2, "stage1": {"epochs": 2},
+                             "batch_size": 128, "executor": "local", "storage_path": f"{s3_bucket}/runs"})
+    assert proxy.injected.resets > before, proxy.injected  # training's own requests met resets
+    assert 0.0 <= result["test"]["worst_group_acc"] <= 1.0
+    proxy.reset_rate = 0.0
+    assert rundir.read_result(rundir.run_dir(f"{s3_bucket}/runs", result["run_name"])) is not None
