@@ -232,7 +232,8 @@ def test_training_through_a_resetting_proxy_completes(s3_bucket, proxy):
     result = run_experiment({"dataset": "colored-digits", "dataset_options": {"bias_ratio": 0.95}, "variant": "ffr",
                              "synthetic_root": synthetic, "method": "erm", "backbone": "small-cnn",
                              "pretrained": None, "image_size": 32, "epochs": 1, "stage1": {"epochs": 1},
-                             "batch_size": 128, "executor": "local", "cache_in_memory": True, "storage_path": f"{s3_bucket}/runs"})
+                             "batch_size": 128, "executor": "local", "cache_in_memory": True,
+                             "storage_path": f"{s3_bucket}/runs"})
     assert proxy.injected.resets > before, proxy.injected  # training's own requests met resets
     assert 0.0 <= result["test"]["worst_group_acc"] <= 1.0
     proxy.reset_rate = 0.0
