@@ -114,7 +114,7 @@ def test_dumped_dataclass_config_holds_no_secret(secrets):
 
 def _logged_params(tracking_uri: str, params: dict[str, str]) -> dict[str, str]:
     """Log ``params`` in a fresh run (fluent API, as Tune's MLflow callback does) and read them back."""
-    previous = mlflow.get_tracking_uri()
+    previous, previous_env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
     try:
         experiment_id = mlflow.create_experiment(f"secrets-{uuid.uuid4().hex[:8]}")
@@ -122,7 +122,13 @@ def _logged_params(tracking_uri: str, params: dict[str, str]) -> dict[str, str]:
             mlflow.log_params(params)
         return MlflowClient(tracking_uri).get_run(run.info.run_id).data.params
     finally:
+        # set_tracking_uri also exports MLFLOW_TRACKING_URI; left set, every later command in this session
+        # would log to MLflow's default ./mlflow.db instead of its own store.
         mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
 def test_mlflow_params_hold_no_secret(secrets, mlflow_db):
