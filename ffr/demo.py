@@ -206,6 +206,10 @@ def run_demo(out: str, bias_ratio: float = 0.95, seeds: tuple[int, ...] = (0,), 
     path = join(out, "report", "grid.md")
     with fs.open(filesystem(path)[1], "w") as f:
         f.write(text)
+    from ffr import tracking
+    from ffr.training.config import parse
+
+    print(tracking.ui_line(tracking.tracking_uri(parse(next(iter(configs.values()))).mlflow, runs_root)), flush=True)
     print(f"[demo] done in {time.perf_counter() - started:.0f} s; table: {path}", flush=True)
     return path
 
