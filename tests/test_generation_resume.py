@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from process_tree import descendants  # tests/ is on sys.path under pytest
 
 from ffr.shards import SHARD_DIR, complete_shards, read_metadata, read_stats, shard_name
 from pipelines import generate
@@ -35,26 +36,10 @@ def _config(output: str, **extra) -> dict:
             "ray": {"min_actors": 1, "max_actors": 1}, "contact_sheet_size": 2, **extra}
 
 
-def _descendants(pid: int) -> list[int]:
-    """Pids of every process under ``pid`` (Ray workers get their own process group, so killpg misses them)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        kids = parents.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
-
 
 def _kill_tree(child: subprocess.Popen) -> None:
     """SIGKILL the driver and every process it started (raylet, GCS, Ray workers) by pid, at once."""
-    pids = [child.pid, *_descendants(child.pid)]
+    pids = [child.pid, *descendants(child.pid)]
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)

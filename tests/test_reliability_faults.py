@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from process_tree import descendants  # tests/ is on sys.path under pytest
 
 from ffr.cli import main
 from ffr.shards import ShardReader, complete_shards, read_metadata
@@ -94,26 +95,11 @@ def test_storage_outage_mid_run_is_one_line_and_the_rerun_completes(s3_bucket, p
     _check_exactly_once(output, _config(output, per_group=10, shard_size=10))
 
 
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        kids = parents.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
-
 
 def _shard_actor_pids() -> list[int]:
     """Pids of this session's generation actors (only our own Ray's processes: others run on this machine)."""
     pids = []
-    for pid in _descendants(os.getpid()):
+    for pid in descendants(os.getpid()):
         try:
             title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
