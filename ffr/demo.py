@@ -87,12 +87,13 @@ def collect_wga(configs: dict[tuple[int, str, str], dict]) -> dict[tuple[str, st
 
 
 def _cell(values: list[float]) -> str:
+    """One cell as ``ffr report`` writes it: mean ± sample std over seeds (n), no spread for one seed."""
+    from ffr.report import mean_std_cell
+
     if not values:
         return "–"
-    pct = 100 * np.asarray(values)
-    if len(pct) == 1:
-        return f"{pct[0]:.1f} (n=1)"
-    return f"{pct.mean():.1f} ± {pct.std(ddof=1):.1f} (n={len(pct)})"
+    a = np.asarray(values, dtype=float)
+    return mean_std_cell(a.mean(), a.std(ddof=1) if len(a) > 1 else None, len(a))
 
 
 def grid_table(wga: dict[tuple[str, str], dict[int, float]], variants: tuple[str, ...],

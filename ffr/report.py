@@ -352,7 +352,7 @@ def _bias_label(value: Any) -> str:
     return "bias –" if number is None else f"bias {number:g}"
 
 
-def _mean_std(mean: Any, std: Any, n: int) -> str:
+def mean_std_cell(mean: Any, std: Any, n: int) -> str:
     """'55.0 ± 7.1 (n=2)'; one seed has no spread to show: '60.0 (n=1)'."""
     mean, std = _number(mean), _number(std)
     if mean is None:
@@ -374,7 +374,7 @@ def paper_tables(table: pd.DataFrame) -> list[tuple[str, list[str], list[list[st
         order: dict[str, tuple] = {}
         for i, label in enumerate(labels):
             r = part.iloc[i]
-            keyed.setdefault(label, {})[_bias_label(r.bias_ratio)] = _mean_std(r.test_wga_mean, r.test_wga_std,
+            keyed.setdefault(label, {})[_bias_label(r.bias_ratio)] = mean_std_cell(r.test_wga_mean, r.test_wga_std,
                                                                                int(r.seeds))
             order[label] = _order_key(part, i, label)
         headers = ["test WGA (%)", *(_bias_label(b) for b in biases)]
@@ -436,7 +436,7 @@ def _summary_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         for i, label in sorted(enumerate(_row_labels(part)), key=lambda il: _order_key(part, il[0], il[1])):
             r = part.iloc[i]
             cells = [str(dataset), label, _bias_label(r.bias_ratio)[5:], str(r.seed_list)]
-            cells += [_mean_std(r[f"{c}_mean"], r[f"{c}_std"], int(r.seeds)) for c in ACCURACY_COLUMNS]
+            cells += [mean_std_cell(r[f"{c}_mean"], r[f"{c}_std"], int(r.seeds)) for c in ACCURACY_COLUMNS]
             rows.append(cells)
     return headers, rows
 

@@ -22,10 +22,6 @@ from ffr.training.stage import SCORE, Session, run_stage
 CHECKPOINT_PREFIX = "checkpoint_epoch"
 
 
-def _device(cfg: TrainConfig) -> torch.device:
-    return torch.device("cuda") if cfg.use_gpu and torch.cuda.is_available() else torch.device("cpu")
-
-
 def checkpoint_dir(run_directory: str, epoch: int) -> str:
     return join(run_directory, f"{CHECKPOINT_PREFIX}{epoch:04d}")
 
@@ -100,7 +96,7 @@ def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_director
     call it under Ray Train (no run context, no checkpoint)."""
     if cfg.num_workers != 1:
         raise FFRError(f"executor 'local' trains in one process; num_workers = {cfg.num_workers} needs ray-train")
-    session = LocalSession(run_directory, cfg.keep_checkpoints, _device(cfg), callbacks)
+    session = LocalSession(run_directory, cfg.keep_checkpoints, loop.device(cfg.use_gpu), callbacks)
     run_stage(cfg, spec, session, run_directory=run_directory)
     best, latest = session.best_and_latest()
     records = {int(r["epoch"]): r for r in rundir.read_metrics(run_directory)}
@@ -108,8 +104,8 @@ def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_director
 
 
 def evaluate(cfg: TrainConfig, spec: StageSpec, checkpoint: str) -> dict:
-    return evaluation.evaluate_checkpoint(cfg, spec, checkpoint, _device(cfg))
+    return evaluation.evaluate_checkpoint(cfg, spec, checkpoint, loop.device(cfg.use_gpu))
 
 
 def misclassified(cfg: TrainConfig, spec: StageSpec, checkpoint: str) -> np.ndarray:
-    return evaluation.misclassified(cfg, spec, checkpoint, _device(cfg))
+    return evaluation.misclassified(cfg, spec, checkpoint, loop.device(cfg.use_gpu))

@@ -25,6 +25,11 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CHECKPOINT_FILE = "model.pt"
 
 
+def device(use_gpu: bool) -> torch.device:
+    """CUDA when asked for and present; else CPU (GPU code paths must also run on CPU)."""
+    return torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+
+
 def make_transform(image_size: int, corrupt: Callable | None = None) -> Callable:
     """FFR's preprocessing for train and eval alike: resize (no crop, no flip) and ImageNet normalization.
     ``corrupt`` (PIL → PIL, e.g. ``ffr.corruptions.Corrupt``) runs after the resize, at the training size."""

@@ -17,7 +17,6 @@ import numpy as np
 import ray
 import ray.train
 import ray.train.torch
-import torch
 import torch.distributed as dist
 
 from ffr.cluster.resources import custom_resources
@@ -35,7 +34,7 @@ class RayTrainSession(Session):
     def __init__(self) -> None:
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
-        super().__init__(ray.train.torch.get_device())
+        super().__init__(ray.train.torch.getloop.device())
 
     def prepare_model(self, model):
         return ray.train.torch.prepare_model(model)
@@ -173,20 +172,16 @@ class MLflowEpochs(ray.train.UserCallback):
                 self._warned = True
 
 
-def _device(use_gpu: bool) -> torch.device:
-    return torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
-
-
 @ray.remote
 def _evaluate_task(config: dict, stage: dict, checkpoint_dir: str) -> dict:
     cfg = parse(config)
-    return evaluation.evaluate_checkpoint(cfg, build(StageSpec, stage), checkpoint_dir, _device(cfg.use_gpu))
+    return evaluation.evaluate_checkpoint(cfg, build(StageSpec, stage), checkpoint_dir, loop.device(cfg.use_gpu))
 
 
 @ray.remote
 def _misclassified_task(config: dict, stage: dict, checkpoint_dir: str) -> np.ndarray:
     cfg = parse(config)
-    return evaluation.misclassified(cfg, build(StageSpec, stage), checkpoint_dir, _device(cfg.use_gpu))
+    return evaluation.misclassified(cfg, build(StageSpec, stage), checkpoint_dir, loop.device(cfg.use_gpu))
 
 
 def _remote(task, cfg: TrainConfig):
