@@ -34,7 +34,7 @@ class RayTrainSession(Session):
     def __init__(self) -> None:
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
-        super().__init__(ray.train.torch.getloop.device())
+        super().__init__(ray.train.torch.get_device())
 
     def prepare_model(self, model):
         return ray.train.torch.prepare_model(model)
