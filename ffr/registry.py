@@ -2,7 +2,8 @@
 
 Recipes, generator backends, datasets, backbones and stage-2 methods each keep one ``Registry``; a new
 entry is a decorated class or function, and one parametrized test walks every registry so that a new
-entry is tested the moment it is registered.
+entry is tested the moment it is registered. An entry's options are an ``Options`` attribute (a model of
+:mod:`ffr.options`); :meth:`Registry.options` validates a mapping against it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             raise FFRError(f"unknown {self.kind} {name!r}; expected one of: {', '.join(self.names())}") from None
+
+    def options(self, name: str, values=None, where: str = ""):
+        """The validated options of entry ``name`` (its ``Options`` model, ffr.options); one line per bad key.
+
+        ``where``: the config path they were given under (e.g. ``backbone_options``), for the message."""
+        from ffr import options
+
+        cls = getattr(self.get(name), "Options", options.NoOptions)
+        return options.parse(cls, values, where, owner=f"{self.kind} {name!r}")
 
     def names(self) -> list[str]:
         return sorted(set(self._entries) | set(self._lazy))
