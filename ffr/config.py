@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ffr.cluster.secrets import configured_secrets, is_secret_name, scrub
 from ffr.errors import FFRError
+from ffr.secrets import configured_secrets, is_secret_name, scrub
 
 T = TypeVar("T")
 SECRET_MARKERS = ("secret", "password", "token", "access_key", "session_key", "credential")
@@ -140,7 +140,7 @@ def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
 def redact(obj: Any, _secrets: dict[str, str] | None = None) -> Any:
     """Drop values whose key looks like a secret, recursively (configs dumped beside runs, MLflow params).
 
-    Keys are matched by ffr.cluster.secrets.is_secret_name (whole words: "tokenizer" is kept). String values
+    Keys are matched by ffr.secrets.is_secret_name (whole words: "tokenizer" is kept). String values
     are also scrubbed of secrets configured in the environment and of URL passwords (``http://user:pw@host``),
     which hide under harmless keys such as ``tracking_uri``.
     """
