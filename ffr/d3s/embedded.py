@@ -131,7 +131,7 @@ def run_demo(out: str | Path, per_group: int = 8, epochs: int = 12, seed: int = 
     """Everything, end to end; returns the evaluation summary (also written under ``out/eval``)."""
     import pipelines
     from ffr.d3s.evaluate import EvalConfig, evaluate
-    from ffr.d3s.splits import write_splits
+    from ffr.datasets.d3s_splits import write_splits
 
     out = Path(out).resolve()
     fg = write_foregrounds(out, seed=seed)

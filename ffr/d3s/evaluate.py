@@ -59,13 +59,13 @@ def shard_plan(cfg: EvalConfig) -> pd.DataFrame:
     reader = ShardReader(cfg.data)
     meta = reader.metadata
     if cfg.split:
-        from ffr.d3s.splits import read_view
+        from ffr.datasets.d3s_splits import read_view
 
         name, _, which = cfg.split.partition("/")
         view, _ = read_view(cfg.data, name, which or "anti-correlated")
         meta = meta[meta["id"].isin(set(view["id"]))]
     if cfg.review == "accepted":
-        from ffr.review.views import accepted_ids
+        from ffr.datasets.reviewed import accepted_ids
 
         meta = meta[meta["id"].astype(str).isin(accepted_ids(cfg.data))]
     elif cfg.review is not None:

@@ -1,4 +1,5 @@
-"""``d3s-shift``: a D3S output's correlated / anti-correlated split views (:mod:`ffr.d3s.splits`) as grouped data.
+"""``d3s-shift``: a D3S output's correlated / anti-correlated split views (:mod:`ffr.datasets.d3s_splits`)
+as grouped data.
 
 Class = super-class (ImageNet-9 by default), bias = background, so a group is (super-class, background) and
 worst-group accuracy means what D3S's experiment measures. ``train`` is the correlated view (each super-class
@@ -28,14 +29,14 @@ def d3s_shift(root: str, split: str, bias_ratio: float | None = None, seed: int 
               review: str | None = None) -> dict[str, GroupedSplit]:
     """Views ``split`` (a name under ``root/splits/``) of the D3S output ``root``; ``bias_ratio`` does not
     apply (the views fix the correlation) and is ignored. ``review: accepted`` keeps reviewed images only."""
-    from ffr.d3s.splits import read_view
+    from ffr.datasets.d3s_splits import read_view
 
     if not 0.0 < float(val_fraction) < 1.0:
         raise FFRError(f"val_fraction = {val_fraction!r}; expected a number between 0 and 1")
     correlated, record = read_view(root, split, "correlated")
     anti, _ = read_view(root, split, "anti-correlated")
     if review == "accepted":
-        from ffr.review.views import accepted_ids
+        from ffr.datasets.reviewed import accepted_ids
 
         keep = accepted_ids(root)
         correlated, anti = (v[v["id"].astype(str).isin(keep)] for v in (correlated, anti))

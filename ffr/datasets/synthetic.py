@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 
 from ffr.datasets.base import DATASETS, GroupedSplit, decode_image
+from ffr.datasets.reviewed import filter_reviewed
 from ffr.datasets.splitting import random_split
 from ffr.errors import FFRError
 from ffr.groups import SYNTHETIC
-from ffr.review.views import filter_reviewed
 from ffr.shards import ShardReader
 
 
