@@ -35,11 +35,14 @@ demo-seeds: $(STAMP)
 d3s-demo: $(STAMP)
 	$(BIN)/ffr d3s demo --out d3s_demo_out
 
-test: $(STAMP) browser
+# The whole suite, after the linters: CI (.ci/run) runs `make test`, so a broken layer fails CI.
+test: lint browser
 	$(BIN)/python -m pytest -q tests
 
+# ruff, then the import contracts of pyproject.toml ([tool.importlinter]: the layers of ARCHITECTURE.md).
 lint: $(STAMP)
 	$(BIN)/ruff check ffr pipelines tune tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
