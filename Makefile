@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	@# The distribution was called ffr before it became ffr-synth: one distribution owns the packages and the script.
+	$(BIN)/python -m pip uninstall -q -y ffr 2>/dev/null || true
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@$(MAKE) --no-print-directory browser
 	touch $(STAMP)

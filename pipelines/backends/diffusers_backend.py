@@ -139,7 +139,7 @@ def _require_xformers(device: torch.device) -> None:
         import xformers  # noqa: F401
     except ImportError:
         raise FFRError("attention 'xformers' was requested but xformers is not installed; "
-                       "pip install 'ffr[xformers]' or use attention=sdpa") from None
+                       "pip install 'ffr-synth[xformers]' or use attention=sdpa") from None
     if device.type != "cuda":
         raise FFRError(f"attention 'xformers' needs a CUDA device, got {device}; use attention=sdpa")
 
