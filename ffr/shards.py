@@ -108,6 +108,7 @@ class ShardWriter:
         self.rows: list[dict] = []
         self.n_images = 0
         self._fs, base = filesystem(root)
+        ensure_dir(self._fs, join(base, SHARD_DIR))
         self._name = join(base, SHARD_DIR, shard_name(index))
         self._tar_path = f"{self._name}.tar"
         self._tar: Any = None
