@@ -126,6 +126,9 @@ class ShardWriter:
         self.rows.append(row)
         if image is not None:
             self._guard(lambda: self._tar.write(sample(row, image, guide)))
+            # tarfile keeps a TarInfo per member written, for getmembers(); a writer never asks, so don't let
+            # the list grow with the shard
+            self._tar.tarstream.members.clear()
             self.n_images += 1
 
     def finish(self, stats: dict) -> dict:

@@ -89,7 +89,7 @@ def _row(k: int) -> dict:
 def test_the_writer_holds_one_image_not_the_shard(tmp_path):
     root = str(tmp_path / "out")
     write_groups(root, GroupSpec(("a", "b"), ("x",)))
-    images = [_png(k, 96) for k in range(4)]  # ~28 KB each, incompressible
+    images = [_png(k, 128) for k in range(4)]  # ~50 KB each, incompressible
     n = 150
     tracemalloc.start()
     with ShardWriter(root, 0) as sink:
