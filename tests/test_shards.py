@@ -17,8 +17,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from ffr.shards import SHARD_DIR, ShardReader, ShardWriter, complete_shards, read_metadata, shard_name, write_groups
+from ffr.errors import FFRError
 from ffr.groups import GroupSpec
+from ffr.shards import SHARD_DIR, ShardReader, ShardWriter, complete_shards, read_metadata, shard_name, write_groups
 from ffr.storage import filesystem, join
 from pipelines import generate
 
@@ -166,8 +167,6 @@ def test_shards_without_txt_and_cls_members_are_still_read(tmp_path):
 
 
 def test_a_sample_id_with_a_dot_is_refused(tmp_path):
-    from ffr.errors import FFRError
-
     root = str(tmp_path / "out")
     with ShardWriter(root, 0) as sink, pytest.raises(FFRError, match="no '.'"):
         sink.add({**_row(0), "id": "a.b", "image_key": "a.b.png"}, b"x")
