@@ -5,6 +5,10 @@
 - ``ffr-spuco-animals``: 4 animal classes × 4 backgrounds. The seed script overwrote its ``animal`` variable
   while reading the breed file, so every class was prompted with waterbird breeds; here each class uses
   its own breed list. Its "in {location}" also produced "in in the kitchen"; locations are full phrases here.
+
+Synthetic and real rows are mixed by (y, b), so each recipe's groups are its real dataset's: the class and bias
+names and their order come from the reader module (ffr/datasets/celeba_hq.py, utk_face.py, spuco_animals.py),
+imported when the recipe is built (the readers pull in torch, which other recipes and the actors never need).
 """
 
 from __future__ import annotations
@@ -13,15 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from ffr.errors import FFRError
 from ffr.groups import GroupSpec
 from pipelines.recipes.base import RECIPES, Recipe, load_data, pick
 
 _FACES = {"steps": 25, "guidance_scale": 7.5}  # FFR used 25 steps for faces, 50 for animals
-
-# Class/bias names and their index order are those of the real-data readers (ffr/datasets/celeba_hq.py,
-# utk_face.py, spuco_animals.py): synthetic and real rows are mixed by (y, b), so the indices must agree.
-CELEBA_CLASSES, CELEBA_BIASES = ("not Smiling", "Smiling"), ("Female", "Male")
-UTK_CLASSES, UTK_BIASES = ("Male", "Female"), ("old", "young")
 
 
 @RECIPES.register("ffr-celeba")
@@ -34,14 +34,17 @@ class CelebASmiling(Recipe):
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
+        from ffr.datasets import celeba_hq
+
+        self.groups = GroupSpec(celeba_hq.CLASS_NAMES, celeba_hq.BIAS_NAMES)
         self.words = load_data("ffr_faces.yaml")["celeba"]
 
     def spec(self) -> GroupSpec:
-        return GroupSpec(CELEBA_CLASSES, CELEBA_BIASES)
+        return self.groups
 
     def row(self, y: int, b: int, rng: np.random.Generator) -> dict[str, Any]:
         expression = pick(rng, self.words["smiling"] if y == 1 else self.words["not_smiling"])
-        return {"prompt": f"a headshot of {CELEBA_BIASES[b]} celebrity {expression}"}
+        return {"prompt": f"a headshot of {self.groups.bias_names[b]} celebrity {expression}"}
 
 
 @RECIPES.register("ffr-utkface")
@@ -54,14 +57,17 @@ class UTKFaceGender(Recipe):
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
-        self.words = load_data("ffr_faces.yaml")["utkface"]
+        from ffr.datasets import utk_face
+
+        self.groups = GroupSpec(utk_face.CLASS_NAMES, utk_face.BIAS_NAMES)
+        self.words = _words_per_name(load_data("ffr_faces.yaml")["utkface"], self.groups.bias_names, "ffr_faces.yaml")
 
     def spec(self) -> GroupSpec:
-        return GroupSpec(UTK_CLASSES, UTK_BIASES)
+        return self.groups
 
     def row(self, y: int, b: int, rng: np.random.Generator) -> dict[str, Any]:
-        age = pick(rng, self.words[UTK_BIASES[b]])
-        return {"prompt": f"a headshot of a human {UTK_CLASSES[y]} {age}"}
+        age = pick(rng, self.words[self.groups.bias_names[b]])
+        return {"prompt": f"a headshot of a human {self.groups.class_names[y]} {age}"}
 
 
 @RECIPES.register("ffr-spuco-animals")
@@ -73,15 +79,25 @@ class SpuCoAnimals(Recipe):
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
+        from ffr.datasets import spuco_animals
+
+        self.groups = GroupSpec(spuco_animals.CLASS_NAMES, spuco_animals.BIAS_NAMES)
         data = load_data("ffr_spuco_animals.yaml")
-        self.breeds: dict[str, list[str]] = data["classes"]
-        self.locations: dict[str, list[str]] = data["backgrounds"]
+        self.breeds = _words_per_name(data["classes"], self.groups.class_names, "ffr_spuco_animals.yaml")
+        self.locations = _words_per_name(data["backgrounds"], self.groups.bias_names, "ffr_spuco_animals.yaml")
 
     def spec(self) -> GroupSpec:
-        return GroupSpec(tuple(self.breeds), tuple(self.locations))
+        return self.groups
 
     def row(self, y: int, b: int, rng: np.random.Generator) -> dict[str, Any]:
-        spec = self.spec()
-        breed = pick(rng, self.breeds[spec.class_names[y]])
-        location = pick(rng, self.locations[spec.bias_names[b]])
+        breed = pick(rng, self.breeds[self.groups.class_names[y]])
+        location = pick(rng, self.locations[self.groups.bias_names[b]])
         return {"prompt": f"a photo of {breed} {location}"}
+
+
+def _words_per_name(words: dict[str, list[str]], names: tuple[str, ...], source: str) -> dict[str, list[str]]:
+    """A shipped word list keyed by the dataset's group names; a name without words is a packaging bug."""
+    missing = [n for n in names if not words.get(n)]
+    if missing:
+        raise FFRError(f"recipe word list {source!r} has no words for {missing}; expected one list per name")
+    return words
