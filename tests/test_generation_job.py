@@ -107,7 +107,7 @@ def tiny_sd_model(tmp_path_factory) -> str:
 
 
 def _diffusers_backend(model: str) -> dict:
-    return {"name": "diffusers", "settings": {"model": model, "dtype": "fp32", "device": "cpu", "batch_size": 4}}
+    return {"name": "diffusers", "settings": {"model": model, "dtype": "fp32", "device": "cpu"}}
 
 
 def test_diffusers_text_to_image_through_ray_to_s3(ray_cluster, s3_bucket, s3_endpoint, tiny_sd_model):
