@@ -13,7 +13,8 @@ imported when the recipe is built (the readers pull in torch, which other recipe
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -24,23 +25,33 @@ from pipelines.recipes.base import RECIPES, Recipe, load_data, pick
 _FACES = {"steps": 25, "guidance_scale": 7.5}  # FFR used 25 steps for faces, 50 for animals
 
 
+class _RealGroups(Recipe):
+    """A recipe for a real dataset's groups: ``reader`` names the ffr.datasets module that defines them
+    (``CLASS_NAMES``, ``BIAS_NAMES``)."""
+
+    reader: ClassVar[str] = ""
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        super().__init__(options)
+        module = importlib.import_module(f"ffr.datasets.{self.reader}")
+        self.groups = GroupSpec(module.CLASS_NAMES, module.BIAS_NAMES)
+
+    def spec(self) -> GroupSpec:
+        return self.groups
+
+
 @RECIPES.register("ffr-celeba")
-class CelebASmiling(Recipe):
+class CelebASmiling(_RealGroups):
     """y = Smiling (0 not smiling, 1 smiling), b = gender (0 Female, 1 Male); "a headshot of {gender} celebrity ..."."""
 
     name = "ffr-celeba"
+    reader = "celeba_hq"
     generator = _FACES
     gray_threshold = 1.5e6 / 512**2
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
-        from ffr.datasets import celeba_hq
-
-        self.groups = GroupSpec(celeba_hq.CLASS_NAMES, celeba_hq.BIAS_NAMES)
         self.words = load_data("ffr_faces.yaml")["celeba"]
-
-    def spec(self) -> GroupSpec:
-        return self.groups
 
     def row(self, y: int, b: int, rng: np.random.Generator) -> dict[str, Any]:
         expression = pick(rng, self.words["smiling"] if y == 1 else self.words["not_smiling"])
@@ -48,22 +59,17 @@ class CelebASmiling(Recipe):
 
 
 @RECIPES.register("ffr-utkface")
-class UTKFaceGender(Recipe):
+class UTKFaceGender(_RealGroups):
     """y = gender (0 Male, 1 Female), b = age (0 old, 1 young); "a headshot of a human {gender} {age phrase}"."""
 
     name = "ffr-utkface"
+    reader = "utk_face"
     generator = _FACES
     gray_threshold = 1.5e6 / 512**2
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
-        from ffr.datasets import utk_face
-
-        self.groups = GroupSpec(utk_face.CLASS_NAMES, utk_face.BIAS_NAMES)
         self.words = _words_per_name(load_data("ffr_faces.yaml")["utkface"], self.groups.bias_names, "ffr_faces.yaml")
-
-    def spec(self) -> GroupSpec:
-        return self.groups
 
     def row(self, y: int, b: int, rng: np.random.Generator) -> dict[str, Any]:
         age = pick(rng, self.words[self.groups.bias_names[b]])
@@ -71,23 +77,18 @@ class UTKFaceGender(Recipe):
 
 
 @RECIPES.register("ffr-spuco-animals")
-class SpuCoAnimals(Recipe):
+class SpuCoAnimals(_RealGroups):
     """y ∈ {landbird, waterbird, small_dog, big_dog}, b ∈ {land, water, indoors, outdoors}."""
 
     name = "ffr-spuco-animals"
+    reader = "spuco_animals"
     generator = {"steps": 50, "guidance_scale": 7.5}
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
-        from ffr.datasets import spuco_animals
-
-        self.groups = GroupSpec(spuco_animals.CLASS_NAMES, spuco_animals.BIAS_NAMES)
         data = load_data("ffr_spuco_animals.yaml")
         self.breeds = _words_per_name(data["classes"], self.groups.class_names, "ffr_spuco_animals.yaml")
         self.locations = _words_per_name(data["backgrounds"], self.groups.bias_names, "ffr_spuco_animals.yaml")
-
-    def spec(self) -> GroupSpec:
-        return self.groups
 
     def row(self, y: int, b: int, rng: np.random.Generator) -> dict[str, Any]:
         breed = pick(rng, self.breeds[self.groups.class_names[y]])
