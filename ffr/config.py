@@ -204,11 +204,17 @@ def _shown(value: Any) -> str:
     return json.dumps(to_dict(value), default=str)
 
 
-def format_config(cls: type, resolved: Any, prefix: str = "") -> str:
-    """A three-column table — key, default, value — with ``*`` marking keys that differ from the default."""
+def format_config(cls: type, resolved: Any, prefix: str = "", expand: dict[str, list[tuple]] | None = None) -> str:
+    """A three-column table — key, default, value — with ``*`` marking keys that differ from the default.
+
+    ``expand``: {key of a free-form mapping (e.g. ``recipe.options``): its rows} — the chosen entry's options
+    (``ffr.options.rows``: key, default, value[, description]) shown one per row instead of the mapping's one row.
+    """
     secrets = configured_secrets()
     rows = []
-    for key, default, value in config_rows(cls, resolved, prefix):
+    table = [r for key, *rest in config_rows(cls, resolved, prefix)
+             for r in ([row[:3] for row in (expand or {})[key]] if key in (expand or {}) else [(key, *rest)])]
+    for key, default, value in table:
         if is_secret_name(key.rsplit(".", 1)[-1]):
             default, value = ("<redacted>" if v not in (None, "", dataclasses.MISSING) else v for v in (default, value))
         rows.append(("*" if to_dict(default) != to_dict(value) else " ", key,

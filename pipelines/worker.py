@@ -60,7 +60,7 @@ class ShardWorker:
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
-        self.backend = backends.create(settings.backend, **settings.backend_settings)
+        self.backend = backends.create(settings.backend, settings.backend_settings, settings.batch_size)
         self.filters = Filters(settings.gray_threshold, settings.clip_model, settings.clip_threshold)
 
     def process_shard(self, shard: int, rows: list[dict] | None = None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from ffr.datasets.reviewed import filter_reviewed
 from ffr.datasets.splitting import random_split
 from ffr.errors import FFRError
 from ffr.groups import SYNTHETIC
+from ffr.options import group_keyed
 from ffr.shards import ShardReader
 
 
@@ -37,15 +38,7 @@ def _parse_counts(counts) -> dict[tuple[int, int], int] | None:
     """Accepts {(y, b): n} or YAML-friendly {"y,b": n} / {"y_b": n}."""
     if counts is None:
         return None
-    out = {}
-    for key, n in dict(counts).items():
-        if isinstance(key, str):
-            parts = key.replace("_", ",").split(",")
-            if len(parts) != 2:
-                raise FFRError(f"synthetic counts key {key!r} is not 'y,b'")
-            key = (int(parts[0]), int(parts[1]))
-        out[(int(key[0]), int(key[1]))] = int(n)
-    return out
+    return {g: int(n) for g, n in group_keyed(counts, "synthetic counts").items()}
 
 
 class ShardImages:
