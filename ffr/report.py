@@ -2,10 +2,9 @@
 
 A run directory is any folder holding ``ffr_result.json`` (finished; ``result.json`` beside a config.json
 for runs written before the rename), or only ``metrics.jsonl`` (unfinished: still training, killed, or
-``stopped.json``: stopped early by a sweep's ASHA); ``ffr.runs`` reads them and this module only makes
-tables, plots and files. Roots are searched
-recursively, locally or on ``s3://``, so a run, a sweep folder (Tune's own files in it are skipped) or a
-whole storage path works.
+``stopped.json``: stopped early by a sweep's ASHA). ``ffr.runs`` finds and reads them (this module makes
+tables, plots and files from what it reads). Roots are searched recursively, locally or on ``s3://``, so a
+run, a sweep folder (Tune's own files in it are skipped) or a whole storage path works.
 
 Per dataset it prints the *paper table*: rows method × variant (none, USB, ASB, FFR, then "FFR, stage 1
 only"), columns bias ratios, each cell test WGA mean ± sample std over seeds and n. Runs are grouped by
