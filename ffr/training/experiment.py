@@ -140,8 +140,10 @@ def _preliminary(cfg: TrainConfig, main: StageSpec, data: ExperimentData) -> dic
     rundir.write_config(directory, resolved(cfg, spec))
     _best, _metrics, latest = executor.fit_stage(cfg, spec, parent, directory)
     stage_data = data.stages[spec.stage]
+    groups = stage_data.train.groups(stage_data.train_spec)
+    method.setup(groups, stage_data.train_spec.n_groups)  # as in the main run: the method sees the same groups
     predictions = np.asarray(executor.train_predictions(cfg, spec, latest))
-    result = method.preliminary_result(predictions, stage_data.train.y, stage_data.train.groups(stage_data.train_spec))
+    result = method.preliminary_result(predictions, stage_data.train.y, groups)
     rundir.write_json(marker, {"checkpoint": latest, **result})
     _log(f"[{main.run_name}] {method.preliminary_summary(result)}")
     return result
