@@ -1,6 +1,7 @@
 """Every registered stage-2 method is exercised here (the registry walk), plus each method's own rule."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -138,3 +139,15 @@ def test_dfr_recovers_a_planted_core_feature():
     spurious_only = worst_group_accuracy((x_test[:, 1] > 0).astype(int), y_test, g_test)
     assert wga > 0.85 and spurious_only < 0.1
     assert abs(head.coef[0, 0]) > abs(head.coef[0, 1])  # the core feature carries the weight
+
+
+def test_show_config_lists_the_method_options_and_refuses_a_bad_one(capsys):
+    from ffr.cli import main
+
+    assert main(["train", "--show-config", "method=jtt", "method_hparams={upweight: 20}"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\* method_hparams\.upweight +6\.0 +20\.0 +λ: how many times", out, re.M)
+    assert re.search(r"^  method_hparams\.identification_epochs +1 +1 +epochs of the ERM", out, re.M)
+    assert main(["train", "--show-config", "method=jtt", "method_hparams={upweight: 0}"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().count("\n") == 0 and "'method_hparams.upweight'" in err
