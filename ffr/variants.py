@@ -71,6 +71,7 @@ class Variant:
 
     name: ClassVar[str] = ""
     stages: ClassVar[dict[int, str]] = {METHOD_STAGE: REAL}
+    pretrain_method: ClassVar[str] = "erm"  # what the stages before METHOD_STAGE train with (ffr.methods)
 
     def build(self, stage: int, real_train: GroupedSplit, synthetic: GroupedSplit | None, seed: int) -> StageData:
         return StageData(stage, real_train, real_train.spec)

@@ -1,7 +1,8 @@
 """Two-stage FFR training on Ray Train.
 
 Core (no Ray): ``config`` (typed config), ``sampling`` (DDP-correct resampling), ``loop`` (one epoch,
-prediction, features), ``stage`` (one run, epoch by epoch), ``evaluation`` (final metrics, DFR, JTT),
+prediction, features), ``stage`` (one run, epoch by epoch), ``evaluation`` (final metrics, the method's
+post-fit step, a preliminary run's predictions),
 ``rundir`` (the run directory contract). Ray glue: ``ray_train`` (TorchTrainer, Ray task). Orchestration:
 ``experiment.run_experiment``; CLI: ``command`` (``ffr train``).
 """

@@ -12,12 +12,14 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ffr.config import build, to_dict
 from ffr.errors import FFRError
-from ffr.methods.base import PreliminaryRun
 from ffr.tracking import MLflowConfig
+
+if TYPE_CHECKING:
+    from ffr.methods.base import PreliminaryRun
 
 OPTIMIZERS = ("adam", "sgd")
 BAD_IMAGE_POLICIES = ("fail", "skip")
@@ -181,10 +183,12 @@ def method_stage(cfg: TrainConfig, init_checkpoint: str | None = None) -> StageS
 
 
 def pretrain_stage(cfg: TrainConfig) -> StageSpec:
-    """Stage 1 of a variant that has one: ERM on the variant's stage-1 data; named by what it depends on, so
-    every stage-2 method shares it."""
-    s1 = cfg.stage1
-    spec = StageSpec(1, "", "erm", {}, s1.optimizer or cfg.optimizer, s1.lr if s1.lr is not None else cfg.lr,
+    """Stage 1 of a variant that has one: the variant's pretraining method (ERM) on its stage-1 data; named by
+    what it depends on, so every stage-2 method shares it."""
+    from ffr import variants
+
+    s1, method = cfg.stage1, variants.create(cfg.variant).pretrain_method
+    spec = StageSpec(1, "", method, {}, s1.optimizer or cfg.optimizer, s1.lr if s1.lr is not None else cfg.lr,
                      s1.weight_decay if s1.weight_decay is not None else cfg.weight_decay, cfg.momentum,
                      s1.epochs if s1.epochs is not None else cfg.epochs, s1.batch_size or cfg.batch_size,
                      corruption=s1.corruption, corruption_severity=s1.corruption_severity if s1.corruption else None)

@@ -33,7 +33,8 @@ class ExperimentData:
 
 
 def load_experiment_data(cfg: TrainConfig, stage: int | None = None) -> ExperimentData:
-    """All stages' data, or only what ``stage`` needs (workers of FFR's stage 2 never read synthetic data)."""
+    """All stages' data, or only what ``stage`` needs (a real-only stage's workers never read
+    synthetic data)."""
     real = ffr.datasets.create(cfg.dataset, **cfg.dataset_options)
     for name in ("train", "val", "test"):
         if name not in real or len(real[name]) == 0:
