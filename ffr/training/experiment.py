@@ -125,7 +125,7 @@ def _train_and_evaluate(cfg: TrainConfig, spec: StageSpec, data: ExperimentData,
 def _preliminary(cfg: TrainConfig, main: StageSpec, data: ExperimentData) -> dict | None:
     """The method's preliminary run, if it declares one, in its own sub-run directory of the main run; its
     marker file ``<name>.json`` (the checkpoint plus the method's result) makes a rerun reuse it."""
-    method = ffr.methods.create(cfg.method, **cfg.method_hparams)
+    method = ffr.methods.create(main.method, **main.method_hparams)
     run = method.preliminary_run()
     if run is None:
         return None
