@@ -1,5 +1,10 @@
 """Data variants: which real and synthetic examples each training stage sees.
 
+A variant is a class (``Variant``) that declares its stages and what each trains on (``stages``: real,
+synthetic, or real + synthetic) and builds each stage's training set (``build``); ``ffr.training`` asks it
+which data to load and which stages to run, and knows no variant by name. A new variant is one module with a
+registered ``Variant`` subclass.
+
 - ``none``: real only (one stage).
 - ``usb`` / ``asb``: real + synthetic in one stage, synthetic counts from ``ffr.balance.synthetic_counts``;
   group-aware methods then see (y, b, source) groups, as in the FFR paper's baselines.
@@ -11,8 +16,9 @@ final result of every variant is its stage-2 run. Validation and test are always
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ffr.balance import synthetic_counts
 from ffr.datasets.base import GroupedSplit
@@ -23,6 +29,8 @@ from ffr.registry import Registry
 
 VARIANTS: Registry = Registry("data variant")
 PRETRAIN_STAGE, METHOD_STAGE = 1, 2
+# What a stage trains on.
+REAL, SYNTHETIC, REAL_AND_SYNTHETIC = "real", "synthetic", "real+synthetic"
 
 
 @dataclass
@@ -54,40 +62,85 @@ def _synthetic_part(real_train: GroupedSplit, synthetic: GroupedSplit, mode: str
     return synthetic.subset(picked, "train")
 
 
+class Variant:
+    """The contract of a data variant.
+
+    ``stages``: stage number → what it trains on (REAL, SYNTHETIC or REAL_AND_SYNTHETIC), in training order;
+    the last is always METHOD_STAGE (the stage the chosen method runs in, whose result is the experiment's).
+    ``build`` gives one stage's training set; ``synthetic`` is None when no wanted stage needs it."""
+
+    name: ClassVar[str] = ""
+    stages: ClassVar[dict[int, str]] = {METHOD_STAGE: REAL}
+    pretrain_method: ClassVar[str] = "erm"  # what the stages before METHOD_STAGE train with (ffr.methods)
+
+    def build(self, stage: int, real_train: GroupedSplit, synthetic: GroupedSplit | None, seed: int) -> StageData:
+        return StageData(stage, real_train, real_train.spec)
+
+    def wanted_stages(self, stage: int | None = None, init_checkpoint: bool = False) -> list[int]:
+        """The stages to build: ``stage`` alone (a worker), else all of them; a given init checkpoint replaces
+        every stage before the method stage."""
+        if stage is not None:
+            if stage not in self.stages:
+                raise FFRError(f"variant {self.name!r} has no stage {stage}; its stages: {sorted(self.stages)}")
+            return [stage]
+        return [s for s in self.stages if s == METHOD_STAGE or not init_checkpoint]
+
+    def needs_synthetic(self, stages: Iterable[int] | None = None) -> bool:
+        return any(SYNTHETIC in self.stages[s] for s in (self.stages if stages is None else stages))
+
+
 @VARIANTS.register("none")
-def none(real_train: GroupedSplit, synthetic: GroupedSplit | None, seed: int) -> list[StageData]:
-    return [StageData(METHOD_STAGE, real_train, real_train.spec)]
+class RealOnly(Variant):
+    name = "none"
 
 
-def _mixed(mode: str) -> Callable[[GroupedSplit, GroupedSplit | None, int], list[StageData]]:
-    def variant(real_train: GroupedSplit, synthetic: GroupedSplit | None, seed: int) -> list[StageData]:
-        synthetic = _check_specs(real_train, synthetic, mode)
-        mixed = GroupedSplit.concat([real_train, _synthetic_part(real_train, synthetic, mode, seed)], "train")
-        return [StageData(METHOD_STAGE, mixed, real_train.spec.with_sources())]
+class _Mixed(Variant):
+    """Real + synthetic (``name``'s counts, ffr.balance.synthetic_counts) in one stage, (y, b, source) groups."""
 
-    variant.__doc__ = f"Real + synthetic ({mode.upper()} counts), (y, b, source) groups."
-    return variant
+    stages = {METHOD_STAGE: REAL_AND_SYNTHETIC}
+
+    def build(self, stage, real_train, synthetic, seed):
+        synthetic = _check_specs(real_train, synthetic, self.name)
+        mixed = GroupedSplit.concat([real_train, _synthetic_part(real_train, synthetic, self.name, seed)], "train")
+        return StageData(stage, mixed, real_train.spec.with_sources())
 
 
-VARIANTS.register("usb")(_mixed("usb"))
-VARIANTS.register("asb")(_mixed("asb"))
+@VARIANTS.register("usb")
+class USB(_Mixed):
+    name = "usb"
+
+
+@VARIANTS.register("asb")
+class ASB(_Mixed):
+    name = "asb"
 
 
 @VARIANTS.register("ffr")
-def ffr(real_train: GroupedSplit, synthetic: GroupedSplit | None, seed: int) -> list[StageData]:
-    synthetic = _check_specs(real_train, synthetic, "ffr")
-    pretrain = _synthetic_part(real_train, synthetic, "ffr", seed)
-    return [StageData(PRETRAIN_STAGE, pretrain, real_train.spec), StageData(METHOD_STAGE, real_train, real_train.spec)]
+class FFR(Variant):
+    """Stage 1: synthetic only, k per group (balanced); stage 2 (the method): real only."""
+
+    name = "ffr"
+    stages = {PRETRAIN_STAGE: SYNTHETIC, METHOD_STAGE: REAL}
+
+    def build(self, stage, real_train, synthetic, seed):
+        if stage == PRETRAIN_STAGE:
+            synthetic = _check_specs(real_train, synthetic, self.name)
+            return StageData(stage, _synthetic_part(real_train, synthetic, self.name, seed), real_train.spec)
+        return super().build(stage, real_train, synthetic, seed)
+
+
+def create(variant: str) -> Variant:
+    return VARIANTS.get(variant)()
 
 
 def stages(variant: str, real_train: GroupedSplit, synthetic: GroupedSplit | None, seed: int) -> list[StageData]:
     """The training stages of ``variant``, in order."""
-    return VARIANTS.get(variant)(real_train, synthetic, seed)
+    v = create(variant)
+    return [v.build(s, real_train, synthetic, seed) for s in v.stages]
 
 
 def needs_synthetic(variant: str) -> bool:
-    VARIANTS.get(variant)
-    return variant != "none"
+    return create(variant).needs_synthetic()
 
 
 def names() -> list[str]:

@@ -126,7 +126,7 @@ def test_best_stage1_run_is_chosen_by_mean_val_wga_over_seeds(tmp_path):
     (["variant=ffr"], "needs synthetic_root"),
     (["optimizer=rmsprop"], "optimizer 'rmsprop'"),
     (["backbone=vit"], "unknown backbone 'vit'"),
-    (["method_hparams={step: 1}"], "no hyperparameter 'step'"),
+    (["method_hparams={step: 1}"], "unknown option 'method_hparams.step'"),
     (["epochs=-1"], "epochs = -1"),
     (["backbone_options={depth: 3}"], "does not take options ['depth']"),
 ])

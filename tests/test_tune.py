@@ -8,7 +8,7 @@ import pytest
 from ffr import runs
 from ffr.cli import main
 from ffr.errors import FFRError
-from ffr.methods import METHODS
+from ffr.methods import METHODS, search_spaces
 from tune.spaces import method_space, to_domain
 from tune.sweep import METRIC, FinishingASHA, param_space, parse_sweep, trial_train_config
 
@@ -18,7 +18,8 @@ SHIPPED = "configs/sweep-colored-digits.yaml"
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_method_space_converts(name):
     space = method_space(name)
-    assert set(space) == {h.name for h in METHODS.get(name).hparams}
+    assert set(space) == set(search_spaces(METHODS.get(name)))
+    assert set(space) == set(METHODS.get(name).Options.model_fields)  # every option of a built-in is searchable
     for domain in space.values():
         assert hasattr(domain, "sample")
 

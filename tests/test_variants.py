@@ -10,7 +10,8 @@ from ffr.datasets import create
 from ffr.datasets.base import GroupedSplit
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec, group_counts
-from ffr.variants import VARIANTS, stages
+from ffr.variants import REAL, REAL_AND_SYNTHETIC, SYNTHETIC, VARIANTS, stages
+from ffr.variants import create as create_variant
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,10 @@ def test_every_variant_builds_its_stages(variant, real_train):
     real = group_counts(real_train.y, real_train.b)
     final = built[-1]
     assert final.stage == 2  # the method stage is stage 2 in every variant
+    declared = VARIANTS.get(variant).stages  # what each stage trains on, as the variant declares it
+    assert [s.stage for s in built] == list(declared)
+    for s in built:
+        assert set(s.train.source) == {REAL: {0}, SYNTHETIC: {1}, REAL_AND_SYNTHETIC: {0, 1}}[declared[s.stage]]
     if variant == "none":
         assert len(built) == 1 and final.train is real_train and not final.uses_synthetic
         return
@@ -71,3 +76,14 @@ def test_too_little_or_mismatched_synthetic_data_is_a_clear_error(real_train):
         stages("asb", real_train, _synthetic(600, other), seed=0)
     with pytest.raises(FFRError, match="unknown data variant 'mix'"):
         stages("mix", real_train, None, seed=0)
+
+
+def test_variants_say_which_stages_to_build_and_whether_they_need_synthetic_data():
+    two_stage = create_variant("ffr")
+    assert two_stage.wanted_stages() == [1, 2] and two_stage.needs_synthetic([1, 2])
+    assert two_stage.wanted_stages(init_checkpoint=True) == [2]  # a given checkpoint replaces stage 1
+    assert two_stage.wanted_stages(stage=2) == [2] and not two_stage.needs_synthetic([2])  # stage 2's workers
+    assert create_variant("usb").needs_synthetic(create_variant("usb").wanted_stages(init_checkpoint=True))
+    assert not create_variant("none").needs_synthetic()
+    with pytest.raises(FFRError, match="variant 'none' has no stage 1"):
+        create_variant("none").wanted_stages(stage=1)

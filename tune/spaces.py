@@ -1,7 +1,8 @@
-"""Search spaces: the (kind, ...) tuples declared beside each method → Ray Tune domains.
+"""Search spaces: the (kind, ...) tuples declared beside each method's options → Ray Tune domains.
 
-``ffr.methods`` declares ``HParam(name, default, space)`` without importing Ray; this is the one place that
-turns those tuples (and the same tuples written in sweep configs) into ``ray.tune`` sampling objects.
+``ffr.methods`` declares each option with its space (``searchable(default, space, ...)`` in the method's
+``Options`` model) without importing Ray; this is the one place that turns those tuples (and the same tuples
+written in sweep configs) into ``ray.tune`` sampling objects.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 from ray import tune
 
 from ffr.errors import FFRError
-from ffr.methods import METHODS
+from ffr.methods import METHODS, search_spaces
 
 KINDS = ("loguniform", "uniform", "choice", "randint", "grid")
 
@@ -37,4 +38,4 @@ def to_domain(space: Any, where: str):
 
 def method_space(name: str) -> dict[str, Any]:
     """The declared search space of one registered method (empty when it has no hyperparameters)."""
-    return {h.name: to_domain(h.space, f"{name}.{h.name}") for h in METHODS.get(name).hparams}
+    return {key: to_domain(space, f"{name}.{key}") for key, space in search_spaces(METHODS.get(name)).items()}

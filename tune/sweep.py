@@ -3,7 +3,7 @@
 One Tune trial = one ``ffr.training.run_experiment`` (a Ray Train driver; the V2 Train-in-Tune pattern): the
 trial's TorchTrainer forwards rank-0 epoch metrics to Tune with ``TuneReportCallback``, so ASHA can stop bad
 trials early. The search space is the product of: methods × seeds (grid), the sweep's own ``search`` entries
-over training-config keys, and each method's declared hyperparameter space (``ffr.methods`` HParam.space).
+over training-config keys, and each method's declared hyperparameter space (``ffr.methods``: ``searchable`` options).
 
 Every trial is an ordinary ffr run: its run directory is ``{storage_path}/{name}/{run name}`` (next to Tune's
 own trial folders), it is test-evaluated when its epochs are done, and ``ffr.tracking`` logs it to MLflow as
@@ -110,7 +110,7 @@ def param_space(cfg: SweepConfig) -> dict[str, Any]:
     space: dict[str, Any] = {"method": tune.grid_search(list(cfg.methods)), "seed": tune.grid_search(list(cfg.seeds))}
     space["train"] = {key: to_domain(value, key) for key, value in cfg.search.items()}
     if cfg.search_method_hparams:
-        space["method_hparams"] = {m: method_space(m) for m in cfg.methods if METHODS.get(m).hparams}
+        space["method_hparams"] = {m: method_space(m) for m in cfg.methods if method_space(m)}
     return space
 
 

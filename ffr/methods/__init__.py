@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ffr.methods import dfr, erm, groupdro, jtt, resample, reweight  # noqa: F401  (registration)
-from ffr.methods.base import HParam, Method
+from ffr.methods.base import FeatureFit, Features, Method, PreliminaryRun, search_spaces, searchable
 from ffr.methods.registry import METHODS
 
 
@@ -22,4 +22,5 @@ def names() -> list[str]:
     return METHODS.names()
 
 
-__all__ = ["create", "names", "HParam", "Method", "METHODS"]
+__all__ = ["create", "names", "FeatureFit", "Features", "Method", "PreliminaryRun", "search_spaces", "searchable",
+           "METHODS"]

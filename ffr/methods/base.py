@@ -1,55 +1,99 @@
 """The contract every stage-2 method follows (DomainBed-style: one base class documents it all).
 
-A method decides two things about training on grouped data:
+A method owns its whole behaviour; the training orchestration (``ffr.training``) only calls these hooks and
+knows no method by name:
 - ``loss(logits, targets, groups)``: a scalar, differentiable loss for one batch;
 - ``sampling_weights(train_groups)`` and ``draws_per_epoch(n)``: how examples are drawn each epoch
-  (``None`` = a plain shuffle without replacement).
+  (``None`` = a plain shuffle without replacement);
+- ``preliminary_run()`` (optional): a short run of another method trained before the main run, in its own
+  sub-run directory (JTT's identification model). Its model's predictions on the training set go through
+  ``preliminary_result`` (a JSON-able dict, saved as the sub-run's marker file) into ``use_preliminary``;
+- ``fit_on_features(features, rng)`` (optional): a step after the best checkpoint is chosen, on the
+  penultimate features of that model (DFR's last-layer retraining); its head then gives val/test numbers;
+- ``extra_modules(model)``, ``extra_optimizers(modules, lr, weight_decay)`` and ``train_step(...)``
+  (optional): modules trained beside the model (critics, adversaries) with their own optimiser steps. The
+  loop moves, wraps and checkpoints them and calls ``train_step`` once per batch.
 
-Hyperparameters are declared once, beside the method, as ``HParam(name, default, space)``; ``tune/``
-turns ``space`` into Ray Tune search spaces, so the core never imports Ray.
+Options are declared once, beside the method, as an ``Options`` model (``ffr.options``). An option that
+sweeps may search carries its Tune space: ``searchable(default, ("loguniform", lo, hi), ge=...)``; ``tune/``
+turns the space into Ray Tune domains, so the core never imports Ray.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from ffr import options
 from ffr.errors import FFRError
+
+SPACE_KINDS = ("loguniform", "uniform", "choice", "randint")
+SPACE = "search_space"  # the key under a Field's json_schema_extra
+
+
+def searchable(default: Any, space: tuple, **constraints: Any) -> Any:
+    """A method option with its Tune search space: ("loguniform"|"uniform"|"randint", lo, hi) | ("choice", [..])."""
+    if not space or space[0] not in SPACE_KINDS:
+        raise ValueError(f"search space {space!r}: expected (kind, ...) with kind in {SPACE_KINDS}")
+    return options.Field(default, json_schema_extra={SPACE: space}, **constraints)
+
+
+def search_spaces(method: type[Method]) -> dict[str, tuple]:
+    """The declared search space of each option of ``method`` that has one."""
+    return {name: f.json_schema_extra[SPACE] for name, f in method.Options.model_fields.items()
+            if isinstance(f.json_schema_extra, dict) and SPACE in f.json_schema_extra}
 
 
 @dataclass(frozen=True)
-class HParam:
+class PreliminaryRun:
+    """A run trained before the method's main run, on the same data, init and optimiser settings.
+
+    ``name``: its sub-directory under the main run (and its marker file, ``<name>.json``); ``role``: the run's
+    role in its config.json; ``method``/``method_hparams``: what it trains; ``epochs``: how long."""
+
     name: str
-    default: Any
-    # ("loguniform", lo, hi) | ("uniform", lo, hi) | ("choice", [values]) | ("randint", lo, hi)
-    space: tuple
+    role: str
+    epochs: int
+    method: str = "erm"
+    method_hparams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Features:
+    """One split seen through a trained model: penultimate features, labels and (y, b) group ids."""
+
+    x: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+
+
+@dataclass(frozen=True)
+class FeatureFit:
+    """The outcome of a post-fit step: ``predict`` (features → classes) and JSON-able details for the result."""
+
+    predict: Callable[[np.ndarray], np.ndarray]
+    details: dict[str, Any]
 
 
 class Method:
     name: ClassVar[str] = ""
-    hparams: ClassVar[tuple[HParam, ...]] = ()
+    Options: ClassVar[type[options.Options]] = options.NoOptions
     # Set by the training loop under DDP: sums a tensor over workers (identity on one process).
     all_reduce: Callable[[torch.Tensor], torch.Tensor] = staticmethod(lambda t: t)
 
     def __init__(self, n_groups: int | None = None, group_counts: np.ndarray | None = None, **hparams: Any) -> None:
-        known = {h.name: h.default for h in self.hparams}
-        unknown = sorted(set(hparams) - set(known))
-        if unknown:
-            raise FFRError(f"method {self.name!r} has no hyperparameter {unknown[0]!r}; "
-                           f"expected one of: {', '.join(sorted(known)) or '(none)'}")
-        known.update(hparams)
-        self.config: dict[str, Any] = known
+        self.options = options.parse(self.Options, hparams, "method_hparams", f"stage-2 method {self.name!r}")
         self.n_groups = n_groups
         self.group_counts = None if group_counts is None else np.asarray(group_counts, dtype=np.int64)
-        self._check()
-
-    def _check(self) -> None:
-        """Validate hyperparameter values; subclasses raise FFRError naming the bad value."""
+        # Filled by the loop from extra_modules / extra_optimizers (already on the device, DDP-wrapped).
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
 
     def setup(self, train_groups: np.ndarray, n_groups: int) -> None:
         """Called once with the training set's group ids before the first epoch."""
@@ -63,12 +107,61 @@ class Method:
     def draws_per_epoch(self, n_examples: int) -> int:
         return n_examples
 
-    # --- loss -----------------------------------------------------------------------------------------
+    # --- loss and the per-batch step ------------------------------------------------------------------
     def per_example_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, targets, reduction="none")
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         return self.per_example_loss(logits, targets).mean()
+
+    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor,
+                   optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        """One optimisation step on one batch; returns the (detached or not) loss the epoch total reports.
+
+        Override it for extra steps (a critic's own optimiser step before the model's, say); the modules and
+        optimisers from ``extra_modules``/``extra_optimizers`` are in ``self.modules``/``self.optimizers``."""
+        loss = self.loss(model(x), y, groups)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    # --- extra modules (critics) ----------------------------------------------------------------------
+    def extra_modules(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Modules trained beside ``model`` (an ffr.backbones.Classifier: ``feature_dim``, ``features(x)``).
+        Called once per run before any checkpoint is restored; the loop checkpoints their state."""
+        return {}
+
+    def extra_optimizers(self, modules: Mapping[str, nn.Module], lr: float,
+                         weight_decay: float) -> dict[str, torch.optim.Optimizer]:
+        """Optimisers of the extra modules (already on the device); checkpointed by the loop."""
+        return {}
+
+    # --- preliminary run (e.g. JTT's identification) --------------------------------------------------
+    def preliminary_run(self) -> PreliminaryRun | None:
+        """What to train before the main run, or None."""
+        return None
+
+    def preliminary_result(self, predictions: np.ndarray, targets: np.ndarray, groups: np.ndarray) -> dict:
+        """The preliminary model's final predictions on the training set → a JSON-able result."""
+        raise FFRError(f"method {self.name!r} declares no preliminary run")
+
+    def preliminary_summary(self, result: dict) -> str:
+        """One log line about the preliminary result."""
+        return f"preliminary run of {self.name}: done"
+
+    def use_preliminary(self, result: dict) -> None:
+        """Receive the preliminary result before training (and before a checkpoint is restored)."""
+
+    # --- post-fit step on features (e.g. DFR) ---------------------------------------------------------
+    def fit_on_features(self, features: Mapping[str, Features], rng: np.random.Generator) -> FeatureFit | None:
+        """After the best checkpoint is chosen: fit on its features of the real ``train``/``val``/``test``
+        splits. None (the default) keeps the model's own head."""
+        return None
+
+    @classmethod
+    def fits_on_features(cls) -> bool:
+        return cls.fit_on_features is not Method.fit_on_features
 
     # --- state that must survive checkpoints ----------------------------------------------------------
     def state_dict(self) -> dict:

@@ -7,13 +7,17 @@ tuned on one half of a group-balanced validation set by worst-group accuracy on 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field as Constraint
 from sklearn.linear_model import LogisticRegression
 
+from ffr import options
 from ffr.errors import FFRError
-from ffr.methods.base import HParam, Method
+from ffr.methods.base import FeatureFit, Features, Method, searchable
 from ffr.methods.registry import METHODS
 from ffr.metrics import worst_group_accuracy
 
@@ -53,16 +57,18 @@ class DeepFeatureReweighting(Method):
     """Last-layer retraining. As a training loss it is ERM (the base model DFR sits on is ERM-trained)."""
 
     name = "dfr"
-    hparams = (
-        HParam("n_refits", 20, ("choice", [20])),
-        HParam("c_grid", C_GRID, ("choice", [C_GRID])),
-    )
 
-    def _check(self) -> None:
-        if int(self.config["n_refits"]) < 1:
-            raise FFRError(f"dfr n_refits {self.config['n_refits']!r} must be >= 1")
-        if not self.config["c_grid"] or min(self.config["c_grid"]) <= 0:
-            raise FFRError(f"dfr c_grid {self.config['c_grid']!r} must be a non-empty list of positive values")
+    class Options(options.Options):
+        n_refits: int = searchable(20, ("choice", [20]), ge=1,
+                                   description="balanced-subsample fits averaged into the final head")
+        c_grid: tuple[Annotated[float, Constraint(gt=0)], ...] = searchable(
+            C_GRID, ("choice", [C_GRID]), min_length=1, description="inverse L1 strengths C tried, by WGA")
+
+    def fit_on_features(self, features: Mapping[str, Features], rng: np.random.Generator) -> FeatureFit:
+        """A new last layer fit on the validation features (standardized like the training features)."""
+        val = features["val"]
+        head = self.fit_last_layer(val.x, val.y, val.groups, rng, scaler_features=features["train"].x)
+        return FeatureFit(head.predict, {"best_c": head.best_c, "n_refits": self.options.n_refits})
 
     @staticmethod
     def _fit(x, y, c, seed):
@@ -83,18 +89,18 @@ class DeepFeatureReweighting(Method):
         fit_half, eval_half = order[: len(y) // 2], order[len(y) // 2:]
         fit_idx = fit_half[_balanced_subsample(g[fit_half], rng)]
         best_c, best_wga = None, -1.0
-        for c in self.config["c_grid"]:
+        for c in self.options.c_grid:
             if len(np.unique(y[fit_idx])) < 2:
                 break
             model = self._fit(z[fit_idx], y[fit_idx], c, int(rng.integers(2**31)))
             wga = worst_group_accuracy(model.predict(z[eval_half]), y[eval_half], g[eval_half])
             if wga > best_wga:
                 best_c, best_wga = c, wga
-        best_c = best_c if best_c is not None else max(self.config["c_grid"])
+        best_c = best_c if best_c is not None else max(self.options.c_grid)
 
         # Final: average n_refits fits on balanced subsamples of the whole validation set.
         coefs, intercepts, classes = [], [], None
-        for _ in range(int(self.config["n_refits"])):
+        for _ in range(self.options.n_refits):
             idx = _balanced_subsample(g, rng)
             model = self._fit(z[idx], y[idx], best_c, int(rng.integers(2**31)))
             coefs.append(model.coef_)

@@ -1,7 +1,8 @@
 import torch
 
+from ffr import options
 from ffr.errors import FFRError
-from ffr.methods.base import HParam, Method
+from ffr.methods.base import Method, searchable
 from ffr.methods.registry import METHODS
 
 
@@ -15,16 +16,15 @@ class GroupDRO(Method):
     """
 
     name = "groupdro"
-    hparams = (
-        HParam("step_size", 0.01, ("loguniform", 1e-3, 1e-1)),
-        HParam("adjustment", 0.0, ("choice", [0.0, 1.0, 2.0, 4.0])),
-    )
 
-    def _check(self) -> None:
-        if not self.config["step_size"] > 0:
-            raise FFRError(f"groupdro step_size {self.config['step_size']!r} must be > 0")
-        if self.config["adjustment"] < 0:
-            raise FFRError(f"groupdro adjustment {self.config['adjustment']!r} must be >= 0")
+    class Options(options.Options):
+        step_size: float = searchable(0.01, ("loguniform", 1e-3, 1e-1), gt=0,
+                                      description="η of the exponentiated-gradient step on the group weights q")
+        adjustment: float = searchable(0.0, ("choice", [0.0, 1.0, 2.0, 4.0]), ge=0,
+                                       description="C of the generalization adjustment C / sqrt(n_g)")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self.group_weights = torch.ones(self.n_groups) / self.n_groups if self.n_groups else None
 
     def setup(self, train_groups, n_groups):
@@ -41,19 +41,19 @@ class GroupDRO(Method):
         one_hot = torch.nn.functional.one_hot(groups, G).to(per_example.dtype)  # (B, G)
         sums, counts = one_hot.t() @ per_example, one_hot.sum(0)
         group_loss = sums / counts.clamp(min=1)
-        if self.config["adjustment"] > 0:
+        if self.options.adjustment > 0:
             if self.group_counts is None:
                 raise FFRError("groupdro adjustment > 0 needs training group counts; call setup()")
             n = torch.as_tensor(self.group_counts, dtype=per_example.dtype, device=per_example.device)
-            group_loss = group_loss + self.config["adjustment"] / n.clamp(min=1).sqrt()
+            group_loss = group_loss + self.options.adjustment / n.clamp(min=1).sqrt()
             group_loss = torch.where(counts > 0, group_loss, torch.zeros_like(group_loss))
         with torch.no_grad():
             global_sums = self.all_reduce(torch.stack([sums.detach(), counts]))
             global_loss = global_sums[0] / global_sums[1].clamp(min=1)
-            if self.config["adjustment"] > 0:
-                global_loss = torch.where(global_sums[1] > 0, global_loss + self.config["adjustment"] /
+            if self.options.adjustment > 0:
+                global_loss = torch.where(global_sums[1] > 0, global_loss + self.options.adjustment /
                                           n.clamp(min=1).sqrt(), global_loss)
-            q = self.group_weights.to(per_example.device) * torch.exp(self.config["step_size"] * global_loss)
+            q = self.group_weights.to(per_example.device) * torch.exp(self.options.step_size * global_loss)
             self.group_weights = (q / q.sum()).detach()
         return (self.group_weights.to(per_example.device) * group_loss).sum()
 

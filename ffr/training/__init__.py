@@ -1,8 +1,9 @@
 """Two-stage FFR training on Ray Train.
 
 Core (no Ray): ``config`` (typed config), ``sampling`` (DDP-correct resampling), ``loop`` (one epoch,
-prediction, features), ``stage`` (one run, epoch by epoch), ``evaluation`` (final metrics, DFR, JTT),
-the run directory contract is ``ffr.runs``. Ray glue: ``ray_train`` (TorchTrainer, Ray task). Orchestration:
+prediction, features), ``stage`` (one run, epoch by epoch), ``evaluation`` (final metrics, the method's
+post-fit step, a preliminary run's predictions); the run directory contract is ``ffr.runs``. Ray glue:
+``ray_train`` (TorchTrainer, Ray task). Orchestration:
 ``experiment.run_experiment``; CLI: ``command`` (``ffr train``).
 """
 

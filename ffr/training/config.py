@@ -12,12 +12,15 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ffr.config import build, to_dict
 from ffr.errors import FFRError
 from ffr.runs import INFRA_FIELDS  # left out of run-name hashes
 from ffr.tracking import MLflowConfig
+
+if TYPE_CHECKING:
+    from ffr.methods.base import PreliminaryRun
 
 OPTIMIZERS = ("adam", "sgd")
 BAD_IMAGE_POLICIES = ("fail", "skip")
@@ -59,7 +62,7 @@ class TrainConfig:
     # data
     dataset: str = "colored-digits"
     dataset_options: dict[str, Any] = field(default_factory=dict)  # reader options: root, bias_ratio, seed, ...
-    synthetic_root: str | None = None  # a generation output (local or s3://) for usb / asb / ffr
+    synthetic_root: str | None = None  # a generation output (local or s3://), for variants with synthetic data
     synthetic_review: str | None = None  # "accepted": only ids that `ffr review export` accepted
     variant: str = "none"
     # method (stage 2)
@@ -122,20 +125,21 @@ class TrainConfig:
         if self.stage1.corruption is None:
             self.stage1.corruption_severity = StageOptions.corruption_severity
         else:
-            from ffr import corruptions
+            from ffr import corruptions, variants
 
             corruptions.create(self.stage1.corruption)
             corruptions.check_severity(self.stage1.corruption_severity)
-            if self.variant != "ffr":
-                raise FFRError(f"stage1.corruption degrades FFR's stage-1 synthetic images; variant {self.variant!r} "
-                               "has no stage 1 (expected variant ffr)")
+            stages = sorted(variants.create(self.variant).stages)
+            if variants.PRETRAIN_STAGE not in stages:
+                raise FFRError(f"stage1.corruption degrades the stage-1 training images; variant {self.variant!r} "
+                               f"has no stage 1 (its stages: {stages}; expected a variant with a stage 1)")
         if self.lr <= 0:
             raise FFRError(f"lr = {self.lr!r} must be > 0")
 
 
 @dataclass
 class StageSpec:
-    """What one run trains: resolved from a TrainConfig for stage 1 or 2 (or JTT's identification run)."""
+    """What one run trains: resolved from a TrainConfig for stage 1 or 2 (or a method's preliminary run)."""
 
     stage: int
     run_name: str
@@ -148,9 +152,9 @@ class StageSpec:
     epochs: int
     batch_size: int
     init_checkpoint: str | None = None
-    role: str = "train"  # "train" | "jtt-identification"
-    error_set: list[bool] | None = None  # JTT's identification result, for stage 2
-    corruption: str | None = None  # FFR stage 1 only: ffr.corruptions name applied to the training images
+    role: str = "train"  # "train" | a preliminary run's role (ffr.methods.base.PreliminaryRun.role)
+    preliminary: dict[str, Any] | None = None  # the preliminary run's result, for the method's main run
+    corruption: str | None = None  # stage 1 only: ffr.corruptions name applied to the training images
     corruption_severity: int | None = None
     freeze_bn: bool = False  # BatchNorm running statistics frozen while training (stage 2 only)
 
@@ -176,9 +180,12 @@ def method_stage(cfg: TrainConfig, init_checkpoint: str | None = None) -> StageS
 
 
 def pretrain_stage(cfg: TrainConfig) -> StageSpec:
-    """FFR stage 1: ERM on balanced synthetic data; named by what it depends on, so methods share it."""
-    s1 = cfg.stage1
-    spec = StageSpec(1, "", "erm", {}, s1.optimizer or cfg.optimizer, s1.lr if s1.lr is not None else cfg.lr,
+    """Stage 1 of a variant that has one: the variant's pretraining method (ERM) on its stage-1 data; named by
+    what it depends on, so every stage-2 method shares it."""
+    from ffr import variants
+
+    s1, method = cfg.stage1, variants.create(cfg.variant).pretrain_method
+    spec = StageSpec(1, "", method, {}, s1.optimizer or cfg.optimizer, s1.lr if s1.lr is not None else cfg.lr,
                      s1.weight_decay if s1.weight_decay is not None else cfg.weight_decay, cfg.momentum,
                      s1.epochs if s1.epochs is not None else cfg.epochs, s1.batch_size or cfg.batch_size,
                      corruption=s1.corruption, corruption_severity=s1.corruption_severity if s1.corruption else None)
@@ -186,19 +193,20 @@ def pretrain_stage(cfg: TrainConfig) -> StageSpec:
                                             "backbone_options", "pretrained", "image_size")}
     if cfg.synthetic_review:  # only when set, so existing stage-1 run names stay the same
         depends["synthetic_review"] = cfg.synthetic_review
-    depends.update({k: v for k, v in dataclasses.asdict(spec).items() if k not in ("run_name",)})
-    spec.run_name = f"{cfg.dataset}-ffr-stage1-s{cfg.seed}-{_digest(depends)}"
+    depends.update({k: v for k, v in dataclasses.asdict(spec).items() if k not in ("run_name", "preliminary")})
+    depends["error_set"] = None  # a StageSpec field of old (now ``preliminary``), kept so run names stay the same
+    spec.run_name = f"{cfg.dataset}-{cfg.variant}-stage1-s{cfg.seed}-{_digest(depends)}"
     return spec
 
 
-def identification_stage(cfg: TrainConfig, stage2: StageSpec, epochs: int) -> StageSpec:
-    """JTT's identification model: a short ERM run with stage 2's data, init and optimizer."""
-    return dataclasses.replace(stage2, run_name="identification", method="erm", method_hparams={}, epochs=epochs,
-                               role="jtt-identification", error_set=None)
+def preliminary_stage(main: StageSpec, run: PreliminaryRun) -> StageSpec:
+    """A method's preliminary run (e.g. JTT's identification): the main run's data, init and optimizer."""
+    return dataclasses.replace(main, run_name=run.name, method=run.method, method_hparams=dict(run.method_hparams),
+                               epochs=run.epochs, role=run.role, preliminary=None)
 
 
 def resolved(cfg: TrainConfig, spec: StageSpec) -> dict[str, Any]:
     """The config one run actually used (written as its config.json)."""
     out = to_dict(cfg)
-    out.update({k: v for k, v in dataclasses.asdict(spec).items() if k != "error_set"})
+    out.update({k: v for k, v in dataclasses.asdict(spec).items() if k != "preliminary"})
     return out

@@ -6,10 +6,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import ffr.datasets
+from ffr import variants
 from ffr.datasets.base import GroupedSplit
 from ffr.errors import FFRError
 from ffr.training.config import TrainConfig
-from ffr.variants import METHOD_STAGE, StageData, needs_synthetic, stages
+from ffr.variants import StageData
 
 
 @dataclass
@@ -32,7 +33,8 @@ class ExperimentData:
 
 
 def load_experiment_data(cfg: TrainConfig, stage: int | None = None) -> ExperimentData:
-    """All stages' data, or only what ``stage`` needs (workers of FFR's stage 2 never read synthetic data)."""
+    """All stages' data, or only what ``stage`` needs (a real-only stage's workers never read
+    synthetic data)."""
     real = ffr.datasets.create(cfg.dataset, **cfg.dataset_options)
     for name in ("train", "val", "test"):
         if name not in real or len(real[name]) == 0:
@@ -43,16 +45,15 @@ def load_experiment_data(cfg: TrainConfig, stage: int | None = None) -> Experime
         real = {name: drop_keys(split, set(skipped)) for name, split in real.items()}
     data_seed = int(cfg.dataset_options.get("seed", 0))
     synthetic = None
-    # FFR's stage 2 trains on real data only: no synthetic data when it starts from a given checkpoint.
-    skip_stage1 = cfg.variant == "ffr" and (cfg.init_checkpoint is not None or stage == METHOD_STAGE)
-    if needs_synthetic(cfg.variant) and not skip_stage1:
+    # The variant says which stages to build and what they train on: synthetic data is read only when a
+    # wanted stage trains on it (not by a real-only stage's workers, nor when a given checkpoint replaces it).
+    variant = variants.create(cfg.variant)
+    wanted = variant.wanted_stages(stage, cfg.init_checkpoint is not None)
+    if variant.needs_synthetic(wanted):
         if not cfg.synthetic_root:
             raise FFRError(f"variant {cfg.variant!r} needs synthetic_root (a generation output directory)")
         synthetic = ffr.datasets.create("synthetic", root=cfg.synthetic_root, review=cfg.synthetic_review)["train"]
-    if skip_stage1:
-        by_stage = {METHOD_STAGE: StageData(METHOD_STAGE, real["train"], real["train"].spec)}
-    else:
-        by_stage = {s.stage: s for s in stages(cfg.variant, real["train"], synthetic, data_seed)}
+    by_stage = {s: variant.build(s, real["train"], synthetic, data_seed) for s in wanted}
     return ExperimentData(real, by_stage, list(skipped))
 
 

@@ -1,7 +1,9 @@
-"""Final evaluation of a chosen checkpoint (Ray-free): val and test per-group metrics, DFR, JTT's error set.
+"""Final evaluation of a chosen checkpoint (Ray-free): val and test per-group metrics, a method's post-fit
+step on features, and a preliminary run's predictions on its training set.
 
-Features for DFR are extracted once per split from the selected model; DFR then replaces the last layer
-with ``ffr.methods.dfr``'s averaged logistic-regression head fit on validation features.
+A method that fits on features (``Method.fit_on_features``, e.g. DFR's last-layer retraining) gets the
+selected model's penultimate features of the real train/val/test splits, extracted once per split; its head
+then gives the val/test numbers and the model's own head's are kept as ``base_val``/``base_test``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch
 
 import ffr.methods
 from ffr.backbones import create_backbone
+from ffr.methods.base import Features
 from ffr.metrics import group_counts_of, summarize
 from ffr.training import loop
 from ffr.training.config import StageSpec, TrainConfig
@@ -39,8 +42,8 @@ def _predictions(model, split, cfg: TrainConfig, device, spec=None) -> np.ndarra
 def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, device: torch.device | None = None,
                         data: ExperimentData | None = None) -> dict:
     """{"epoch", "val", "test"} (ffr.metrics.summarize dicts), "group_sizes" ({split: {group: n}}, real
-    training data); with DFR also "base_val"/"base_test" (the
-    backbone's own head) and "dfr" details — "val"/"test" are then the DFR head's."""
+    training data); for a method that fits on features also "base_val"/"base_test" (the backbone's own
+    head) and its details under the method's name — "val"/"test" are then its head's."""
     device = device or torch.device("cpu")
     data = data or load_experiment_data(cfg, spec.stage)
     state = loop.load_state(checkpoint_dir)
@@ -54,23 +57,26 @@ def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, 
            "group_sizes": {"train": {str(g): int(n) for g, n in sorted(train_counts.items())},
                            "val": {str(g): int(n) for g, n in sorted(group_counts_of(val.groups()).items())},
                            "test": {str(g): int(n) for g, n in sorted(group_counts_of(test.groups()).items())}}}
-    if spec.method == "dfr":
-        method = ffr.methods.create("dfr", **spec.method_hparams)
-        train_f, val_f, test_f = (_features(model, s, cfg, device) for s in (data.real["train"], val, test))
-        head = method.fit_last_layer(val_f, val.y, val.groups(), np.random.default_rng([cfg.seed, 3]),
-                                     scaler_features=train_f)
-        out["base_val"], out["base_test"] = out["val"], out["test"]
-        out["val"] = summarize(head.predict(val_f), val.y, val.groups(), train_counts)
-        out["test"] = summarize(head.predict(test_f), test.y, test.groups(), train_counts)
-        out["dfr"] = {"best_c": head.best_c, "n_refits": int(method.config["n_refits"])}
+    method = ffr.methods.create(spec.method, **spec.method_hparams)
+    if method.fits_on_features():
+        splits = {"train": data.real["train"], "val": val, "test": test}
+        features = {name: Features(_features(model, split, cfg, device), split.y, split.groups())
+                    for name, split in splits.items()}
+        fit = method.fit_on_features(features, np.random.default_rng([cfg.seed, 3]))
+        if fit is not None:
+            out["base_val"], out["base_test"] = out["val"], out["test"]
+            for name in ("val", "test"):
+                split = splits[name]
+                out[name] = summarize(fit.predict(features[name].x), split.y, split.groups(), train_counts)
+            out[method.name] = fit.details
     return out
 
 
-def misclassified(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, device: torch.device | None = None,
-                  data: ExperimentData | None = None) -> np.ndarray:
-    """JTT's error set: a boolean mask over the stage's training set, True where the model is wrong."""
+def train_predictions(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, device: torch.device | None = None,
+                      data: ExperimentData | None = None) -> np.ndarray:
+    """A checkpoint's predicted classes on its stage's training set, in order (a preliminary run's outcome)."""
     device = device or torch.device("cpu")
     data = data or load_experiment_data(cfg, spec.stage)
     train = data.stages[spec.stage].train
     model = _model(cfg, data.val.spec.n_classes, loop.load_state(checkpoint_dir), device)
-    return _predictions(model, train, cfg, device) != train.y
+    return _predictions(model, train, cfg, device)

@@ -1,9 +1,10 @@
 """``run_experiment(config)``: every stage of one experiment, each a run directory of its own.
 
-ffr: stage 1 (ERM on balanced synthetic data, shared by all methods) → stage 2 (the method on real data,
-starting from stage 1's best checkpoint). none / usb / asb: stage 2 only. JTT first trains its
-identification model (short ERM, same data and init) inside stage 2's run directory. A run whose
-``ffr_result.json`` exists is done and is not trained again; one without it resumes from its checkpoints.
+The variant (ffr.variants) says which stages there are: a stage 1 (e.g. ERM on balanced synthetic data,
+shared by all methods) whose best checkpoint stage 2 starts from, or stage 2 only. The method (ffr.methods)
+says what else stage 2 needs: a preliminary run (e.g. JTT's identification: a short ERM run, same data and
+init) trained inside stage 2's run directory, whose result feeds the main run. A run whose ``ffr_result.json``
+exists is done and is not trained again; one without it resumes from its checkpoints.
 """
 
 from __future__ import annotations
@@ -21,15 +22,13 @@ from ffr.storage import filesystem, join, require_bucket
 from ffr.training.config import (
     StageSpec,
     TrainConfig,
-    identification_stage,
     method_stage,
     parse,
+    preliminary_stage,
     pretrain_stage,
     resolved,
 )
 from ffr.training.data import ExperimentData, load_experiment_data
-
-IDENTIFICATION = "identification.json"
 
 
 def _check_names(cfg: TrainConfig) -> None:
@@ -121,29 +120,36 @@ def _train_and_evaluate(cfg: TrainConfig, spec: StageSpec, data: ExperimentData,
     return result
 
 
-def _identify_errors(cfg: TrainConfig, stage2: StageSpec, data: ExperimentData) -> list[bool]:
-    """JTT's identification run: ERM for ``identification_epochs``; the error set of its final model."""
+def _preliminary(cfg: TrainConfig, main: StageSpec, data: ExperimentData) -> dict | None:
+    """The method's preliminary run, if it declares one, in its own sub-run directory of the main run; its
+    marker file ``<name>.json`` (the checkpoint plus the method's result) makes a rerun reuse it."""
+    method = ffr.methods.create(main.method, **main.method_hparams)
+    run = method.preliminary_run()
+    if run is None:
+        return None
     executor = _executor(cfg)
-    epochs = int(ffr.methods.create("jtt", **cfg.method_hparams).config["identification_epochs"])
-    spec = identification_stage(cfg, stage2, epochs)
-    parent = runs.run_dir(cfg.storage_path, stage2.run_name)
+    spec = preliminary_stage(main, run)
+    parent = runs.run_dir(cfg.storage_path, main.run_name)
     directory = runs.run_dir(parent, spec.run_name)
-    marker = join(directory, IDENTIFICATION)
+    marker = join(directory, f"{run.name}.json")
     done = runs.read_json(marker)
     if done is not None:
-        return [bool(v) for v in done["error_set"]]
+        return {k: v for k, v in done.items() if k != "checkpoint"}
     runs.write_config(directory, resolved(cfg, spec))
     _best, _metrics, latest = executor.fit_stage(cfg, spec, parent, directory)
-    errors = np.asarray(executor.misclassified(cfg, spec, latest), dtype=bool)
-    runs.write_json(marker, {"checkpoint": latest, "n_errors": int(errors.sum()), "n_train": len(errors),
-                             "error_set": errors.astype(int).tolist()})
-    _log(f"[{stage2.run_name}] JTT identification: {int(errors.sum())} of {len(errors)} training examples wrong")
-    return errors.tolist()
+    stage_data = data.stages[spec.stage]
+    groups = stage_data.train.groups(stage_data.train_spec)
+    method.setup(groups, stage_data.train_spec.n_groups)  # as in the main run: the method sees the same groups
+    predictions = np.asarray(executor.train_predictions(cfg, spec, latest))
+    result = method.preliminary_result(predictions, stage_data.train.y, groups)
+    runs.write_json(marker, {"checkpoint": latest, **result})
+    _log(f"[{main.run_name}] {method.preliminary_summary(result)}")
+    return result
 
 
 @unwrap_user_errors
 def run_experiment(config: TrainConfig | dict, callbacks: list | None = None) -> dict:
-    """Run every stage of one experiment; returns the final (stage-2) result, plus ``stage1`` for ffr.
+    """Run every stage of one experiment; returns the final (stage-2) result, plus ``stage1`` (None without).
 
     ``callbacks`` (Ray Train UserCallbacks, e.g. Tune's TuneReportCallback) see the stage-2 run only."""
     cfg = parse(config)
@@ -168,7 +174,7 @@ def run_experiment(config: TrainConfig | dict, callbacks: list | None = None) ->
         stage1_result = run_stage_job(cfg, pretrain_stage(cfg), data)
         init = stage1_result["checkpoint"]
     stage2 = method_stage(cfg, init)
-    if cfg.method == "jtt" and stage2.epochs > 0:
-        stage2.error_set = _identify_errors(cfg, stage2, data)
+    if stage2.epochs > 0:
+        stage2.preliminary = _preliminary(cfg, stage2, data)
     result = run_stage_job(cfg, stage2, data, callbacks=callbacks)
     return {**result, "stage1": stage1_result}

@@ -89,5 +89,5 @@ def evaluate(cfg: TrainConfig, spec: StageSpec, checkpoint: str) -> dict:
     return evaluation.evaluate_checkpoint(cfg, spec, checkpoint, loop.device(cfg.use_gpu))
 
 
-def misclassified(cfg: TrainConfig, spec: StageSpec, checkpoint: str) -> np.ndarray:
-    return evaluation.misclassified(cfg, spec, checkpoint, loop.device(cfg.use_gpu))
+def train_predictions(cfg: TrainConfig, spec: StageSpec, checkpoint: str) -> np.ndarray:
+    return evaluation.train_predictions(cfg, spec, checkpoint, loop.device(cfg.use_gpu))

@@ -92,15 +92,14 @@ def train_one_epoch(model: nn.Module, batches, method: Method, optimizer, device
     0, ..., draws of group G-1], ready to be all-reduced (loss sum = per-batch loss × batch size).
     ``freeze_bn``: BatchNorm statistics stay as they are (FFR's frozen-BN ablation)."""
     model.train()
+    for module in method.modules.values():
+        module.train()
     if freeze_bn:
         freeze_batchnorm(model)
     totals = torch.zeros(2 + n_groups, dtype=torch.float64)
     for i, (x, y, _b, _source, g, _idx) in enumerate(batches):
         x, y, g = x.to(device, non_blocking=True), y.to(device), g.to(device)
-        loss = method.loss(model(x), y, g)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = method.train_step(model, x, y, g, optimizer)  # the method's step(s): the model's, its critics'
         totals[0] += float(loss.detach()) * len(y)
         totals[1] += len(y)
         totals[2:] += torch.bincount(g.cpu(), minlength=n_groups).to(torch.float64)

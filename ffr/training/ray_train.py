@@ -180,9 +180,9 @@ def _evaluate_task(config: dict, stage: dict, checkpoint_dir: str) -> dict:
 
 
 @ray.remote
-def _misclassified_task(config: dict, stage: dict, checkpoint_dir: str) -> np.ndarray:
+def _train_predictions_task(config: dict, stage: dict, checkpoint_dir: str) -> np.ndarray:
     cfg = parse(config)
-    return evaluation.misclassified(cfg, build(StageSpec, stage), checkpoint_dir, loop.device(cfg.use_gpu))
+    return evaluation.train_predictions(cfg, build(StageSpec, stage), checkpoint_dir, loop.device(cfg.use_gpu))
 
 
 def _remote(task, cfg: TrainConfig):
@@ -193,9 +193,9 @@ def _remote(task, cfg: TrainConfig):
 
 
 def evaluate(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str) -> dict:
-    """Val/test metrics (and DFR) of a checkpoint, computed where the training workers would run."""
+    """Val/test metrics (and a method's post-fit step) of a checkpoint, computed where training workers run."""
     return ray.get(_remote(_evaluate_task, cfg).remote(to_dict(cfg), to_dict(spec), checkpoint_dir))
 
 
-def misclassified(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str) -> np.ndarray:
-    return ray.get(_remote(_misclassified_task, cfg).remote(to_dict(cfg), to_dict(spec), checkpoint_dir))
+def train_predictions(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str) -> np.ndarray:
+    return ray.get(_remote(_train_predictions_task, cfg).remote(to_dict(cfg), to_dict(spec), checkpoint_dir))

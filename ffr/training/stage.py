@@ -113,24 +113,31 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
 
     method = ffr.methods.create(spec.method, **spec.method_hparams)
     method.setup(train_groups, stage_data.train_spec.n_groups)
-    if spec.error_set is not None:
-        method.set_error_set(np.asarray(spec.error_set, dtype=bool))
+    if spec.preliminary is not None:
+        method.use_preliminary(spec.preliminary)
     method.all_reduce = session.all_reduce
 
     model = create_backbone(cfg.backbone, data.val.spec.n_classes,
                             pretrained=None if spec.init_checkpoint else cfg.pretrained, **cfg.backbone_options)
+    extra = method.extra_modules(model)  # e.g. critics: trained, wrapped and checkpointed like the model
     state = session.restore()
     start_epoch, attempt_start = 0, 0
     if state is not None:
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
+        for name, module in extra.items():
+            module.load_state_dict(state["method_modules"][name])
         start_epoch = attempt_start = int(state["epoch"]) + 1
     elif spec.init_checkpoint:
         model.load_state_dict(loop.load_state(spec.init_checkpoint)["model"])
     model = session.prepare_model(model)
+    method.modules = {name: session.prepare_model(module) for name, module in extra.items()}
     optimizer = loop.build_optimizer(spec.optimizer, model.parameters(), spec.lr, spec.weight_decay, spec.momentum)
+    method.optimizers = method.extra_optimizers(method.modules, spec.lr, spec.weight_decay)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
+        for name, extra_optimizer in method.optimizers.items():
+            extra_optimizer.load_state_dict(state["method_optimizers"][name])
 
     sampler = EpochSampler(len(train_set), method.sampling_weights(train_groups),
                            method.draws_per_epoch(len(train_set)), cfg.seed, session.rank, session.world_size)
@@ -162,6 +169,9 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
             checkpoint = {"model": loop.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                           "epoch": epoch, "method": method.state_dict(), "config": resolved(cfg, spec),
                           "metrics": record}
+            if method.modules:  # only then, so checkpoints of methods without extra modules keep their keys
+                checkpoint["method_modules"] = {k: loop.unwrap(m).state_dict() for k, m in method.modules.items()}
+                checkpoint["method_optimizers"] = {k: o.state_dict() for k, o in method.optimizers.items()}
         session.report(record, checkpoint, epoch)
         records.append(record)
     return records

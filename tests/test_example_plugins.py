@@ -1,0 +1,99 @@
+"""A new stage-2 method (with a preliminary run), a new data variant and a method with a critic are each one
+module plus registration (tests/fixtures/): trained here end to end through the real orchestration."""
+
+import dataclasses
+import importlib
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ffr import runs
+from ffr.methods import METHODS
+from ffr.storage import filesystem, join
+from ffr.training import local, loop
+from ffr.training.config import method_stage, parse
+from ffr.training.experiment import run_experiment
+from ffr.variants import VARIANTS
+
+TINY = {"dataset": "colored-digits", "backbone": "small-cnn", "backbone_options": {"width": 8}, "pretrained": None,
+        "image_size": 32, "epochs": 1, "batch_size": 128, "cache_in_memory": True, "executor": "local",
+        "mlflow": {"enabled": False}}
+PLUGINS = ("fixtures.example_method", "fixtures.example_variant", "fixtures.example_critic")
+
+
+@pytest.fixture
+def example_plugins(monkeypatch):
+    """Import the example modules (their decorators register them) into copies of the registries, so other
+    tests' registry walks never see them."""
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
+    monkeypatch.setattr(VARIANTS, "_entries", dict(VARIANTS._entries))
+    for module in PLUGINS:
+        sys.modules.pop(module, None)
+        importlib.import_module(module)
+    yield
+    for module in PLUGINS:
+        sys.modules.pop(module, None)
+
+
+def _read_parquet(path: str) -> pd.DataFrame:
+    fs, inner = filesystem(path)
+    with fs.open(inner, "rb") as f:
+        return pd.read_parquet(f)
+
+
+def test_example_method_and_variant_train_end_to_end(example_plugins, tmp_path):
+    config = {**TINY, "storage_path": str(tmp_path), "variant": "example-balanced-pretrain",
+              "method": "example-group-errors", "method_hparams": {"boost": 9.0}}
+    result = run_experiment(config)
+
+    # The variant's stage 1 ran first, on its own (balanced) data, and stage 2 started from its best checkpoint.
+    stage1 = result["stage1"]
+    assert stage1["stage"] == 1 and stage1["run_name"].startswith("colored-digits-example-balanced-pretrain-stage1-")
+    assert result["stage"] == 2 and result["init_checkpoint"] == stage1["checkpoint"]
+    table = _read_parquet(join(runs.run_dir(str(tmp_path), stage1["run_name"]), runs.SPLITS))
+    train1 = table[table["split"] == "train"]
+    assert train1.groupby(["y", "b"]).size().nunique() == 1 and (train1["source"] == 0).all()
+
+    # The method's preliminary run: its own sub-run directory, config and marker file.
+    main_dir = runs.run_dir(str(tmp_path), result["run_name"])
+    warmup = runs.read_json(join(main_dir, "warmup", "config.json"))
+    assert (warmup["role"], warmup["method"], warmup["epochs"]) == ("example-warmup", "erm", 1)
+    marker = runs.read_json(join(main_dir, "warmup", "warmup.json"))
+    rates = np.asarray(marker["group_error_rate"])
+    assert rates.shape == (4,) and ((rates >= 0) & (rates <= 1)).all() and rates.max() - rates.min() > 0.05
+    assert marker["checkpoint"].startswith(join(main_dir, "warmup"))
+
+    # The main run drew examples with the weights the preliminary result gives (with replacement: ± noise).
+    (record,) = runs.read_metrics(main_dir)
+    train2 = _read_parquet(join(main_dir, runs.SPLITS)).query("split == 'train'")
+    counts = train2.groupby(["y", "b"]).size().to_numpy()  # group id = y * n_bias + b
+    expected = record["train_draws"] * counts * (1 + 9.0 * rates) / (counts * (1 + 9.0 * rates)).sum()
+    draws = np.array([record[f"train_draws_group_{g}"] for g in range(4)])
+    assert np.all(np.abs(draws - expected) <= 5 * np.sqrt(expected) + 5)
+    uniform = record["train_draws"] * counts / counts.sum()
+    assert np.abs(draws - uniform).max() > 5 * np.sqrt(uniform.max())  # not a plain shuffle
+
+    # Rerunning finds every run done: nothing is trained again.
+    again = run_experiment(config)
+    assert again["test"] == result["test"] and again["stage1"]["checkpoint"] == stage1["checkpoint"]
+    assert len(runs.read_metrics(main_dir)) == 1
+
+
+def test_a_method_with_a_critic_steps_checkpoints_and_resumes_it(example_plugins, tmp_path):
+    cfg = parse({**TINY, "storage_path": str(tmp_path), "method": "example-critic", "epochs": 2})
+    spec = method_stage(cfg)
+    directory = str(tmp_path / "run")
+    local.fit_stage(cfg, dataclasses.replace(spec, epochs=1), str(tmp_path), directory)
+    first = loop.load_state(runs.checkpoint_dir(directory, 0))
+    batches = int(first["metrics"]["train_draws"] // -cfg.batch_size * -1)
+    assert first["method_optimizers"]["critic"]["state"][0]["step"] == batches  # one critic step per batch
+    assert first["method_modules"]["critic"]["weight"].shape == (4, first["model"]["head.weight"].shape[1])
+
+    local.fit_stage(cfg, spec, str(tmp_path), directory)  # resumes: epoch 1 only, critic and its optimiser restored
+    second = loop.load_state(runs.checkpoint_dir(directory, 1))
+    assert second["method_optimizers"]["critic"]["state"][0]["step"] == 2 * batches
+    assert not torch.equal(second["method_modules"]["critic"]["weight"], first["method_modules"]["critic"]["weight"])
+    assert [r["attempt_start_epoch"] for r in runs.read_metrics(directory)] == [0, 1]
