@@ -58,8 +58,9 @@ def plain_torch_loop(args) -> tuple[float, float]:
 
 
 def ray_train_loop(args, workers: int) -> tuple[float, float]:
-    from ffr.training import rundir
+    from ffr.training import plan, rundir
     from ffr.training.config import method_stage, parse
+    from ffr.training.data import load_experiment_data
     from ffr.training.ray_train import fit_stage
 
     storage = tempfile.mkdtemp(prefix="bench-training-")
@@ -67,8 +68,9 @@ def ray_train_loop(args, workers: int) -> tuple[float, float]:
     cfg = parse(_config(args, storage, workers, cpus))
     spec = method_stage(cfg)
     directory = rundir.run_dir(storage, spec.run_name)
+    plan.write_plan(directory, load_experiment_data(cfg), spec.stage)
     started = time.perf_counter()
-    fit_stage(cfg, spec, storage, directory)
+    fit_stage(cfg, spec, storage, directory, plan=plan.plan_path(directory))
     total = time.perf_counter() - started
     records = rundir.read_metrics(directory)
     steady = [r["train_samples_per_s"] for r in records[1:]] or [records[0]["train_samples_per_s"]]

@@ -145,6 +145,12 @@ class ShardReader:
     def __len__(self) -> int:
         return len(self.metadata)
 
+    def member(self, image_key: str) -> tuple[str, int, int]:
+        """Where an image's bytes lie: (its tar's path relative to the root, byte offset, size). A run plan
+        (ffr.training.plan) keeps these so workers read images by byte range without indexing the tar again."""
+        m = self._members[image_key]
+        return f"{SHARD_DIR}/{shard_name(m.shard)}.tar", m.offset, m.size
+
     def image_bytes(self, image_key: str) -> bytes:
         m = self._members[image_key]
         # One ranged read (an HTTP Range GET on S3), not a buffered open that would fetch a whole block.

@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from ffr import colored_digits as cd
-from ffr.datasets.base import DATASETS, GroupedSplit
+from ffr.datasets.base import DATASETS, IMAGE_SOURCES, GroupedSplit
 from ffr.datasets.splitting import apply_bias_ratio, random_split
 from ffr.errors import FFRError
 
@@ -41,8 +41,16 @@ def digit_intensities(size: int = cd.IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray
     return cd.upscale(digits.images, size), digits.target.astype(np.int64)
 
 
+@IMAGE_SOURCES.register("colored-digits")
 class DigitImages:
     """key → colored PIL image, rendered on demand (a plain picklable object, for DataLoader workers)."""
+
+    def to_plan(self, keys: list[str]) -> tuple[dict, None]:
+        return {"kind": "colored-digits"}, None
+
+    @classmethod
+    def from_plan(cls, description: dict, keys: list[str], columns) -> "DigitImages":
+        return cls()
 
     def __call__(self, key: str) -> Image.Image:
         try:

@@ -46,5 +46,5 @@ def d3s_shift(root: str, split: str, bias_ratio: float | None = None, seed: int 
     anti_table = _table(anti)
     to_val = np.random.default_rng([int(seed), 5]).random(len(anti_table)) < float(val_fraction)
     parts = {"train": _table(correlated), "val": anti_table[to_val], "test": anti_table[~to_val]}
-    load = ShardImages(reader)
+    load = ShardImages.of(reader)
     return {name: GroupedSplit(spec, part, load, name) for name, part in parts.items()}

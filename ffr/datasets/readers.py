@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from ffr.balance import VAL_FLOOR, check_bias_ratio
-from ffr.datasets.base import SPLITS, GroupedSplit, decode_image
+from ffr.datasets.base import IMAGE_SOURCES, SPLITS, GroupedSplit, decode_image
 from ffr.datasets.splitting import apply_bias_ratio, random_split
 from ffr.errors import FFRError
 from ffr.groups import REAL, GroupSpec
@@ -92,11 +92,19 @@ class DatasetRoot:
         return sorted(keys)
 
 
+@IMAGE_SOURCES.register("files")
 class ImageLoader:
     """``key -> PIL.Image`` for one root; a plain picklable object so it travels to DataLoader/Ray workers."""
 
     def __init__(self, root_uri: str) -> None:
         self.root_uri = root_uri
+
+    def to_plan(self, keys: list[str]) -> tuple[dict, None]:
+        return {"kind": "files", "root": self.root_uri}, None
+
+    @classmethod
+    def from_plan(cls, description: dict, keys: list[str], columns) -> "ImageLoader":
+        return cls(description["root"])
 
     def __call__(self, key: str) -> Image.Image:
         where = f"{self.root_uri}/{key}"

@@ -10,12 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ffr.datasets.base import DATASETS, GroupedSplit, decode_image
+from ffr.datasets.base import DATASETS, IMAGE_SOURCES, GroupedSplit, decode_image
 from ffr.datasets.splitting import random_split
 from ffr.errors import FFRError
 from ffr.groups import SYNTHETIC
 from ffr.review.views import filter_reviewed
 from ffr.shards import ShardReader
+from ffr.storage import filesystem, join
 
 
 def select_per_group(y: np.ndarray, b: np.ndarray, counts: dict[tuple[int, int], int], seed: int,
@@ -48,18 +49,40 @@ def _parse_counts(counts) -> dict[tuple[int, int], int] | None:
     return out
 
 
+@IMAGE_SOURCES.register("shards")
 class ShardImages:
-    """image key → PIL image from the shards (a plain picklable object, for DataLoader workers)."""
+    """image key → PIL image from the shards, each one ranged read at its known tar offset (a plain picklable
+    object, for DataLoader workers). Built from a :class:`ShardReader` on the driver, or from a run plan."""
 
-    def __init__(self, reader: ShardReader) -> None:
-        self.reader = reader
+    def __init__(self, root: str, members: dict[str, tuple[str, int, int]]) -> None:
+        self.root, self.members = root, members  # key → (tar path relative to root, offset, size)
+
+    @classmethod
+    def of(cls, reader: ShardReader) -> "ShardImages":
+        return cls(reader.root, {key: reader.member(key) for key in reader.metadata["image_key"].astype(str)})
+
+    def to_plan(self, keys: list[str]) -> tuple[dict, dict[str, list]]:
+        where = [self._member(k) for k in keys]
+        return {"kind": "shards", "root": self.root}, {"tar": [w[0] for w in where], "offset": [w[1] for w in where],
+                                                       "size": [w[2] for w in where]}
+
+    @classmethod
+    def from_plan(cls, description: dict, keys: list[str], columns: pd.DataFrame) -> "ShardImages":
+        members = zip(columns["tar"].astype(str), columns["offset"].astype("int64"), columns["size"].astype("int64"))
+        return cls(description["root"], {k: (tar, int(o), int(n)) for k, (tar, o, n) in zip(keys, members)})
+
+    def _member(self, key: str) -> tuple[str, int, int]:
+        try:
+            return self.members[key]
+        except KeyError:
+            raise FFRError(f"synthetic image {key!r} is not in the shards under {self.root!r}") from None
 
     def __call__(self, key: str):
-        try:
-            data = self.reader.image_bytes(key)
-        except KeyError:
-            raise FFRError(f"synthetic image {key!r} is not in the shards under {self.reader.root!r}") from None
-        return decode_image(data, f"{self.reader.root}:{key}")
+        tar, offset, size = self._member(key)
+        fs, base = filesystem(self.root)
+        # One ranged read (an HTTP Range GET on S3), not a buffered open that would fetch a whole block.
+        data = fs.cat_file(join(base, tar), start=offset, end=offset + size)
+        return decode_image(data, f"{self.root}:{key}")
 
 
 @DATASETS.register("synthetic")
@@ -78,7 +101,7 @@ def synthetic(root: str, bias_ratio: float | None = None, seed: int = 0, counts:
     table = table.sort_values("id", kind="stable").reset_index(drop=True)
     table = filter_reviewed(table, root, review).reset_index(drop=True)
 
-    load_image = ShardImages(reader)
+    load_image = ShardImages.of(reader)
     wanted = _parse_counts(counts)
     if wanted is not None:
         table = table.iloc[select_per_group(table["y"].to_numpy(), table["b"].to_numpy(), wanted, seed,

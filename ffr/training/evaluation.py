@@ -14,7 +14,7 @@ from ffr.backbones import create_backbone
 from ffr.metrics import group_counts_of, summarize
 from ffr.training import loop
 from ffr.training.config import StageSpec, TrainConfig
-from ffr.training.data import ExperimentData, load_experiment_data
+from ffr.training.data import ExperimentData
 from ffr.training.stage import EVAL_BATCH
 
 
@@ -37,12 +37,11 @@ def _predictions(model, split, cfg: TrainConfig, device, spec=None) -> np.ndarra
 
 
 def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, device: torch.device | None = None,
-                        data: ExperimentData | None = None) -> dict:
+                        *, data: ExperimentData) -> dict:
     """{"epoch", "val", "test"} (ffr.metrics.summarize dicts), "group_sizes" ({split: {group: n}}, real
     training data); with DFR also "base_val"/"base_test" (the
     backbone's own head) and "dfr" details — "val"/"test" are then the DFR head's."""
     device = device or torch.device("cpu")
-    data = data or load_experiment_data(cfg, spec.stage)
     state = loop.load_state(checkpoint_dir)
     model = _model(cfg, data.val.spec.n_classes, state, device)
     train_counts = group_counts_of(data.real["train"].groups())
@@ -67,10 +66,9 @@ def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, 
 
 
 def misclassified(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, device: torch.device | None = None,
-                  data: ExperimentData | None = None) -> np.ndarray:
+                  *, data: ExperimentData) -> np.ndarray:
     """JTT's error set: a boolean mask over the stage's training set, True where the model is wrong."""
     device = device or torch.device("cpu")
-    data = data or load_experiment_data(cfg, spec.stage)
     train = data.stages[spec.stage].train
     model = _model(cfg, data.val.spec.n_classes, loop.load_state(checkpoint_dir), device)
     return _predictions(model, train, cfg, device) != train.y

@@ -17,7 +17,7 @@ from ffr import backbones, tracking, variants
 from ffr.datasets import DATASETS
 from ffr.errors import FFRError, unwrap_user_errors
 from ffr.storage import filesystem, join, require_bucket
-from ffr.training import rundir
+from ffr.training import plan, rundir
 from ffr.training.config import (
     StageSpec,
     TrainConfig,
@@ -75,6 +75,7 @@ def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, stora
         return finished
     rundir.write_config(directory, resolved(cfg, spec))
     rundir.write_splits(directory, data.splits_for(spec.stage))
+    plan.write_plan(directory, data, spec.stage)  # what workers and evaluation read: no second listing
     tracker = _tracker(cfg, spec)
     if tracker is None:
         return _train_and_evaluate(cfg, spec, data, storage_path, directory, callbacks)
@@ -106,9 +107,10 @@ def _train_and_evaluate(cfg: TrainConfig, spec: StageSpec, data: ExperimentData,
             raise FFRError("epochs = 0 only evaluates an existing model; set init_checkpoint")
         best, best_epoch, best_wga = spec.init_checkpoint, None, None
     else:
-        best, metrics, _latest = executor.fit_stage(cfg, spec, storage_path, directory, callbacks)
+        best, metrics, _latest = executor.fit_stage(cfg, spec, storage_path, directory, callbacks,
+                                                    plan=plan.plan_path(directory))
         best_epoch, best_wga = int(metrics["epoch"]), metrics["val_worst_group_acc"]
-    evaluated = executor.evaluate(cfg, spec, best)
+    evaluated = executor.evaluate(cfg, spec, best, plan=plan.plan_path(directory))
     if best_wga is None:
         best_wga = evaluated.get("base_val", evaluated["val"])["worst_group_acc"]
     result = {"run_name": spec.run_name, "dataset": cfg.dataset, "variant": cfg.variant, "method": spec.method,
@@ -135,8 +137,9 @@ def _identify_errors(cfg: TrainConfig, stage2: StageSpec, data: ExperimentData) 
     if done is not None:
         return [bool(v) for v in done["error_set"]]
     rundir.write_config(directory, resolved(cfg, spec))
-    _best, _metrics, latest = executor.fit_stage(cfg, spec, parent, directory)
-    errors = np.asarray(executor.misclassified(cfg, spec, latest), dtype=bool)
+    stage_plan = plan.plan_path(parent)  # the identification run trains on stage 2's data
+    _best, _metrics, latest = executor.fit_stage(cfg, spec, parent, directory, plan=stage_plan)
+    errors = np.asarray(executor.misclassified(cfg, spec, latest, plan=stage_plan), dtype=bool)
     rundir.write_json(marker, {"checkpoint": latest, "n_errors": int(errors.sum()), "n_train": len(errors),
                                "error_set": errors.astype(int).tolist()})
     _log(f"[{stage2.run_name}] JTT identification: {int(errors.sum())} of {len(errors)} training examples wrong")

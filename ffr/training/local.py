@@ -16,6 +16,7 @@ import torch
 from ffr.errors import FFRError
 from ffr.storage import filesystem, join
 from ffr.training import evaluation, loop, rundir
+from ffr.training.plan import read_plan
 from ffr.training.config import StageSpec, TrainConfig
 from ffr.training.stage import SCORE, Session, run_stage
 
@@ -88,7 +89,7 @@ def _is_tune_report(callback) -> bool:
 
 
 def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_directory: str,
-              callbacks: list | None = None) -> tuple[str, dict, str]:
+              callbacks: list | None = None, *, plan: str) -> tuple[str, dict, str]:
     """Train one stage here; returns (best checkpoint, its metrics record, latest checkpoint) like Ray Train's.
 
     ``callbacks`` are Ray Train ``UserCallback``s (a Tune trial's ``TuneReportCallback``, ffr's MLflow epoch
@@ -97,15 +98,15 @@ def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_director
     if cfg.num_workers != 1:
         raise FFRError(f"executor 'local' trains in one process; num_workers = {cfg.num_workers} needs ray-train")
     session = LocalSession(run_directory, cfg.keep_checkpoints, loop.device(cfg.use_gpu), callbacks)
-    run_stage(cfg, spec, session, run_directory=run_directory)
+    run_stage(cfg, spec, session, run_directory=run_directory, data=read_plan(plan))
     best, latest = session.best_and_latest()
     records = {int(r["epoch"]): r for r in rundir.read_metrics(run_directory)}
     return checkpoint_dir(run_directory, best), records[best], checkpoint_dir(run_directory, latest)
 
 
-def evaluate(cfg: TrainConfig, spec: StageSpec, checkpoint: str) -> dict:
-    return evaluation.evaluate_checkpoint(cfg, spec, checkpoint, loop.device(cfg.use_gpu))
+def evaluate(cfg: TrainConfig, spec: StageSpec, checkpoint: str, *, plan: str) -> dict:
+    return evaluation.evaluate_checkpoint(cfg, spec, checkpoint, loop.device(cfg.use_gpu), data=read_plan(plan))
 
 
-def misclassified(cfg: TrainConfig, spec: StageSpec, checkpoint: str) -> np.ndarray:
-    return evaluation.misclassified(cfg, spec, checkpoint, loop.device(cfg.use_gpu))
+def misclassified(cfg: TrainConfig, spec: StageSpec, checkpoint: str, *, plan: str) -> np.ndarray:
+    return evaluation.misclassified(cfg, spec, checkpoint, loop.device(cfg.use_gpu), data=read_plan(plan))

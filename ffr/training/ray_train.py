@@ -25,6 +25,7 @@ from ffr.errors import FFRError
 from ffr.storage import is_remote, pyarrow_filesystem
 from ffr.training import evaluation, loop
 from ffr.training.config import StageSpec, TrainConfig, parse
+from ffr.training.plan import read_plan
 from ffr.training.stage import SCORE, Session, run_stage
 
 
@@ -97,7 +98,7 @@ def _quiet_report_lines(level: str) -> None:
 def train_loop_per_worker(loop_config: dict) -> None:
     _quiet_report_lines(loop_config.get("log_level", "WARNING"))
     cfg, spec = parse(loop_config["config"]), build(StageSpec, loop_config["stage"])
-    run_stage(cfg, spec, RayTrainSession(), run_directory=loop_config["run_dir"])
+    run_stage(cfg, spec, RayTrainSession(), run_directory=loop_config["run_dir"], data=read_plan(loop_config["plan"]))
 
 
 def _storage(storage_path: str) -> tuple[str, object | None]:
@@ -116,7 +117,7 @@ def checkpoint_uri(storage_path: str, checkpoint: ray.train.Checkpoint) -> str:
 
 
 def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_directory: str,
-              callbacks: list | None = None) -> tuple[str, dict, str]:
+              callbacks: list | None = None, *, plan: str) -> tuple[str, dict, str]:
     """Train one stage on Ray Train; returns (best checkpoint URI, its reported metrics, latest checkpoint URI)."""
     from ray.train.torch import TorchTrainer
 
@@ -126,7 +127,7 @@ def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_director
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg), "stage": to_dict(spec), "run_dir": run_directory,
-                           "log_level": log_level()},
+                           "plan": plan, "log_level": log_level()},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -173,15 +174,17 @@ class MLflowEpochs(ray.train.UserCallback):
 
 
 @ray.remote
-def _evaluate_task(config: dict, stage: dict, checkpoint_dir: str) -> dict:
+def _evaluate_task(config: dict, stage: dict, checkpoint_dir: str, plan: str) -> dict:
     cfg = parse(config)
-    return evaluation.evaluate_checkpoint(cfg, build(StageSpec, stage), checkpoint_dir, loop.device(cfg.use_gpu))
+    return evaluation.evaluate_checkpoint(cfg, build(StageSpec, stage), checkpoint_dir, loop.device(cfg.use_gpu),
+                                          data=read_plan(plan))
 
 
 @ray.remote
-def _misclassified_task(config: dict, stage: dict, checkpoint_dir: str) -> np.ndarray:
+def _misclassified_task(config: dict, stage: dict, checkpoint_dir: str, plan: str) -> np.ndarray:
     cfg = parse(config)
-    return evaluation.misclassified(cfg, build(StageSpec, stage), checkpoint_dir, loop.device(cfg.use_gpu))
+    return evaluation.misclassified(cfg, build(StageSpec, stage), checkpoint_dir, loop.device(cfg.use_gpu),
+                                    data=read_plan(plan))
 
 
 def _remote(task, cfg: TrainConfig):
@@ -191,10 +194,10 @@ def _remote(task, cfg: TrainConfig):
                         resources=custom_resources("train", 1 if cfg.use_gpu else 0))
 
 
-def evaluate(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str) -> dict:
+def evaluate(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, *, plan: str) -> dict:
     """Val/test metrics (and DFR) of a checkpoint, computed where the training workers would run."""
-    return ray.get(_remote(_evaluate_task, cfg).remote(to_dict(cfg), to_dict(spec), checkpoint_dir))
+    return ray.get(_remote(_evaluate_task, cfg).remote(to_dict(cfg), to_dict(spec), checkpoint_dir, plan))
 
 
-def misclassified(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str) -> np.ndarray:
-    return ray.get(_remote(_misclassified_task, cfg).remote(to_dict(cfg), to_dict(spec), checkpoint_dir))
+def misclassified(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, *, plan: str) -> np.ndarray:
+    return ray.get(_remote(_misclassified_task, cfg).remote(to_dict(cfg), to_dict(spec), checkpoint_dir, plan))
