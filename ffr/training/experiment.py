@@ -137,7 +137,7 @@ def _identify_errors(cfg: TrainConfig, stage2: StageSpec, data: ExperimentData) 
     if done is not None:
         return [bool(v) for v in done["error_set"]]
     rundir.write_config(directory, resolved(cfg, spec))
-    stage_plan = plan.plan_path(parent)  # the identification run trains on stage 2's data
+    stage_plan = plan.write_plan(parent, data, stage2.stage)  # the identification run trains on stage 2's data
     _best, _metrics, latest = executor.fit_stage(cfg, spec, parent, directory, plan=stage_plan)
     errors = np.asarray(executor.misclassified(cfg, spec, latest, plan=stage_plan), dtype=bool)
     rundir.write_json(marker, {"checkpoint": latest, "n_errors": int(errors.sum()), "n_train": len(errors),
