@@ -204,11 +204,24 @@ def _shown(value: Any) -> str:
     return json.dumps(to_dict(value), default=str)
 
 
-def format_config(cls: type, resolved: Any, prefix: str = "") -> str:
-    """A three-column table — key, default, value — with ``*`` marking keys that differ from the default."""
+def _expand(rows: list[tuple], entry_rows: list[tuple]) -> list[tuple]:
+    """Put ``entry_rows`` (ffr.options.rows of a registry entry: ``key.option``, default, value, ...) in place of
+    the free-form mapping row ``key`` they detail."""
+    out = []
+    for row in rows:
+        details = [r[:3] for r in entry_rows if r[0].startswith(f"{row[0]}.")]
+        out += details or [row]
+    return out
+
+
+def format_config(cls: type, resolved: Any, prefix: str = "", entry_rows: list[tuple] = ()) -> str:
+    """A three-column table — key, default, value — with ``*`` marking keys that differ from the default.
+
+    ``entry_rows``: the options of the chosen registry entries (``ffr.options.rows``, e.g. the dataset's under
+    ``dataset_options.``), shown in place of their free-form mapping's one row."""
     secrets = configured_secrets()
     rows = []
-    for key, default, value in config_rows(cls, resolved, prefix):
+    for key, default, value in _expand(config_rows(cls, resolved, prefix), list(entry_rows)):
         if is_secret_name(key.rsplit(".", 1)[-1]):
             default, value = ("<redacted>" if v not in (None, "", dataclasses.MISSING) else v for v in (default, value))
         rows.append(("*" if to_dict(default) != to_dict(value) else " ", key,

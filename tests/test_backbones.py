@@ -49,8 +49,13 @@ def test_bad_backbone_requests_are_clear_errors(tmp_path):
         create_backbone("resnet18", 2, pretrained=str(tmp_path / "missing.pth"))
     with pytest.raises(FFRError, match="n_classes"):
         create_backbone("small-cnn", 1)
-    with pytest.raises(FFRError, match="does not take options"):
+    with pytest.raises(FFRError, match=r"unknown option 'backbone_options.depth' of backbone 'small-cnn'; "
+                                       r"expected one of: width"):
         create_backbone("small-cnn", 2, depth=9)
+    with pytest.raises(FFRError, match=r"option 'backbone_options.width' of backbone 'small-cnn' = 0"):
+        create_backbone("small-cnn", 2, width=0)
+    with pytest.raises(FFRError, match=r"unknown option 'backbone_options.width' of backbone 'resnet18'"):
+        create_backbone("resnet18", 2, width=8)
     torch.save({"unrelated": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(FFRError, match="match no parameter"):
         create_backbone("resnet18", 2, pretrained=str(tmp_path / "other.pth"))

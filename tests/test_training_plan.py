@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ffr.storage import filesystem
-from ffr.training import plan, rundir, run_experiment
+from ffr.training import plan, run_experiment, rundir
 from ffr.training.config import method_stage, parse
 from ffr.training.data import load_experiment_data
 

@@ -22,6 +22,7 @@ from PIL import Image
 
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
+from ffr.options import Options
 from ffr.registry import Registry
 
 SPLITS = ("train", "val", "test")
@@ -31,6 +32,17 @@ DATASETS: Registry = Registry("dataset")
 # it with ``IMAGE_SOURCES.get(description["kind"]).from_plan(description, keys, columns)`` - no listing, no
 # indexing. A new kind of loader registers here.
 IMAGE_SOURCES: Registry = Registry("image source")
+
+
+def reader(name: str, options: type[Options]) -> Callable:
+    """Register dataset reader ``fn(options) -> {split: GroupedSplit}`` under ``name``; ``options`` is its
+    :class:`ffr.options.Options` model, which ``ffr.datasets.create`` validates (and ``--show-config`` prints)."""
+
+    def decorator(fn: Callable) -> Callable:
+        fn.Options = options
+        return DATASETS.register(name)(fn)
+
+    return decorator
 
 
 @dataclass

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ffr.balance import VAL_FLOOR, check_bias_ratio
+from ffr import options
+from ffr.balance import VAL_FLOOR
 from ffr.datasets.base import IMAGE_SOURCES, SPLITS, GroupedSplit, decode_image
 from ffr.datasets.splitting import apply_bias_ratio, random_split
 from ffr.errors import FFRError
@@ -120,12 +121,15 @@ class ImageLoader:
         return f"ImageLoader({self.root_uri!r})"
 
 
-def check_options(bias_ratio: float | None, seed: int) -> None:
-    """Fail on a bad bias ratio or seed before touching any storage."""
-    if bias_ratio is not None:
-        check_bias_ratio(bias_ratio)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise FFRError(f"seed {seed!r} is not a non-negative integer")
+class ReaderOptions(options.Options):
+    """What every real-world reader takes; validated before any storage is touched."""
+
+    root: str = options.Field(description="the dataset's directory: a local path or an s3:// prefix")
+    bias_ratio: float | None = options.Field(
+        None, gt=0.5, lt=1.0, description="share of each class's majority bias kept in train and val (FFR's "
+                                          "downsampling; null keeps the data as found)")
+    seed: int = options.Field(0, ge=0, strict=True, description="seed of the split and of the downsampling")
+    verify: bool = options.Field(False, description="decode every image up front instead of when it is read")
 
 
 def check_present(root: DatasetRoot, keys: list[str], what: str = "image") -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ffr.datasets.base import DATASETS, IMAGE_SOURCES, GroupedSplit, decode_image
+from ffr.datasets.base import IMAGE_SOURCES, GroupedSplit, decode_image, reader
 from ffr.datasets.splitting import random_split
 from ffr.errors import FFRError
 from ffr.groups import SYNTHETIC
+from ffr.options import Field, Options, group_keyed
 from ffr.review.views import filter_reviewed
 from ffr.shards import ShardReader
 from ffr.storage import filesystem, join
@@ -32,21 +33,6 @@ def select_per_group(y: np.ndarray, b: np.ndarray, counts: dict[tuple[int, int],
         if n > 0:
             chosen.append(np.sort(rng.choice(members, int(n), replace=False)))
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
-
-
-def _parse_counts(counts) -> dict[tuple[int, int], int] | None:
-    """Accepts {(y, b): n} or YAML-friendly {"y,b": n} / {"y_b": n}."""
-    if counts is None:
-        return None
-    out = {}
-    for key, n in dict(counts).items():
-        if isinstance(key, str):
-            parts = key.replace("_", ",").split(",")
-            if len(parts) != 2:
-                raise FFRError(f"synthetic counts key {key!r} is not 'y,b'")
-            key = (int(parts[0]), int(parts[1]))
-        out[(int(key[0]), int(key[1]))] = int(n)
-    return out
 
 
 @IMAGE_SOURCES.register("shards")
@@ -85,24 +71,33 @@ class ShardImages:
         return decode_image(data, f"{self.root}:{key}")
 
 
-@DATASETS.register("synthetic")
-def synthetic(root: str, bias_ratio: float | None = None, seed: int = 0, counts: dict | None = None,
-              fractions: tuple[float, float, float] | None = None, review: str | None = None
-              ) -> dict[str, GroupedSplit]:
-    """All accepted images under ``root`` (or ``counts`` per group) as ``train``; ``bias_ratio`` does not
-    apply and is ignored. ``fractions`` (e.g. 0.8, 0.1, 0.1) splits them seeded instead, to measure
-    accuracy on held-out synthetic images. ``review="accepted"`` keeps only the ids that human review
-    accepted (``ffr review export``), before any selection."""
-    reader = ShardReader(root)
-    meta = reader.metadata
+class SyntheticOptions(Options):
+    root: str = Field(description="a generation output (local or s3://)")
+    bias_ratio: float | None = Field(None, description="ignored: synthetic data is selected per group")
+    seed: int = Field(0, ge=0, strict=True, description="seed of the per-group selection and of the split")
+    counts: dict[str | tuple[int, int], int] | None = Field(
+        None, description="images per group, keyed 'y,b' (default: every accepted image)")
+    fractions: tuple[float, float, float] | None = Field(
+        None, description="train/val/test shares to split the images seeded (default: all train)")
+    review: str | None = Field(None, description="'accepted': only the ids human review accepted (ffr review "
+                                                 "export), before any selection")
+
+
+@reader("synthetic", SyntheticOptions)
+def synthetic(options: SyntheticOptions) -> dict[str, GroupedSplit]:
+    """All accepted images under ``root`` (or ``counts`` per group) as ``train``; ``fractions`` (e.g. 0.8, 0.1,
+    0.1) splits them seeded instead, to measure accuracy on held-out synthetic images."""
+    root, seed, fractions = options.root, options.seed, options.fractions
+    shards = ShardReader(root)
+    meta = shards.metadata
     table = pd.DataFrame({"key": meta["image_key"].astype(str), "y": meta["y"].astype(np.int64),
                           "b": meta["b"].astype(np.int64), "source": SYNTHETIC, "id": meta["id"].astype(str)})
     # Shards finish in any order; sort by id so a selection depends on the images, not on shard timing.
     table = table.sort_values("id", kind="stable").reset_index(drop=True)
-    table = filter_reviewed(table, root, review).reset_index(drop=True)
+    table = filter_reviewed(table, root, options.review).reset_index(drop=True)
 
-    load_image = ShardImages.of(reader)
-    wanted = _parse_counts(counts)
+    load_image = ShardImages.of(shards)
+    wanted = None if options.counts is None else group_keyed(options.counts, "dataset_options.counts")
     if wanted is not None:
         table = table.iloc[select_per_group(table["y"].to_numpy(), table["b"].to_numpy(), wanted, seed,
                                             f"synthetic set {root!r}")]
@@ -111,4 +106,4 @@ def synthetic(root: str, bias_ratio: float | None = None, seed: int = 0, counts:
     else:
         split_of = random_split(len(table), seed, tuple(fractions))
         parts = {name: table[split_of == name] for name in ("train", "val", "test")}
-    return {name: GroupedSplit(reader.spec, part, load_image, name) for name, part in parts.items()}
+    return {name: GroupedSplit(shards.spec, part, load_image, name) for name, part in parts.items()}

@@ -16,8 +16,8 @@ import torch
 from ffr.errors import FFRError
 from ffr.storage import filesystem, join
 from ffr.training import evaluation, loop, rundir
-from ffr.training.plan import read_plan
 from ffr.training.config import StageSpec, TrainConfig
+from ffr.training.plan import read_plan
 from ffr.training.stage import SCORE, Session, run_stage
 
 CHECKPOINT_PREFIX = "checkpoint_epoch"
