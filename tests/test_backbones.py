@@ -42,6 +42,14 @@ def test_weights_from_a_local_file_and_from_the_torchvision_cache(tmp_path, monk
     assert torch.equal(model.trunk[0].weight, source.conv1.weight)
 
 
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_every_backbone_declares_its_options(name):
+    from ffr.options import Options
+
+    assert issubclass(BACKBONES.get(name).Options, Options)
+    assert BACKBONES.options(name, {}, "backbone_options").to_dict() == {} or name == "small-cnn"
+
+
 def test_bad_backbone_requests_are_clear_errors(tmp_path):
     with pytest.raises(FFRError, match="unknown backbone 'vit'"):
         create_backbone("vit", 2)
