@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from ffr.datasets.base import IMAGE_SOURCES, GroupedSplit, PartLoader
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
-from ffr.storage import filesystem, join, write_atomic
+from ffr.storage import ensure_dir, filesystem, join, write_atomic
 from ffr.training.data import ExperimentData
 from ffr.variants import StageData
 
@@ -107,8 +107,9 @@ def write_plan(directory: str, data: ExperimentData, stage: int) -> str:
     sink = io.BytesIO()
     pq.write_table(table, sink)
     path = plan_path(directory)
-    fs, inner = filesystem(path)
-    write_atomic(fs, inner, sink.getvalue())
+    fs, inner = filesystem(directory)
+    ensure_dir(fs, inner)
+    write_atomic(fs, filesystem(path)[1], sink.getvalue())
     return path
 
 
