@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	@# The distribution was called ffr before it became ffr-synth: one distribution owns the packages and the script.
+	$(BIN)/python -m pip uninstall -q -y ffr 2>/dev/null || true
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@$(MAKE) --no-print-directory browser
 	touch $(STAMP)
@@ -35,11 +37,14 @@ demo-seeds: $(STAMP)
 d3s-demo: $(STAMP)
 	$(BIN)/ffr d3s demo --out d3s_demo_out
 
-test: $(STAMP) browser
+# The whole suite, after the linters: CI (.ci/run) runs `make test`, so a broken layer fails CI.
+test: lint browser
 	$(BIN)/python -m pytest -q tests
 
+# ruff, then the import contracts of pyproject.toml ([tool.importlinter]: the layers of ARCHITECTURE.md).
 lint: $(STAMP)
 	$(BIN)/ruff check ffr pipelines tune tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -98,11 +98,11 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def measure(backend, batch: int, repeats: int) -> tuple[float, float]:
+def measure(backend, batch: int, repeats: int, steps: int, guidance_scale: float) -> tuple[float, float]:
     """(images/s over ``repeats`` timed calls after one warm-up call, peak GPU memory in GiB)."""
-    backend.config.batch_size = batch  # one pipeline call per generate(): the micro-batch is the whole batch
-    rows = [{"prompt": f"a photo of a dog, number {i}", "negative_prompt": "blurry", "seed": i}
-            for i in range(batch)]
+    backend.batch_size = batch  # one pipeline call per generate(): the micro-batch is the whole batch
+    rows = [{"prompt": f"a photo of a dog, number {i}", "negative_prompt": "blurry", "seed": i, "steps": steps,
+             "guidance_scale": guidance_scale} for i in range(batch)]
     backend.generate(rows)  # warm-up: cuDNN autotune, torch.compile for this shape
     _sync()
     if torch.cuda.is_available():
@@ -169,12 +169,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            backend = create("diffusers", model=model_dir, steps=steps, guidance_scale=args.guidance_scale,
-                             scheduler=args.scheduler, compile_mode=args.compile_mode, **table[name])
+            backend = create("diffusers", {"model": model_dir, "scheduler": args.scheduler,
+                                           "compile_mode": args.compile_mode, **table[name]})
         load_s = time.perf_counter() - started
         for batch in batches:
             started = time.perf_counter()
-            ips, peak = measure(backend, batch, repeats)
+            ips, peak = measure(backend, batch, repeats, steps, args.guidance_scale)
             wall = time.perf_counter() - started
             if name == names[0]:
                 baseline[batch] = ips

@@ -14,18 +14,19 @@ import argparse
 
 from ffr.balance import BUDGET_MODES, SYNTHETIC_MODES, VAL_FLOOR, budget_counts, keep_counts, synthetic_counts
 from ffr.errors import FFRError
+from ffr.options import group_key
 
 
 def parse_counts(text: str) -> dict[tuple[int, int], int]:
     """'0,0=592 0,1=5335' → {(0, 0): 592, (0, 1): 5335}."""
     counts = {}
     for item in text.replace(";", " ").split():
+        key, _, n = item.partition("=")
         try:
-            key, n = item.split("=")
-            y, b = key.split(",")
-            counts[(int(y), int(b))] = int(n)
+            count = int(n)
         except ValueError:
             raise FFRError(f"group count {item!r} is not of the form class,bias=count (e.g. 0,1=5335)") from None
+        counts[group_key(key, f"group count {item!r}: key")] = count
     return counts
 
 

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ffr.cluster.secrets import configured_secrets, is_secret_name, scrub
 from ffr.errors import FFRError
+from ffr.secrets import configured_secrets, is_secret_name, scrub
 
 T = TypeVar("T")
 SECRET_MARKERS = ("secret", "password", "token", "access_key", "session_key", "credential")
@@ -140,7 +140,7 @@ def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
 def redact(obj: Any, _secrets: dict[str, str] | None = None) -> Any:
     """Drop values whose key looks like a secret, recursively (configs dumped beside runs, MLflow params).
 
-    Keys are matched by ffr.cluster.secrets.is_secret_name (whole words: "tokenizer" is kept). String values
+    Keys are matched by ffr.secrets.is_secret_name (whole words: "tokenizer" is kept). String values
     are also scrubbed of secrets configured in the environment and of URL passwords (``http://user:pw@host``),
     which hide under harmless keys such as ``tracking_uri``.
     """
@@ -204,24 +204,17 @@ def _shown(value: Any) -> str:
     return json.dumps(to_dict(value), default=str)
 
 
-def _expand(rows: list[tuple], entry_rows: list[tuple]) -> list[tuple]:
-    """Put ``entry_rows`` (ffr.options.rows of a registry entry: ``key.option``, default, value, ...) in place of
-    the free-form mapping row ``key`` they detail."""
-    out = []
-    for row in rows:
-        details = [r[:3] for r in entry_rows if r[0].startswith(f"{row[0]}.")]
-        out += details or [row]
-    return out
-
-
-def format_config(cls: type, resolved: Any, prefix: str = "", entry_rows: list[tuple] = ()) -> str:
+def format_config(cls: type, resolved: Any, prefix: str = "", expand: dict[str, list[tuple]] | None = None) -> str:
     """A three-column table — key, default, value — with ``*`` marking keys that differ from the default.
 
-    ``entry_rows``: the options of the chosen registry entries (``ffr.options.rows``, e.g. the dataset's under
-    ``dataset_options.``), shown in place of their free-form mapping's one row."""
+    ``expand``: {key of a free-form mapping (e.g. ``recipe.options``): its rows} — the chosen entry's options
+    (``ffr.options.rows``: key, default, value[, description]) shown one per row instead of the mapping's one row.
+    """
     secrets = configured_secrets()
     rows = []
-    for key, default, value in _expand(config_rows(cls, resolved, prefix), list(entry_rows)):
+    table = [r for key, *rest in config_rows(cls, resolved, prefix)
+             for r in ([row[:3] for row in (expand or {})[key]] if key in (expand or {}) else [(key, *rest)])]
+    for key, default, value in table:
         if is_secret_name(key.rsplit(".", 1)[-1]):
             default, value = ("<redacted>" if v not in (None, "", dataclasses.MISSING) else v for v in (default, value))
         rows.append(("*" if to_dict(default) != to_dict(value) else " ", key,

@@ -64,12 +64,12 @@ def grid_chains(configs: dict[tuple[int, str, str], dict]) -> list[list[dict]]:
 
 
 def _test_wga(config: dict, stage1: bool = False) -> float | None:
-    from ffr.training import rundir
+    from ffr import runs
     from ffr.training.config import method_stage, parse, pretrain_stage
 
     cfg = parse(config)
     spec = pretrain_stage(cfg) if stage1 else method_stage(cfg)
-    result = rundir.read_result(rundir.run_dir(cfg.storage_path, spec.run_name))
+    result = runs.read_result(runs.run_dir(cfg.storage_path, spec.run_name))
     return None if result is None else float(result["test"]["worst_group_acc"])
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from ffr.config import redact
 from ffr.errors import FFRError
-from ffr.storage import filesystem, is_remote, join
+from ffr.storage import is_remote, join
 
 RUN_NAME_TAG = "ffr.run_name"
 TAG_KEYS = ("dataset", "variant", "method", "stage", "seed")
@@ -203,21 +203,14 @@ class RunTracker:
         mlflow_client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self.tags.items()])
         return self.run_id
 
-    def finish(self, result: dict, run_directory: str, plots: dict[str, bytes]) -> None:
-        """Final metrics, the run's files and plots as artifacts, status FINISHED."""
-        from ffr.training import rundir  # ffr.training.config imports this module
-
+    def finish(self, result: dict, artifacts: dict[str, bytes]) -> None:
+        """Final metrics, the run's files and plots (``artifacts``: bytes by file name), status FINISHED."""
         log_metrics(self.uri, self.run_id, final_metrics(result))
         mlflow_client = client(self.uri)
         with tempfile.TemporaryDirectory() as tmp:
-            fs, inner = filesystem(run_directory)
-            for name in (rundir.CONFIG, rundir.METRICS, rundir.RESULT):
-                if fs.exists(join(inner, name)):
-                    fs.get(join(inner, name), os.path.join(tmp, name))
-            for name, data in plots.items():
+            for name, data in sorted(artifacts.items()):
                 with open(os.path.join(tmp, name), "wb") as f:
                     f.write(data)
-            for name in sorted(os.listdir(tmp)):
                 mlflow_client.log_artifact(self.run_id, os.path.join(tmp, name))
         mlflow_client.set_terminated(self.run_id, "FINISHED")
 

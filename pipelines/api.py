@@ -70,7 +70,8 @@ def check_before_ray(cfg: GenerateConfig, settings: WorkerSettings) -> None:
     from pipelines.backends import BACKENDS
     from pipelines.model_source import check_model_source
 
-    BACKENDS.get(settings.backend).check(dict(settings.backend_settings))
+    BACKENDS.get(settings.backend).check(BACKENDS.options(settings.backend, settings.backend_settings,
+                                                          "backend.settings"))
     if settings.clip_model:
         check_model_source(settings.clip_model)
 

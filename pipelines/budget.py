@@ -21,24 +21,20 @@ from typing import Any
 from ffr.balance import budget_counts
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
+from ffr.options import group_key
 from pipelines.config import BudgetConfig
-
-
-def _parse_group_key(key: Any, spec: GroupSpec, where: str) -> tuple[int, int]:
-    parts = key if isinstance(key, (list, tuple)) else str(key).replace("/", ",").split(",")
-    try:
-        y, b = (int(p) for p in parts)
-    except (TypeError, ValueError):
-        raise FFRError(f"{where} key {key!r} is not a group 'y,b' (e.g. '0,1')") from None
-    if not (0 <= y < spec.n_classes and 0 <= b < spec.n_bias):
-        raise FFRError(f"{where} key {key!r} is outside {spec.n_classes} classes × {spec.n_bias} biases")
-    return y, b
 
 
 def _count(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise FFRError(f"{where} = {value!r}; expected a non-negative integer")
     return value
+
+
+def _group_counts(mapping: dict, spec: GroupSpec, where: str) -> dict[tuple[int, int], int]:
+    """{"y,b": n} in any spelling ffr.options.group_key accepts → {(y, b): n}, range-checked."""
+    return {group_key(k, f"{where} key", spec.n_classes, spec.n_bias): _count(v, f"{where}[{k!r}]")
+            for k, v in mapping.items()}
 
 
 def group_budgets(spec: GroupSpec, budget: BudgetConfig) -> dict[tuple[int, int], int]:
@@ -50,12 +46,10 @@ def group_budgets(spec: GroupSpec, budget: BudgetConfig) -> dict[tuple[int, int]
     if budget.real_counts is not None:
         if not isinstance(budget.real_counts, dict) or not budget.real_counts:
             raise FFRError(f"budget.real_counts = {budget.real_counts!r}; expected a mapping {{'y,b': count}}")
-        real = {_parse_group_key(k, spec, "budget.real_counts"): _count(v, f"budget.real_counts[{k!r}]")
-                for k, v in budget.real_counts.items()}
+        real = _group_counts(budget.real_counts, spec, "budget.real_counts")
         return {g: budget_counts(real, budget.mode).get(g, 0) for g in groups}
     if isinstance(budget.per_group, dict):
-        explicit = {_parse_group_key(k, spec, "budget.per_group"): _count(v, f"budget.per_group[{k!r}]")
-                    for k, v in budget.per_group.items()}
+        explicit = _group_counts(budget.per_group, spec, "budget.per_group")
         return {g: explicit.get(g, 0) for g in groups}
     n = _count(budget.per_group, "budget.per_group")
     return {g: n for g in groups}

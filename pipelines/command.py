@@ -70,6 +70,33 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def option_rows(cfg: Any) -> dict[str, list[tuple]]:
+    """``--show-config`` rows of the chosen recipe's ``recipe.options`` and backend's ``backend.settings``: every
+    option of their Options models with its default (given keys they do not know are listed too, default null)."""
+    import dataclasses
+
+    from ffr.options import rows
+    from pipelines.backends import BACKENDS
+    from pipelines.recipes import RECIPES
+
+    if cfg.recipe.name not in RECIPES:
+        return {}
+    recipe = RECIPES.get(cfg.recipe.name)
+    backend = cfg.backend.name or recipe.default_backend
+    out: dict[str, list[tuple]] = {}
+    for key, entry, given in (("recipe.options", recipe, cfg.recipe.options),
+                              ("backend.settings", BACKENDS.get(backend) if backend in BACKENDS else None,
+                               cfg.backend.settings)):
+        if entry is None or not isinstance(given, dict):
+            continue
+        def shown(value: Any) -> Any:  # ffr.options.rows marks required options "(required)"; the table, MISSING
+            return dataclasses.MISSING if isinstance(value, str) and value == "(required)" else value
+
+        out[key] = [(k, shown(d), shown(v)) for k, d, v, _ in rows(entry.Options, given, key + ".")]
+        out[key] += [(f"{key}.{k}", None, v) for k, v in given.items() if k not in entry.Options.model_fields]
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from pipelines.api import generate, plan
     from pipelines.config import GenerateConfig, normalize
@@ -78,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     if args.show_config:
         from ffr.config import build
 
-        print(format_config(GenerateConfig, build(GenerateConfig, normalize(data))))
+        cfg = build(GenerateConfig, normalize(data))
+        print(format_config(GenerateConfig, cfg, expand=option_rows(cfg)))
         return 0
     if args.config is None:
         raise FFRError("ffr generate needs --config FILE (see configs/generate-*.yaml)")

@@ -44,6 +44,8 @@ class BudgetConfig:
 
 @dataclass
 class GeneratorConfig:
+    """What to make, over the recipe's defaults; every manifest row carries the result (pipelines/manifest.py)."""
+
     mode: str | None = None
     steps: int | None = None
     guidance_scale: float | None = None
@@ -56,7 +58,8 @@ class GeneratorConfig:
 @dataclass
 class BackendConfig:
     name: str | None = None  # default: the recipe's backend (diffusers, or procedural for colored-digits)
-    settings: dict[str, Any] = field(default_factory=dict)  # passed to the backend's constructor
+    # how to run (model, dtype, device, compile...): the backend's Options, validated by BACKENDS.options
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,7 +87,7 @@ class GenerateConfig:
     seed: int = 0
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     shard_size: int = 1000
-    batch_size: int = 8  # images per backend call (per GPU)
+    batch_size: int = 8  # THE batch size: rows per backend call (per GPU); diffusers pads every call to it
     image_format: str = "png"
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -118,7 +121,31 @@ class GenerateConfig:
             raise FFRError(f"config key 'budget.max_factor' = {self.budget.max_factor!r}; expected a number >= 1")
         if self.generator.mode not in (None, "t2i", "img2img"):
             raise FFRError(f"config key 'generator.mode' = {self.generator.mode!r}; expected 't2i' or 'img2img'")
+        check_places(self.backend.settings, "backend.settings")
         return self
+
+
+# One place per setting (issue 10). What to make — the generator section over the recipe's defaults — is
+# carried by every manifest row; backend.settings say how to run; the run has one batch_size. A key given in
+# the wrong place used to be accepted and silently lose to the row's value, so it is refused, naming its place.
+WHAT_KEYS = tuple(GeneratorConfig.__dataclass_fields__)
+MOVED = {**{key: f"generator.{key}" for key in WHAT_KEYS}, "batch_size": "batch_size (top level)"}
+
+
+def check_places(section: Any, where: str, accepted: tuple[str, ...] = ()) -> None:
+    """Refuse, in one line, a key of ``section`` (at config path ``where``) that belongs elsewhere."""
+    for key in section if isinstance(section, dict) else ():
+        if key in MOVED and key not in accepted:
+            kind = "the run's one batch size" if key == "batch_size" else "what to make, not how to run"
+            raise FFRError(f"config key '{where}.{key}' is not accepted there: it is {kind}; "
+                           f"set {MOVED[key]} instead")
+
+
+def legacy_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """An output's recorded identity as this version records it: backend settings that never took effect
+    (what to make always came from the rows) or moved (``batch_size``) are left out."""
+    dropped = {f"backend.settings.{key}" for key in MOVED}
+    return {k: v for k, v in identity.items() if k not in dropped}
 
 
 def normalize(config: dict[str, Any]) -> dict[str, Any]:

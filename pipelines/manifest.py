@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from ffr.errors import FFRError
 from ffr.shards import shard_name
 from ffr.storage import ensure_dir, filesystem, join, write_atomic
-from pipelines.config import MUTABLE_KEYS, GeneratorConfig, identity_diff
+from pipelines.config import MUTABLE_KEYS, GeneratorConfig, identity_diff, legacy_identity
 from pipelines.recipes.base import Recipe
 
 MANIFEST_DIR = "manifest"
@@ -58,6 +58,10 @@ def effective_generator(recipe: Recipe, generator: GeneratorConfig | None = None
 def check_generator(recipe: Recipe, generator: GeneratorConfig | None) -> tuple[dict[str, Any], str | None]:
     """:func:`effective_generator`, refusing img2img for a recipe without guide images."""
     settings, negative = effective_generator(recipe, generator)
+    options = getattr(recipe, "options", None)
+    if negative is not None and "negative_prompt" in getattr(options, "model_fields_set", ()):
+        raise FFRError("config keys 'generator.negative_prompt' and 'recipe.options.negative_prompt' are both set; "
+                       "expected one of them (the recipe's is its default, the generator's replaces it)")
     if settings["mode"] == "img2img" and not getattr(recipe, "guided", False):
         raise FFRError(f"generator.mode 'img2img' needs guide images, and recipe {recipe.name!r} has none "
                        "configured (d3s-*: set recipe.options.foreground_root and background_root)")
@@ -98,7 +102,12 @@ def build_manifest(recipe: Recipe, budgets: dict[tuple[int, int], int], run_seed
 def read_manifest_info(root: str) -> dict | None:
     fs, base = filesystem(root)
     path = join(base, MANIFEST_DIR, "manifest.json")
-    return json.loads(fs.cat_file(path)) if fs.exists(path) else None
+    if not fs.exists(path):
+        return None
+    info = json.loads(fs.cat_file(path))
+    if "identity" in info:
+        info["identity"] = legacy_identity(info["identity"])
+    return info
 
 
 def new_info(recipe: str, identity: dict[str, Any]) -> dict[str, Any]:

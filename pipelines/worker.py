@@ -2,8 +2,8 @@
 
 Ray-free on purpose: the Ray Data actor (pipelines/job.py) wraps :class:`ShardWorker`, and so do the
 ``local`` runner and the overhead benchmark's bare Python loop, so all three run exactly this code.
-A shard is written with :func:`ffr.shards.write_shard` (tar, parquet, then the stats marker last), so
-it is either complete or invisible.
+A shard is streamed through :class:`ffr.shards.ShardWriter` (each image into the tar as it is encoded; then
+parquet, then the stats marker last), so it is either complete or invisible.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from ffr.shards import write_shard
+from ffr.shards import ShardWriter
 from ffr.storage import storage_retries
 from pipelines import backends
 from pipelines.filters import Filters
@@ -60,7 +60,7 @@ class ShardWorker:
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
-        self.backend = backends.create(settings.backend, **settings.backend_settings)
+        self.backend = backends.create(settings.backend, settings.backend_settings, settings.batch_size)
         self.filters = Filters(settings.gray_threshold, settings.clip_model, settings.clip_threshold)
 
     def process_shard(self, shard: int, rows: list[dict] | None = None) -> dict[str, Any]:
@@ -69,32 +69,32 @@ class ShardWorker:
         start = time.perf_counter()
         retries_before = storage_retries()
         rows = read_manifest_shard(s.output, shard) if rows is None else rows
-        out_rows: list[dict] = []
-        images: dict[str, bytes] = {}
         rejects: Counter = Counter()
         per_group: Counter = Counter()
-        for i in range(0, len(rows), s.batch_size):
-            batch = rows[i:i + s.batch_size]
-            guides = guide_images(batch, s.output)
-            generated = self.backend.generate(batch, guides)
-            verdicts = self.filters(generated, [r["prompt"] for r in batch])
-            for j, (row, image, verdict) in enumerate(zip(batch, generated, verdicts)):
-                key = f"{row['id']}.{s.image_format}"
-                # img2img: the guide is stored beside its image, so the pair can be reviewed later
-                guide_key = f"{row['id']}.guide.{s.image_format}" if guides is not None else ""
-                out_rows.append({**row, "accepted": verdict.accepted, "reject_reason": verdict.reason,
-                                 "clip_score": verdict.clip_score, "image_key": key, "guide_key": guide_key,
-                                 "image_width": image.width, "image_height": image.height})
-                if verdict.accepted:
-                    images[key] = encode(image, s.image_format)
-                    if guide_key:
-                        images[guide_key] = encode(guides[j], s.image_format)
-                    per_group[str(row["group"])] += 1
-                else:
-                    rejects[verdict.reason] += 1
-        seconds = time.perf_counter() - start
-        stats = {"seconds": round(seconds, 4), "rejects": dict(rejects), "accepted_per_group": dict(per_group)}
-        write_shard(s.output, shard, out_rows, images, stats)
+        # Each image goes into the shard's tar as soon as it is encoded: an actor holds one batch, not the shard.
+        with ShardWriter(s.output, shard) as sink:
+            for i in range(0, len(rows), s.batch_size):
+                batch = rows[i:i + s.batch_size]
+                guides = guide_images(batch, s.output)
+                generated = self.backend.generate(batch, guides)
+                verdicts = self.filters(generated, [r["prompt"] for r in batch])
+                for j, (row, image, verdict) in enumerate(zip(batch, generated, verdicts)):
+                    key = f"{row['id']}.{s.image_format}"
+                    # img2img: the guide is stored beside its image, so the pair can be reviewed later
+                    guide_key = f"{row['id']}.guide.{s.image_format}" if guides is not None else ""
+                    out = {**row, "accepted": verdict.accepted, "reject_reason": verdict.reason,
+                           "clip_score": verdict.clip_score, "image_key": key, "guide_key": guide_key,
+                           "image_width": image.width, "image_height": image.height}
+                    if verdict.accepted:
+                        sink.add(out, encode(image, s.image_format),
+                                 encode(guides[j], s.image_format) if guide_key else None)
+                        per_group[str(row["group"])] += 1
+                    else:
+                        sink.add(out)
+                        rejects[verdict.reason] += 1
+            seconds = time.perf_counter() - start
+            stats = {"seconds": round(seconds, 4), "rejects": dict(rejects), "accepted_per_group": dict(per_group)}
+            sink.finish(stats)
         # object-store retries this shard needed (its own writes; counted by ffr.storage) → summary.json
-        return {"shard": shard, "n_rows": len(rows), "n_accepted": len(images), **stats,
+        return {"shard": shard, "n_rows": len(rows), "n_accepted": sink.n_images, **stats,
                 "storage_retries": storage_retries() - retries_before}

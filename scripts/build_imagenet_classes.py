@@ -8,7 +8,7 @@ Writes
 - ``pipelines/recipes/data/imagenet_classes.tsv``: index, wnid, name (the first synonym of the ImageNet label,
   as D3S's prompts use it) and the WordNet 3.0 gloss (D3S's ``metadata/imagenet_dictionary.json``), one row per
   ImageNet-1k class in class-index order;
-- ``ffr/d3s/data/imagenet9.json``: the ImageNet-9 super-classes of "Noise or Signal" (Xiao et al. 2020,
+- ``ffr/datasets/data/imagenet9.json``: the ImageNet-9 super-classes of "Noise or Signal" (Xiao et al. 2020,
   ``in_to_in9.json`` + ``in9_classes.txt``), as {names, wnids, classes: {imagenet index: super-class index}}.
 Only public facts (names, ids, glosses, a class mapping) are taken; no code.
 """
@@ -75,7 +75,7 @@ def main() -> None:
                                 quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
         writer.writeheader()
         writer.writerows(imagenet_rows(args.d3s))
-    in9 = ROOT / "ffr/d3s/data/imagenet9.json"
+    in9 = ROOT / "ffr/datasets/data/imagenet9.json"
     in9.parent.mkdir(parents=True, exist_ok=True)
     in9.write_text(json.dumps(imagenet9(args.backgrounds_challenge), indent=1) + "\n")
     print(f"wrote {out} and {in9}")

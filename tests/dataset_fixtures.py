@@ -175,7 +175,7 @@ def build_d3s_shift(tmp_path: Path) -> dict:
 
     import pipelines
     from ffr.d3s.embedded import generation_config, write_foregrounds
-    from ffr.d3s.splits import write_splits
+    from ffr.datasets.d3s_splits import write_splits
 
     fg = write_foregrounds(tmp_path, per_class=1, size=32)
     out = str(tmp_path / "d3s")

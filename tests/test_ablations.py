@@ -5,9 +5,10 @@ import pytest
 import torch
 
 import pipelines
+from ffr import runs
 from ffr.corruptions import Corrupt
 from ffr.errors import FFRError
-from ffr.training import loop, run_experiment, rundir
+from ffr.training import loop, run_experiment
 from ffr.training.config import method_stage, parse, pretrain_stage
 
 TINY = {"dataset": "colored-digits", "dataset_options": {"bias_ratio": 0.95}, "backbone": "small-cnn",
@@ -57,7 +58,7 @@ def test_corruption_degrades_stage1_synthetic_images_and_names_its_own_run(tmp_p
     assert clean_spec.run_name != noisy_spec.run_name  # a corrupted stage 1 is never mistaken for the clean one
 
     result = run_experiment(corrupted)
-    stage1 = rundir.read_json(f"{tmp_path}/r/{noisy_spec.run_name}/config.json")
+    stage1 = runs.read_json(f"{tmp_path}/r/{noisy_spec.run_name}/config.json")
     assert stage1["corruption"] == "gaussian-noise" and result["stage1"]["stage"] == 1
 
     # What stage 1 trains on: every synthetic image degraded; validation (real) images never are.

@@ -15,7 +15,7 @@ from PIL import Image
 import pipelines
 from ffr.d3s import metrics
 from ffr.d3s.embedded import CLASS_TABLE, generation_config, write_foregrounds
-from ffr.d3s.splits import build_views, load_mapping, read_view, write_splits
+from ffr.datasets.d3s_splits import build_views, load_mapping, read_view, write_splits
 from ffr.shards import ShardReader, complete_shards, read_stats
 from pipelines.guides import TEMPLATES_DIR, make_guide, resolve
 
@@ -178,7 +178,7 @@ def test_compositing_backend_textures_and_img2img_puts_the_digit_in_the_scene(tm
 
 
 def test_review_accepted_restricts_splits_and_evaluation(digits_d3s, tmp_path):
-    pytest.importorskip("ffr.review.views")
+    pytest.importorskip("ffr.datasets.reviewed")
     from ffr.d3s.evaluate import EvalConfig, shard_plan
 
     out, _ = digits_d3s

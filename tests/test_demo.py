@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from ffr import demo
-from ffr.training import local, run_experiment, rundir
+from ffr import demo, runs
+from ffr.training import local, run_experiment
 
 TINY = {"dataset": "colored-digits", "dataset_options": {"bias_ratio": 0.95}, "backbone": "small-cnn",
         "backbone_options": {"width": 8}, "pretrained": None, "image_size": 32, "batch_size": 256,
@@ -18,22 +18,22 @@ def test_local_executor_keeps_best_and_latest_and_resumes(tmp_path):
     ray_was_up = ray.is_initialized()
     cfg = {**TINY, "epochs": 3, "storage_path": str(tmp_path)}
     result = run_experiment(cfg)
-    directory = rundir.run_dir(str(tmp_path), result["run_name"])
-    epochs = local.saved_epochs(directory)
-    assert result["checkpoint"] == local.checkpoint_dir(directory, result["best_epoch"])
+    directory = runs.run_dir(str(tmp_path), result["run_name"])
+    epochs = runs.saved_epochs(directory)
+    assert result["checkpoint"] == runs.checkpoint_dir(directory, result["best_epoch"])
     assert set(epochs) == {result["best_epoch"], 2}  # keep_checkpoints=1: the best, plus the latest
     assert ray.is_initialized() == ray_was_up  # no Ray needed
 
     # An interrupted run: no result, and its last epoch's checkpoint lost. Rerunning redoes only what is missing.
-    os.remove(os.path.join(directory, rundir.RESULT))
+    os.remove(os.path.join(directory, runs.RESULT))
     if epochs[-1] != result["best_epoch"]:
         local.LocalSession(directory, 1, None).restore()
         import shutil
 
-        shutil.rmtree(local.checkpoint_dir(directory, epochs[-1]))
+        shutil.rmtree(runs.checkpoint_dir(directory, epochs[-1]))
     again = run_experiment(cfg)
-    assert [r["epoch"] for r in rundir.read_metrics(directory)] == [0, 1, 2]
-    assert again["best_val_worst_group_acc"] >= 0 and local.saved_epochs(directory)[-1] == 2
+    assert [r["epoch"] for r in runs.read_metrics(directory)] == [0, 1, 2]
+    assert again["best_val_worst_group_acc"] >= 0 and runs.saved_epochs(directory)[-1] == 2
 
 
 def test_grid_table_and_paired_comparison_report_what_exceeds_the_seed_spread():

@@ -16,7 +16,11 @@ from pipelines.backends import BACKENDS, create
 from pipelines.backends.diffusers_backend import SCHEDULERS
 from pipelines.model_source import MARKER, resolve_model, sync_remote
 
-BASE = dict(dtype="fp32", device="cpu", steps=2, guidance_scale=5.0, batch_size=3)
+BASE = dict(dtype="fp32", device="cpu")  # backend.settings: how to run; rows say what to make (steps, guidance...)
+
+
+def _create(model: str, batch_size: int = 3, **settings):
+    return create("diffusers", {"model": model, **BASE, **settings}, batch_size=batch_size)
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +30,12 @@ def tiny_sd(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def backend(tiny_sd):
-    return create("diffusers", model=tiny_sd, **BASE)
+    return _create(tiny_sd)
 
 
 def _row(prompt: str, seed: int, **extra) -> dict:
-    return {"id": f"{prompt}-{seed}", "prompt": prompt, "negative_prompt": "", "seed": seed, **extra}
+    return {"id": f"{prompt}-{seed}", "prompt": prompt, "negative_prompt": "", "seed": seed, "steps": 2,
+            "guidance_scale": 5.0, **extra}
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
@@ -61,18 +66,18 @@ def test_a_row_gives_the_same_pixels_in_any_batch_and_any_instance(tiny_sd):
     position, beside other rows or in a batch of another size gives pixels equal within a stated tolerance
     (bit-identical on some CPUs; one level off here and there on AVX-512/AMX CPUs)."""
     # euler_a adds fresh noise each step, so this also checks the per-image generators reach the scheduler.
-    backend = create("diffusers", model=tiny_sd, scheduler="euler_a", **BASE)
+    backend = _create(tiny_sd, scheduler="euler_a")
     batch = [ROWS[3], ROWS[1], ROWS[0], ROWS[2]]  # two pipeline calls of 3 (the second padded)
     first = [_pixels(im) for im in backend.generate(batch)]
     again = [_pixels(im) for im in backend.generate(batch)]
-    fresh = [_pixels(im) for im in create("diffusers", model=tiny_sd, scheduler="euler_a", **BASE).generate(batch)]
+    fresh = [_pixels(im) for im in _create(tiny_sd, scheduler="euler_a").generate(batch)]
     for a, b, c in zip(first, again, fresh):
         assert np.array_equal(a, b) and np.array_equal(a, c)  # (1): bit-identical
 
     alone = _pixels(backend.generate([ROWS[0]])[0])  # position 0, padded with copies of itself
-    elsewhere = _pixels(create("diffusers", model=tiny_sd, scheduler="euler_a", **BASE)
+    elsewhere = _pixels(_create(tiny_sd, scheduler="euler_a")
                         .generate([ROWS[2], ROWS[0]])[1])  # position 1, other neighbours, another instance
-    wider = _pixels(create("diffusers", model=tiny_sd, scheduler="euler_a", **{**BASE, "batch_size": 4})
+    wider = _pixels(_create(tiny_sd, batch_size=4, scheduler="euler_a")
                     .generate([ROWS[0]])[0])  # another batch size
     for what, pixels in (("alone", alone), ("other position", elsewhere), ("batch size 4", wider)):
         assert_close_pixels(pixels, first[2], what)  # (2): within the tolerance
@@ -93,12 +98,12 @@ def test_img2img_follows_the_init_images(backend):
     assert_close_pixels(_pixels(again[1]), _pixels(images[0]), "img2img at another position")
 
 
-def test_per_row_overrides_match_backend_settings(tiny_sd, backend):
+def test_rows_say_what_to_make_and_share_calls_only_with_equal_settings(backend):
     row = _row("a cat", 5)
-    one_step_row = backend.generate([{**row, "steps": 1}, row])
-    one_step_backend = create("diffusers", model=tiny_sd, **{**BASE, "steps": 1}).generate([row])[0]
-    assert np.array_equal(_pixels(one_step_row[0]), _pixels(one_step_backend))
-    assert not np.array_equal(_pixels(one_step_row[0]), _pixels(one_step_row[1]))
+    mixed = backend.generate([{**row, "steps": 1}, row])  # two settings in one batch: two pipeline calls
+    assert np.array_equal(_pixels(mixed[0]), _pixels(backend.generate([{**row, "steps": 1}])[0]))
+    assert np.array_equal(_pixels(mixed[1]), _pixels(backend.generate([row])[0]))
+    assert not np.array_equal(_pixels(mixed[0]), _pixels(mixed[1]))
     wide = backend.generate([{**row, "width": 48, "height": 40}])[0]
     assert wide.size == (48, 40)
 
@@ -110,7 +115,7 @@ def default_image(backend) -> Image.Image:
 
 @pytest.mark.parametrize("name", SCHEDULERS.names())
 def test_every_scheduler_runs_and_changes_the_sampler(name, tiny_sd, backend, default_image):
-    chosen = create("diffusers", model=tiny_sd, scheduler=name, **BASE)
+    chosen = _create(tiny_sd, scheduler=name)
     expected = SCHEDULERS.get(name)(backend.text2image.scheduler.config)  # built from the model's own config
     assert type(chosen.text2image.scheduler) is type(expected)
     assert chosen.text2image.scheduler.config == expected.config
@@ -120,14 +125,14 @@ def test_every_scheduler_runs_and_changes_the_sampler(name, tiny_sd, backend, de
 
 
 def test_channels_last_and_compile_are_applied(tiny_sd):
-    chosen = create("diffusers", model=tiny_sd, channels_last=True, compile=True, **BASE)
+    chosen = _create(tiny_sd, channels_last=True, compile=True)
     assert chosen.text2image.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert isinstance(chosen.text2image.unet, torch._dynamo.eval_frame.OptimizedModule)
 
 
 def test_half_precision_on_cpu_falls_back_to_fp32_with_a_warning(tiny_sd):
     with pytest.warns(UserWarning, match="fp16"):
-        chosen = create("diffusers", model=tiny_sd, **{**BASE, "dtype": "fp16"})
+        chosen = _create(tiny_sd, dtype="fp16")
     assert chosen.dtype == torch.float32 and chosen.text2image.unet.dtype == torch.float32
 
 
@@ -138,14 +143,13 @@ def test_half_precision_on_cpu_falls_back_to_fp32_with_a_warning(tiny_sd):
     ({"attention": "xformers"}, "xformers"),
     ({"model": "/no/such/model/dir"}, "'/no/such/model/dir'"),
     ({"model": "no-such-org/no-such-model"}, "'no-such-org/no-such-model'"),
-    ({"temperature": 3}, "'temperature'"),
-    ({"steps": 0}, "steps"),
-    ({"width": 30}, "width 30"),
+    ({"temperature": 3}, "'backend.settings.temperature'"),
+    ({"steps": 4}, "'backend.settings.steps'"),  # what to make lives in the rows (generator.steps)
     ({"device": "tpu"}, "'tpu'"),
 ])
 def test_bad_settings_give_one_line_naming_the_value(tiny_sd, settings, named):
     with pytest.raises(FFRError) as err:
-        create("diffusers", **{**BASE, "model": tiny_sd, **settings}).generate([ROWS[0]])
+        _create(**{"model": tiny_sd, **settings}).generate([ROWS[0]])
     message = str(err.value)
     assert named in message and "\n" not in message
 
@@ -157,6 +161,12 @@ def test_bad_rows_give_one_clear_error(backend):
         backend.generate([ROWS[0], ROWS[1]], init_images=[Image.new("RGB", (32, 32))])
     with pytest.raises(FFRError, match="steps"):
         backend.generate([_row("a", 1, steps=1, strength=0.4)], init_images=[Image.new("RGB", (32, 32))])
+    with pytest.raises(FFRError, match="width 30"):
+        backend.generate([_row("a", 1, width=30)])
+    with pytest.raises(FFRError, match="has no 'guidance_scale'"):
+        backend.generate([{k: v for k, v in ROWS[0].items() if k != "guidance_scale"}])
+    with pytest.raises(FFRError, match="has no 'strength'"):
+        backend.generate([ROWS[0]], init_images=[Image.new("RGB", (32, 32))])
 
 
 def test_s3_model_is_synced_once_per_node_and_gives_the_same_pixels(tiny_sd, backend, s3_bucket, tmp_path):
@@ -188,7 +198,7 @@ def test_s3_model_is_synced_once_per_node_and_gives_the_same_pixels(tiny_sd, bac
     os.remove(os.path.join(local, MARKER))  # a copy killed before its marker is redone
     assert sync_remote(prefix, cache) == local and os.path.exists(os.path.join(local, MARKER))
 
-    from_s3 = create("diffusers", **{**BASE, "model": prefix, "cache_dir": cache}).generate([ROWS[1]])[0]
+    from_s3 = _create(prefix, cache_dir=cache).generate([ROWS[1]])[0]
     assert np.array_equal(_pixels(from_s3), _pixels(backend.generate([ROWS[1]])[0]))
 
     with pytest.raises(FFRError, match="holds no files"):

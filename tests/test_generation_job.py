@@ -107,7 +107,7 @@ def tiny_sd_model(tmp_path_factory) -> str:
 
 
 def _diffusers_backend(model: str) -> dict:
-    return {"name": "diffusers", "settings": {"model": model, "dtype": "fp32", "device": "cpu", "batch_size": 4}}
+    return {"name": "diffusers", "settings": {"model": model, "dtype": "fp32", "device": "cpu"}}
 
 
 def test_diffusers_text_to_image_through_ray_to_s3(ray_cluster, s3_bucket, s3_endpoint, tiny_sd_model):
@@ -131,7 +131,7 @@ def test_diffusers_text_to_image_through_ray_to_s3(ray_cluster, s3_bucket, s3_en
     # equal within the cross-batch tolerance of docs/reproducibility.md)
     from tiny_diffusers import assert_close_pixels
 
-    backend = create_backend("diffusers", **_diffusers_backend(tiny_sd_model)["settings"])
+    backend = create_backend("diffusers", config["backend"]["settings"], batch_size=config["batch_size"])
     row = manifest.iloc[5].to_dict()
     assert_close_pixels(np.asarray(backend.generate([row])[0]), pixels[row["id"]], row["id"])
 

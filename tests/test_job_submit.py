@@ -16,7 +16,7 @@ import pytest
 
 from ffr.cluster.local_head import local_head, venv_bin
 from ffr.cluster.runtime_env import build_runtime_env
-from ffr.cluster.secrets import leaked_secrets
+from ffr.secrets import leaked_secrets
 from ffr.storage import filesystem
 
 pytestmark = pytest.mark.slow

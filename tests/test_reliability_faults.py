@@ -210,7 +210,8 @@ def test_training_through_a_resetting_proxy_completes(s3_bucket, proxy):
     """FFR on colored digits with its synthetic shards, checkpoints and results on S3 behind the 10 %-reset proxy:
     reads (tar ranges), checkpoint writes and result files all retry and the run finishes with a test WGA.
     ``executor: local`` trains in this process, so every S3 request really crosses the proxy."""
-    from ffr.training import run_experiment, rundir
+    from ffr import runs
+    from ffr.training import run_experiment
 
     synthetic = f"{s3_bucket}/digits"
     assert generate(_config(synthetic, per_group=300, shard_size=600, runner="local"))["complete"]
@@ -223,4 +224,4 @@ def test_training_through_a_resetting_proxy_completes(s3_bucket, proxy):
     assert proxy.injected.resets > before, proxy.injected  # training's own requests met resets
     assert 0.0 <= result["test"]["worst_group_acc"] <= 1.0
     proxy.reset_rate = 0.0
-    assert rundir.read_result(rundir.run_dir(f"{s3_bucket}/runs", result["run_name"])) is not None
+    assert runs.read_result(runs.run_dir(f"{s3_bucket}/runs", result["run_name"])) is not None

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from ffr import runs
 from ffr.cli import main
 from ffr.errors import FFRError, user_error
 from ffr.storage import filesystem
-from ffr.training import rundir
 
 REPO = Path(__file__).resolve().parents[1]
 GEN_CONFIG = str(REPO / "configs" / "generate-colored-digits.yaml")
@@ -81,10 +81,10 @@ def test_train_refuses_a_missing_bucket_before_ray(s3_endpoint, tmp_path, capsys
 
 
 def test_folders_inside_an_existing_bucket_are_fine(s3_bucket):
-    from ffr.training.rundir import write_json
+    from ffr.runs import write_json
 
     write_json(f"{s3_bucket}/a/b/c/x.json", {"ok": 1})
-    assert rundir.read_json(f"{s3_bucket}/a/b/c/x.json") == {"ok": 1}
+    assert runs.read_json(f"{s3_bucket}/a/b/c/x.json") == {"ok": 1}
 
 
 # -- 2. a bad backend / a model that fails inside Ray ------------------------------------------------------
@@ -181,9 +181,9 @@ def test_corrupt_jpeg_fails_in_one_line_or_is_skipped_and_counted(ray_cluster, t
     out = capsys.readouterr().out
     assert rc == 0
     run_dir = json.loads(out.strip().splitlines()[-1])["run_dir"]
-    result = rundir.read_result(run_dir)
+    result = runs.read_result(run_dir)
     assert result["bad_images"] == "skip" and result["bad_images_skipped"] == 1
-    splits = pd.read_parquet(Path(run_dir) / rundir.SPLITS)
+    splits = pd.read_parquet(Path(run_dir) / runs.SPLITS)
     assert bad_key not in set(splits["key"]) and len(splits) == 4 * 12 - 1
 
 

@@ -18,9 +18,9 @@ from review_fixtures import Server, build_review_output
 from sqlalchemy import func, select
 
 from ffr.cli import main as ffr_main
+from ffr.datasets.reviewed import accepted_ids
 from ffr.review.db import Rater, Vote
 from ffr.review.store import add_rater, open_review
-from ffr.review.views import accepted_ids
 
 CHROMIUM = os.environ.get("FFR_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.browser, pytest.mark.slow,

@@ -11,6 +11,7 @@ from review_fixtures import build_review_output
 from sqlalchemy import func, select
 
 import ffr.datasets
+from ffr.datasets.reviewed import accepted_ids
 from ffr.errors import FFRError
 from ffr.review.assignment import open_task
 from ffr.review.db import ReviewImage, Vote
@@ -18,7 +19,6 @@ from ffr.review.decisions import ACCEPT, PENDING, REJECT, export, veto_decision
 from ffr.review.images import ImageSource
 from ffr.review.selection import add_images, choose
 from ffr.review.store import add_rater, open_review
-from ffr.review.views import accepted_ids
 from ffr.review.voting import Outcome, record_vote
 
 

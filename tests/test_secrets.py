@@ -19,9 +19,9 @@ from mlflow.tracking import MlflowClient
 
 from ffr.cluster.mlflow_server import start as start_mlflow_server
 from ffr.cluster.runtime_env import build_runtime_env, check_runtime_env
-from ffr.cluster.secrets import configured_secrets, is_secret_name, leaked_secrets, scrub
 from ffr.config import dump_config, redact
 from ffr.errors import FFRError
+from ffr.secrets import configured_secrets, is_secret_name, leaked_secrets, scrub
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,14 +6,15 @@ import pickle
 import numpy as np
 import pytest
 
+from ffr import runs
 from ffr.cli import main
 from ffr.errors import FFRError
-from ffr.training import rundir
+from ffr.runs import selection_score
 from ffr.training.config import TrainConfig, method_stage, parse, pretrain_stage
 from ffr.training.data import load_experiment_data
 from ffr.training.evaluation import evaluate_checkpoint
 from ffr.training.loop import save_state
-from ffr.training.stage import Session, run_stage, selection_score
+from ffr.training.stage import Session, run_stage
 
 TINY = {"dataset": "colored-digits", "backbone": "small-cnn", "backbone_options": {"width": 8}, "pretrained": None,
         "image_size": 32, "epochs": 1, "batch_size": 128, "cache_in_memory": True}
@@ -47,7 +48,7 @@ def test_usb_groupdro_trains_on_real_plus_synthetic_groups_in_process(synthetic_
     assert draws == expected.tolist()
     assert 0.0 <= record["val_worst_group_acc"] <= record["val_mean_group_acc"] <= 1.0
     assert {f"val_acc_group_{g}" for g in range(4)} <= set(record)
-    assert rundir.read_metrics(str(tmp_path)) == json.loads(json.dumps([record]))
+    assert runs.read_metrics(str(tmp_path)) == json.loads(json.dumps([record]))
 
     # The final evaluation of the epoch's checkpoint reproduces its validation numbers exactly.
     save_state(session.states[0], str(tmp_path / "ckpt"))
@@ -87,16 +88,16 @@ def test_selection_prefers_best_wga_then_earliest_epoch():
 def test_resumed_epochs_replace_their_metrics_records(tmp_path):
     d = str(tmp_path)
     for epoch in (0, 1, 2, 1, 2):  # a worker died during epoch 2; the run resumed after epoch 0's checkpoint
-        rundir.append_metrics(d, {"stage": 2, "epoch": epoch, "train_loss": float(epoch), "x": float("nan")})
-    records = rundir.read_metrics(d)
+        runs.append_metrics(d, {"stage": 2, "epoch": epoch, "train_loss": float(epoch), "x": float("nan")})
+    records = runs.read_metrics(d)
     assert [r["epoch"] for r in records] == [0, 1, 2] and records[0]["x"] is None
 
 
 def _fake_run(root, name, seed, lr, wga, stage=1):
     d = str(root / name)
-    rundir.write_config(d, {"dataset": "colored-digits", "seed": seed, "lr": lr, "run_name": name})
+    runs.write_config(d, {"dataset": "colored-digits", "seed": seed, "lr": lr, "run_name": name})
     save_state({"model": {}}, f"{d}/checkpoint_epoch0000")
-    rundir.write_result(d, {"run_name": name, "stage": stage, "seed": seed, "best_val_worst_group_acc": wga,
+    runs.write_result(d, {"run_name": name, "stage": stage, "seed": seed, "best_val_worst_group_acc": wga,
                             "checkpoint": f"{d}/checkpoint_epoch0000"})
     return d
 
@@ -108,15 +109,15 @@ def test_best_stage1_run_is_chosen_by_mean_val_wga_over_seeds(tmp_path):
     b0 = _fake_run(tmp_path, "b0", 0, 0.01, 0.80)
     b1 = _fake_run(tmp_path, "b1", 1, 0.01, 0.75)
     _fake_run(tmp_path, "c0", 0, 0.5, 0.99, stage=2)  # stage-2 runs are not candidates
-    assert rundir.best_run_of_sweep(str(tmp_path), seed=0) == b0
-    assert rundir.best_run_of_sweep(str(tmp_path), seed=1) == b1
-    assert rundir.resolve_checkpoint(f"best:{tmp_path}", 1) == f"{b1}/checkpoint_epoch0000"
-    assert rundir.resolve_checkpoint(b0, 0) == f"{b0}/checkpoint_epoch0000"
-    assert rundir.resolve_checkpoint(f"{b0}/checkpoint_epoch0000", 0) == f"{b0}/checkpoint_epoch0000"
+    assert runs.best_run_of_sweep(str(tmp_path), seed=0) == b0
+    assert runs.best_run_of_sweep(str(tmp_path), seed=1) == b1
+    assert runs.resolve_checkpoint(f"best:{tmp_path}", 1) == f"{b1}/checkpoint_epoch0000"
+    assert runs.resolve_checkpoint(b0, 0) == f"{b0}/checkpoint_epoch0000"
+    assert runs.resolve_checkpoint(f"{b0}/checkpoint_epoch0000", 0) == f"{b0}/checkpoint_epoch0000"
     with pytest.raises(FFRError, match="seed 7"):
-        rundir.best_run_of_sweep(str(tmp_path), seed=7)
+        runs.best_run_of_sweep(str(tmp_path), seed=7)
     with pytest.raises(FFRError, match="neither a checkpoint"):
-        rundir.resolve_checkpoint(str(tmp_path / "nowhere"), 0)
+        runs.resolve_checkpoint(str(tmp_path / "nowhere"), 0)
 
 
 @pytest.mark.parametrize("overrides, message", [

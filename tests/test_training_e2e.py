@@ -8,10 +8,11 @@ import pytest
 import yaml
 
 import ffr.methods
+from ffr import runs
 from ffr.cli import main
 from ffr.methods.dfr import C_GRID
 from ffr.storage import filesystem, join
-from ffr.training import run_experiment, rundir
+from ffr.training import run_experiment
 from ffr.training.config import parse, pretrain_stage
 from ffr.training.data import load_experiment_data
 from ffr.training.experiment import run_stage_job
@@ -44,11 +45,11 @@ def _best_record(records: list[dict]) -> dict:
 
 
 def _check_run_dir(result: dict, epochs: int) -> list[dict]:
-    directory = rundir.run_dir(result["storage_path"], result["run_name"])
+    directory = runs.run_dir(result["storage_path"], result["run_name"])
     fs, inner = filesystem(directory)
-    for name in (rundir.CONFIG, rundir.SPLITS, rundir.RESULT):
+    for name in (runs.CONFIG, runs.SPLITS, runs.RESULT):
         assert fs.exists(join(inner, name)), name
-    records = rundir.read_metrics(directory)
+    records = runs.read_metrics(directory)
     assert [r["epoch"] for r in records] == list(range(epochs))
     best = _best_record(records)
     # The checkpoint with the best validation WGA is the result, and it is the one evaluated.
@@ -63,8 +64,8 @@ def test_stage1_trains_on_balanced_synthetic_data_with_two_workers(ffr_setup):
     assert stage1["stage"] == 1 and stage1["method"] == "erm"
     records = _check_run_dir(stage1, 2)
     assert stage1["val"]["worst_group_acc"] == _best_record(records)["val_worst_group_acc"]
-    splits = rundir.run_dir(stage1["storage_path"], stage1["run_name"])
-    with filesystem(splits)[0].open(filesystem(join(splits, rundir.SPLITS))[1], "rb") as f:
+    splits = runs.run_dir(stage1["storage_path"], stage1["run_name"])
+    with filesystem(splits)[0].open(filesystem(join(splits, runs.SPLITS))[1], "rb") as f:
         import pandas as pd
 
         table = pd.read_parquet(f)
@@ -92,7 +93,7 @@ def test_stage2_from_stage1_with_each_method(ffr_setup, method):
     else:
         assert result["val"]["worst_group_acc"] == best_wga
     if method == "jtt":
-        ident = rundir.read_json(join(rundir.run_dir(result["storage_path"], result["run_name"]), "identification",
+        ident = runs.read_json(join(runs.run_dir(result["storage_path"], result["run_name"]), "identification",
                                       "identification.json"))
         assert ident["n_train"] == len(ident["error_set"]) and 0 < ident["n_errors"] < ident["n_train"]
         assert records[0]["train_draws"] == ident["n_train"] + 5 * ident["n_errors"]  # upweight 6
@@ -106,7 +107,7 @@ def test_stage2_from_stage1_with_each_method(ffr_setup, method):
 
 def test_dfr_on_a_given_trained_model_without_training(ffr_setup):
     config, stage1 = ffr_setup
-    stage1_dir = rundir.run_dir(stage1["storage_path"], stage1["run_name"])
+    stage1_dir = runs.run_dir(stage1["storage_path"], stage1["run_name"])
     result = run_experiment({**config, "variant": "none", "synthetic_root": None, "method": "dfr", "epochs": 0,
                              "init_checkpoint": stage1_dir})  # a run directory resolves to its best checkpoint
     assert result["checkpoint"] == stage1["checkpoint"] and result["best_epoch"] is None
@@ -136,7 +137,7 @@ def test_rerun_after_driver_death_resumes_on_s3(ray_cluster, s3_bucket, tmp_path
         main(["train", "--config", str(path), kill])
     assert main(["train", "--config", str(path)]) == 0  # the same command again
     summary = yaml.safe_load(capsys.readouterr().out.strip().splitlines()[-1])
-    result = rundir.read_result(summary["run_dir"])
+    result = runs.read_result(summary["run_dir"])
     assert result["checkpoint"].startswith(f"{s3_bucket}/runs/")
     records = _check_run_dir(result, 2)
     assert [r["attempt_start_epoch"] for r in records] == [0, 1]  # resumed, did not start over

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ffr import runs
 from ffr.storage import filesystem
-from ffr.training import plan, run_experiment, rundir
+from ffr.training import plan, run_experiment
 from ffr.training.config import method_stage, parse
 from ffr.training.data import load_experiment_data
 
@@ -110,6 +111,6 @@ def test_a_run_lists_and_indexes_its_s3_data_once(ray_cluster, s3_bucket, s3_req
     # more of the dataset's storage than one resolution does (before the plan: 8 listings, 10 tar indexings).
     assert whole_run["tar indexings"] == once["tar indexings"] == n_tars >= 2
     assert 1 <= whole_run["listings"] <= once["listings"] and whole_run["other reads"] <= once["other reads"]
-    directory = rundir.run_dir(config["storage_path"], method_stage(parse(config)).run_name)
+    directory = runs.run_dir(config["storage_path"], method_stage(parse(config)).run_name)
     assert plan.read_plan(plan.plan_path(directory)).stages[2].train_spec.with_source
     assert result["method"] == "jtt" and 0.0 <= result["test"]["worst_group_acc"] <= 1.0

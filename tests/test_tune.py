@@ -5,10 +5,10 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
+from ffr import runs
 from ffr.cli import main
 from ffr.errors import FFRError
 from ffr.methods import METHODS
-from ffr.training import rundir
 from tune.spaces import method_space, to_domain
 from tune.sweep import METRIC, FinishingASHA, param_space, parse_sweep, trial_train_config
 
@@ -88,16 +88,16 @@ def test_a_trial_asha_stopped_is_marked_stopped_not_failed(tmp_path, capsys):
     params = {"method": "erm", "seed": 0, "train": {"lr": 0.001}}
     name = "colored-digits-none-erm-s0-abc_00001"
     run = tmp_path / "sweep" / name
-    rundir.write_config(str(run), {"dataset": "colored-digits", "variant": "none", "method": "erm", "stage": 2,
+    runs.write_config(str(run), {"dataset": "colored-digits", "variant": "none", "method": "erm", "stage": 2,
                                    "seed": 0})
-    rundir.append_metrics(str(run), {"stage": 2, "epoch": 0, "val_worst_group_acc": 0.25})
+    runs.append_metrics(str(run), {"stage": 2, "epoch": 0, "val_worst_group_acc": 0.25})
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = tracking.RunTracker(uri, "sweep", name, {"method": "erm"})
     tracker.start({"lr": 0.001})
     stopped = SimpleNamespace(config=params, metrics={METRIC: 0.25}, error=None, path=str(tmp_path / "tune-abc_00001"))
     row = _trial_row(stopped, base, 3, uri, "sweep")
     assert (row["run_name"], row["status"], row["epochs_run"], row["error"]) == (name, "stopped", 1, None)
-    assert rundir.read_stopped(str(run)) == {"stopped_by": "asha", "epochs_run": 1, "epochs": 3}
+    assert runs.read_stopped(str(run)) == {"stopped_by": "asha", "epochs_run": 1, "epochs": 3}
     (mlflow_run,) = tracking.runs_named(uri, "sweep", name)
     assert mlflow_run.info.status == "KILLED" and mlflow_run.data.tags["ffr.status"] == "stopped"
     assert main(["report", str(tmp_path / "sweep")]) == 0
@@ -136,8 +136,8 @@ def test_shipped_asha_sweep_then_report_and_mlflow(ray_cluster, tmp_path, capsys
     rows = [SimpleNamespace(**r) for r in table.to_dict("records")]
     for row in rows:
         run = folder / row.run_name
-        assert (run / rundir.RESULT).exists() == (row.status == "finished")
-        assert (run / rundir.STOPPED).exists() == (row.status == "stopped")
+        assert (run / runs.RESULT).exists() == (row.status == "finished")
+        assert (run / runs.STOPPED).exists() == (row.status == "stopped")
 
     assert main(["report", str(folder)]) == 0  # Tune's own result.json files sit in the same tree
     report = capsys.readouterr().out
@@ -149,10 +149,10 @@ def test_shipped_asha_sweep_then_report_and_mlflow(ray_cluster, tmp_path, capsys
 
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("colored-digits-stage2")
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    assert set(runs) == set(table["run_name"])
+    tracked = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(tracked) == set(table["run_name"])
     for row in rows:
-        run = runs[row.run_name]
+        run = tracked[row.run_name]
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
         assert (tags["dataset"], tags["variant"], tags["method"], tags["stage"], tags["seed"]) == \
             ("colored-digits", "none", row.method, "2", str(row.seed))
@@ -166,7 +166,7 @@ def test_shipped_asha_sweep_then_report_and_mlflow(ray_cluster, tmp_path, capsys
             assert metrics["test_worst_group_acc"] == pytest.approx(row.test_worst_group_acc)
             assert "test_acc/large 5-9/red" in metrics and "test_n/large 5-9/red" in metrics
             artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-            assert {"config.json", "metrics.jsonl", rundir.RESULT, "val_wga_curve.png"} <= artifacts
+            assert {"config.json", "metrics.jsonl", runs.RESULT, "val_wga_curve.png"} <= artifacts
         else:
             assert run.info.status == "KILLED" and tags["ffr.status"] == "stopped"
 

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(format_config(SweepConfig, cfg))
         train = parse(base_train_config(cfg))
-        print("\n" + format_config(TrainConfig, train, "train.", entry_rows=option_rows(train, "train.")))
+        print("\n" + format_config(TrainConfig, train, "train.", expand=option_rows(train, "train.")))
         return 0
     table = run_sweep(cfg)
     shown = [c for c in ("run_name", "status", "epochs_run", METRIC, "test_worst_group_acc") if c in table]

@@ -24,14 +24,13 @@ import pandas as pd
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from ffr import tracking
+from ffr import runs, tracking
 from ffr.config import build, load_config, redact, set_dotted, to_dict
 from ffr.errors import FFRError, unwrap_user_errors, user_error
 from ffr.methods import METHODS
 from ffr.ray_session import ensure_ray
 from ffr.storage import ensure_dir, filesystem, join, require_bucket
 from ffr.tracking import MLflowConfig
-from ffr.training import rundir
 from ffr.training.config import TrainConfig, parse
 from tune.spaces import method_space, to_domain
 
@@ -191,22 +190,22 @@ def _trial_row(result, base: dict[str, Any], epochs: int, uri: str | None, exper
     method = params.get("method")
     trial_id = _trial_id(result)
     run_name = trial_run_name(trial_train_config(base, params, trial_id), trial_id) if trial_id and method else None
-    directory = rundir.run_dir(base["storage_path"], run_name) if run_name else None
-    finished = directory is not None and rundir.read_result(directory) is not None
-    epochs_run = len({r.get("epoch") for r in rundir.read_metrics(directory) if r.get("stage") == 2}) \
-        if directory else 0
+    directory = runs.run_dir(base["storage_path"], run_name) if run_name else None
+    record = runs.read_run(directory) if directory else None
+    finished = record is not None and record.finished
+    epochs_run = len({r.get("epoch") for r in record.metrics if r.get("stage") == 2}) if record else 0
     if result.error is not None:
         status = "error"
     elif finished:
         status = "finished"
     else:
         status = "stopped"
-        rundir.write_stopped(directory, {"stopped_by": "asha", "epochs_run": epochs_run, "epochs": epochs})
+        runs.write_stopped(directory, {"stopped_by": "asha", "epochs_run": epochs_run, "epochs": epochs})
         for run in tracking.runs_named(uri, experiment, run_name) if uri else []:
             if run.info.status != "FINISHED":
                 tracking.client(uri).set_tag(run.info.run_id, "ffr.status", "stopped")
                 tracking.client(uri).set_terminated(run.info.run_id, "KILLED")
-    result_file = rundir.read_result(directory) if finished else {}
+    result_file = record.result if finished else {}
     return {"run_name": run_name, "status": status, "run_dir": directory, "method": method, "seed": params.get("seed"),
             **{f"train.{k}": v for k, v in params.get("train", {}).items()},
             **{f"hp.{k}": v for k, v in params.get("method_hparams", {}).get(method, {}).items()},
@@ -231,7 +230,7 @@ def _check_inputs(train: TrainConfig, seeds: list[int]) -> None:
 
     if train.init_checkpoint:
         for seed in seeds:
-            rundir.resolve_checkpoint(train.init_checkpoint, int(seed))
+            runs.resolve_checkpoint(train.init_checkpoint, int(seed))
     load_experiment_data(train)
 
 

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from ffr.cluster.secrets import has_url_credentials, is_secret_name
 from ffr.config import read_yaml_mapping
 from ffr.errors import FFRError
+from ffr.secrets import has_url_credentials, is_secret_name
 
 # Copied from the submitting shell when set: where S3 and MLflow are, never how to log in to them.
 PASS_THROUGH = ("FFR_S3_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI")

@@ -10,7 +10,7 @@ instance role or their own credentials file, the same way the driver does.
 
 from __future__ import annotations
 
-from ffr.cluster.secrets import is_secret_name
+from ffr.secrets import is_secret_name
 
 
 def keep_credentials_out_of_trials() -> frozenset[str]:

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.d3s_command == "splits":
-        from ffr.d3s.splits import write_splits
+        from ffr.datasets.d3s_splits import write_splits
 
         print(json.dumps(write_splits(args.data, args.seed, args.mapping, args.name, args.review), indent=2))
     elif args.d3s_command == "eval":

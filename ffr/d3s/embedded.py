@@ -34,11 +34,11 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 def _digit(digit: int, seed: int, size: int) -> Image.Image:
-    from pipelines.backends.procedural import ProceduralBackend
+    from pipelines.backends import create
 
     row = {"seed": seed, "width": size, "height": size, "glyph": str(digit), "b": 0,
            "background_rgb": list(BACKDROP_RGB), "ink_rgb": list(INK_RGB)}
-    return ProceduralBackend(max_rotation=12.0).render(row)
+    return create("procedural", {"max_rotation": 12.0}).render(row)
 
 
 def write_foregrounds(root: str | Path, per_class: int = 8, size: int = IMAGE_SIZE, seed: int = 0) -> str:
@@ -131,7 +131,7 @@ def run_demo(out: str | Path, per_group: int = 8, epochs: int = 12, seed: int = 
     """Everything, end to end; returns the evaluation summary (also written under ``out/eval``)."""
     import pipelines
     from ffr.d3s.evaluate import EvalConfig, evaluate
-    from ffr.d3s.splits import write_splits
+    from ffr.datasets.d3s_splits import write_splits
 
     out = Path(out).resolve()
     fg = write_foregrounds(out, seed=seed)

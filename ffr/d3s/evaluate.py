@@ -28,7 +28,7 @@ import pandas as pd
 
 from ffr.d3s import metrics
 from ffr.errors import FFRError
-from ffr.shards import SHARD_DIR, ShardReader, shard_name
+from ffr.shards import ShardReader
 from ffr.storage import filesystem, join, write_atomic
 from pipelines.guides import class_folders, list_images
 from pipelines.recipes.class_table import load_class_table
@@ -59,33 +59,28 @@ def shard_plan(cfg: EvalConfig) -> pd.DataFrame:
     reader = ShardReader(cfg.data)
     meta = reader.metadata
     if cfg.split:
-        from ffr.d3s.splits import read_view
+        from ffr.datasets.d3s_splits import read_view
 
         name, _, which = cfg.split.partition("/")
         view, _ = read_view(cfg.data, name, which or "anti-correlated")
         meta = meta[meta["id"].isin(set(view["id"]))]
     if cfg.review == "accepted":
-        from ffr.review.views import accepted_ids
+        from ffr.datasets.reviewed import accepted_ids
 
         meta = meta[meta["id"].astype(str).isin(accepted_ids(cfg.data))]
     elif cfg.review is not None:
         raise FFRError(f"review = {cfg.review!r}; expected 'accepted' or null")
     if meta.empty:
         raise FFRError(f"nothing to evaluate under {cfg.data!r} (split {cfg.split!r}, review {cfg.review!r})")
-    _, base = filesystem(cfg.data)
-    members = [reader._members[k] for k in meta["image_key"]]
+    members = [reader.member(k) for k in meta["image_key"]]
     y = meta["class_index"] if "class_index" in meta.columns else meta["y"]
     plan = pd.DataFrame({"id": meta["id"].astype(str).to_numpy(), "y": y.astype(np.int64).to_numpy(),
                          "background": meta["bias_name"].astype(str).to_numpy(),
-                         "path": [_uri(cfg.data, join(base, SHARD_DIR, f"{shard_name(m.shard)}.tar")) for m in members],
+                         "path": [m.path for m in members],
                          "offset": np.array([m.offset for m in members], np.int64),
                          "size": np.array([m.size for m in members], np.int64)})
     plan = plan.sort_values(["path", "offset"], kind="stable").reset_index(drop=True)
     return plan.iloc[:cfg.limit] if cfg.limit else plan
-
-
-def _uri(root: str, inner: str) -> str:
-    return f"s3://{inner}" if root.startswith("s3://") else inner
 
 
 def reference_plan(folder: str, class_table: str) -> pd.DataFrame:

@@ -31,6 +31,10 @@ def _names(attribute: str) -> tuple[str, str]:
     return ("Female", "Male") if attribute == "Male" else (f"not {attribute}", attribute)
 
 
+# The groups with the default target and bias (FFR's): recipes that make synthetic rows for them import these.
+CLASS_NAMES, BIAS_NAMES = _names("Smiling"), _names("Male")
+
+
 def parse_annotations(text: str, where: str) -> pd.DataFrame:
     """The attribute file → DataFrame indexed by filename, one 0/1 column per attribute."""
     lines = [line for line in text.splitlines() if line.strip()]

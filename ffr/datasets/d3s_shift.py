@@ -1,4 +1,5 @@
-"""``d3s-shift``: a D3S output's correlated / anti-correlated split views (:mod:`ffr.d3s.splits`) as grouped data.
+"""``d3s-shift``: a D3S output's correlated / anti-correlated split views (:mod:`ffr.datasets.d3s_splits`)
+as grouped data.
 
 Class = super-class (ImageNet-9 by default), bias = background, so a group is (super-class, background) and
 worst-group accuracy means what D3S's experiment measures. ``train`` is the correlated view (each super-class
@@ -37,13 +38,13 @@ class D3SShiftOptions(Options):
 @reader("d3s-shift", D3SShiftOptions)
 def d3s_shift(options: D3SShiftOptions) -> dict[str, GroupedSplit]:
     """Views ``split`` (a name under ``root/splits/``) of the D3S output ``root``."""
-    from ffr.d3s.splits import read_view
+    from ffr.datasets.d3s_splits import read_view
 
     root, seed, val_fraction = options.root, options.seed, options.val_fraction
     correlated, record = read_view(root, options.split, "correlated")
     anti, _ = read_view(root, options.split, "anti-correlated")
     if options.review == "accepted":
-        from ffr.review.views import accepted_ids
+        from ffr.datasets.reviewed import accepted_ids
 
         keep = accepted_ids(root)
         correlated, anti = (v[v["id"].astype(str).isin(keep)] for v in (correlated, anti))

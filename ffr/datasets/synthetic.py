@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 
 from ffr.datasets.base import IMAGE_SOURCES, GroupedSplit, decode_image, reader
+from ffr.datasets.reviewed import filter_reviewed
 from ffr.datasets.splitting import random_split
 from ffr.errors import FFRError
 from ffr.groups import SYNTHETIC
 from ffr.options import Field, Options, group_keyed
-from ffr.review.views import filter_reviewed
 from ffr.shards import ShardReader
-from ffr.storage import filesystem, join
+from ffr.storage import filesystem
 
 
 def select_per_group(y: np.ndarray, b: np.ndarray, counts: dict[tuple[int, int], int], seed: int,
@@ -41,11 +41,13 @@ class ShardImages:
     object, for DataLoader workers). Built from a :class:`ShardReader` on the driver, or from a run plan."""
 
     def __init__(self, root: str, members: dict[str, tuple[str, int, int]]) -> None:
-        self.root, self.members = root, members  # key → (tar path relative to root, offset, size)
+        self.root, self.members = root, members  # key → (tar: local path or URI, offset, size)
 
     @classmethod
     def of(cls, reader: ShardReader) -> "ShardImages":
-        return cls(reader.root, {key: reader.member(key) for key in reader.metadata["image_key"].astype(str)})
+        found = reader.members()
+        return cls(reader.root, {k: (path, int(o), int(n)) for k, path, o, n in
+                                 zip(found["image_key"], found["path"], found["offset"], found["size"])})
 
     def to_plan(self, keys: list[str]) -> tuple[dict, dict[str, list]]:
         where = [self._member(k) for k in keys]
@@ -65,10 +67,9 @@ class ShardImages:
 
     def __call__(self, key: str):
         tar, offset, size = self._member(key)
-        fs, base = filesystem(self.root)
+        fs, path = filesystem(tar)
         # One ranged read (an HTTP Range GET on S3), not a buffered open that would fetch a whole block.
-        data = fs.cat_file(join(base, tar), start=offset, end=offset + size)
-        return decode_image(data, f"{self.root}:{key}")
+        return decode_image(fs.cat_file(path, start=offset, end=offset + size), f"{self.root}:{key}")
 
 
 class SyntheticOptions(Options):
@@ -97,7 +98,8 @@ def synthetic(options: SyntheticOptions) -> dict[str, GroupedSplit]:
     table = filter_reviewed(table, root, options.review).reset_index(drop=True)
 
     load_image = ShardImages.of(shards)
-    wanted = None if options.counts is None else group_keyed(options.counts, "dataset_options.counts")
+    wanted = None if options.counts is None else {
+        g: int(n) for g, n in group_keyed(options.counts, "dataset_options.counts").items()}
     if wanted is not None:
         table = table.iloc[select_per_group(table["y"].to_numpy(), table["b"].to_numpy(), wanted, seed,
                                             f"synthetic set {root!r}")]

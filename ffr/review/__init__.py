@@ -3,7 +3,7 @@
 Data flow: a generation output (shards) → :mod:`selection` picks the images to review → raters vote in the
 web app (:mod:`app`; tasks from :mod:`assignment`, votes in :mod:`voting`) → :mod:`decisions` applies the
 veto rule and exports ``<output>/review/accepted.parquet`` → readers keep only those ids when asked
-(``review: accepted``, :func:`ffr.review.views.accepted_ids`).
+(``review: accepted``, :func:`ffr.datasets.reviewed.accepted_ids`).
 
 Modules: ``db`` (tables, engine), ``migrations`` (Alembic), ``tokens`` (invite/admin tokens, CSRF),
 ``images`` (byte-offset index over the shards, guides, references), ``progress``, ``command`` (CLI glue).

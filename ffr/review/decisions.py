@@ -18,14 +18,13 @@ import time
 import pandas as pd
 from sqlalchemy import case, func, select
 
+from ffr.datasets.reviewed import ACCEPTED_FILE, REVIEW_DIR
 from ffr.errors import FFRError
 from ffr.review.db import ReviewImage, Vote
 from ffr.review.store import Review
 from ffr.shards import read_groups, read_metadata
 from ffr.storage import ensure_dir, filesystem, join, write_atomic
 
-REVIEW_DIR = "review"
-ACCEPTED_FILE = "accepted.parquet"
 DECISIONS_FILE = "decisions.parquet"
 TOPUP_FILE = "topup.json"
 ACCEPT, REJECT, PENDING = "accept", "reject", "pending"

@@ -2,7 +2,7 @@
 
 Core (no Ray): ``config`` (typed config), ``sampling`` (DDP-correct resampling), ``loop`` (one epoch,
 prediction, features), ``stage`` (one run, epoch by epoch), ``evaluation`` (final metrics, DFR, JTT),
-``rundir`` (the run directory contract). Ray glue: ``ray_train`` (TorchTrainer, Ray task). Orchestration:
+the run directory contract is ``ffr.runs``. Ray glue: ``ray_train`` (TorchTrainer, Ray task). Orchestration:
 ``experiment.run_experiment``; CLI: ``command`` (``ffr train``).
 """
 

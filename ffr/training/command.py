@@ -10,16 +10,17 @@ from ffr.config import add_show_config, build, format_config, load_config
 from ffr.training.config import TrainConfig
 
 
-def option_rows(cfg: TrainConfig, prefix: str = "") -> list[tuple]:
-    """--show-config rows of the chosen dataset's and backbone's options: defaults and resolved values."""
+def option_rows(cfg: TrainConfig, prefix: str = "") -> dict[str, list[tuple]]:
+    """--show-config rows of the chosen dataset's and backbone's options (defaults and resolved values), for
+    ``format_config(expand=...)``."""
     from ffr.backbones import BACKBONES
     from ffr.datasets import DATASETS
 
-    rows = []
+    rows = {}
     for registry, name, key in ((DATASETS, cfg.dataset, "dataset_options"), (BACKBONES, cfg.backbone,
                                                                             "backbone_options")):
         resolved = registry.options(name, getattr(cfg, key), key)
-        rows += options.rows(type(resolved), resolved, f"{prefix}{key}.")
+        rows[f"{prefix}{key}"] = options.rows(type(resolved), resolved, f"{prefix}{key}.")
     return rows
 
 
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = build(TrainConfig, load_config(args.config, args.overrides))
     if args.show_config:
-        print(format_config(TrainConfig, cfg, entry_rows=option_rows(cfg)))
+        print(format_config(TrainConfig, cfg, expand=option_rows(cfg)))
         return 0
     from ffr.tracking import tracking_uri, ui_line
     from ffr.training import run_experiment

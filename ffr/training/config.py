@@ -16,15 +16,12 @@ from typing import Any
 
 from ffr.config import build, to_dict
 from ffr.errors import FFRError
+from ffr.runs import INFRA_FIELDS  # left out of run-name hashes
 from ffr.tracking import MLflowConfig
 
 OPTIMIZERS = ("adam", "sgd")
 BAD_IMAGE_POLICIES = ("fail", "skip")
 EXECUTORS = ("ray-train", "local")  # local: in this process, no Ray Train start-up (ffr/training/local.py)
-# Fields that change where/how a run executes but not what it computes: left out of run-name hashes.
-INFRA_FIELDS = ("storage_path", "run_name", "num_workers", "use_gpu", "cpus_per_worker", "max_failures",
-                "controller_failure_limit", "keep_checkpoints", "cache_in_memory", "loader_workers", "fault_injection",
-                "mlflow", "executor", "skipped_images")
 
 
 @dataclass

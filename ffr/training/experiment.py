@@ -13,11 +13,12 @@ import dataclasses
 import numpy as np
 
 import ffr.methods
-from ffr import backbones, tracking, variants
+from ffr import backbones, runs, tracking, variants
 from ffr.datasets import DATASETS
 from ffr.errors import FFRError, unwrap_user_errors
+from ffr.runs.plots import run_artifacts
 from ffr.storage import filesystem, join, require_bucket
-from ffr.training import plan, rundir
+from ffr.training import plan
 from ffr.training.config import (
     StageSpec,
     TrainConfig,
@@ -68,13 +69,13 @@ def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, stora
     """Train (or resume, or skip if finished) one stage, evaluate its best checkpoint, write the result file;
     tracked as one MLflow run (ffr.tracking) when a tracking URI resolves."""
     storage_path = storage_path or cfg.storage_path
-    directory = rundir.run_dir(storage_path, spec.run_name)
-    finished = rundir.read_result(directory)
+    directory = runs.run_dir(storage_path, spec.run_name)
+    finished = runs.read_result(directory)
     if finished is not None:
-        _log(f"[{spec.run_name}] already finished ({rundir.RESULT} exists); not training again")
+        _log(f"[{spec.run_name}] already finished ({runs.RESULT} exists); not training again")
         return finished
-    rundir.write_config(directory, resolved(cfg, spec))
-    rundir.write_splits(directory, data.splits_for(spec.stage))
+    runs.write_config(directory, resolved(cfg, spec))
+    runs.write_splits(directory, data.splits_for(spec.stage))
     plan.write_plan(directory, data, spec.stage)  # what workers and evaluation read: no second listing
     tracker = _tracker(cfg, spec)
     if tracker is None:
@@ -90,10 +91,8 @@ def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, stora
     except BaseException:
         tracker.fail()
         raise
-    from ffr.report import run_plots
-
     try:
-        tracker.finish(result, directory, run_plots(directory))
+        tracker.finish(result, run_artifacts(directory))
     except Exception as e:  # noqa: BLE001 - the run itself is done and written; tracking is secondary
         _log(f"[{spec.run_name}] warning: could not finish the MLflow run ({e.__class__.__name__}: {e})")
     return result
@@ -119,7 +118,7 @@ def _train_and_evaluate(cfg: TrainConfig, spec: StageSpec, data: ExperimentData,
               "checkpoint": best, "init_checkpoint": spec.init_checkpoint, "storage_path": storage_path,
               "bad_images": cfg.bad_images, "bad_images_skipped": len(cfg.skipped_images or []),
               **{k: v for k, v in evaluated.items() if k != "epoch"}}
-    rundir.write_result(directory, result)
+    runs.write_result(directory, result)
     _log(f"[{spec.run_name}] done: best epoch {best_epoch}, val WGA {best_wga:.3f}, "
          f"test WGA {result['test']['worst_group_acc']:.3f}")
     return result
@@ -130,18 +129,18 @@ def _identify_errors(cfg: TrainConfig, stage2: StageSpec, data: ExperimentData) 
     executor = _executor(cfg)
     epochs = int(ffr.methods.create("jtt", **cfg.method_hparams).config["identification_epochs"])
     spec = identification_stage(cfg, stage2, epochs)
-    parent = rundir.run_dir(cfg.storage_path, stage2.run_name)
-    directory = rundir.run_dir(parent, spec.run_name)
+    parent = runs.run_dir(cfg.storage_path, stage2.run_name)
+    directory = runs.run_dir(parent, spec.run_name)
     marker = join(directory, IDENTIFICATION)
-    done = rundir.read_json(marker)
+    done = runs.read_json(marker)
     if done is not None:
         return [bool(v) for v in done["error_set"]]
-    rundir.write_config(directory, resolved(cfg, spec))
+    runs.write_config(directory, resolved(cfg, spec))
     stage_plan = plan.write_plan(parent, data, stage2.stage)  # the identification run trains on stage 2's data
     _best, _metrics, latest = executor.fit_stage(cfg, spec, parent, directory, plan=stage_plan)
     errors = np.asarray(executor.misclassified(cfg, spec, latest, plan=stage_plan), dtype=bool)
-    rundir.write_json(marker, {"checkpoint": latest, "n_errors": int(errors.sum()), "n_train": len(errors),
-                               "error_set": errors.astype(int).tolist()})
+    runs.write_json(marker, {"checkpoint": latest, "n_errors": int(errors.sum()), "n_train": len(errors),
+                             "error_set": errors.astype(int).tolist()})
     _log(f"[{stage2.run_name}] JTT identification: {int(errors.sum())} of {len(errors)} training examples wrong")
     return errors.tolist()
 
@@ -157,7 +156,7 @@ def run_experiment(config: TrainConfig | dict, callbacks: list | None = None) ->
     # init checkpoint, then the data (roots, files, bad-image policy).
     fs, inner = filesystem(cfg.storage_path)
     require_bucket(fs, inner)
-    init = rundir.resolve_checkpoint(cfg.init_checkpoint, cfg.seed) if cfg.init_checkpoint else None
+    init = runs.resolve_checkpoint(cfg.init_checkpoint, cfg.seed) if cfg.init_checkpoint else None
     data = load_experiment_data(cfg)  # fails fast, before any Ray work, on bad data options
     if cfg.bad_images == "skip":
         cfg = dataclasses.replace(cfg, skipped_images=data.skipped_images)  # workers drop the same rows

@@ -14,30 +14,12 @@ import numpy as np
 import torch
 
 from ffr.errors import FFRError
-from ffr.storage import filesystem, join
-from ffr.training import evaluation, loop, rundir
+from ffr.runs import SCORE, checkpoint_dir, read_metrics, saved_epochs
+from ffr.storage import filesystem
+from ffr.training import evaluation, loop
 from ffr.training.config import StageSpec, TrainConfig
 from ffr.training.plan import read_plan
-from ffr.training.stage import SCORE, Session, run_stage
-
-CHECKPOINT_PREFIX = "checkpoint_epoch"
-
-
-def checkpoint_dir(run_directory: str, epoch: int) -> str:
-    return join(run_directory, f"{CHECKPOINT_PREFIX}{epoch:04d}")
-
-
-def saved_epochs(run_directory: str) -> list[int]:
-    """Epochs with a complete checkpoint (``model.pt`` written) in a run directory, ascending."""
-    fs, inner = filesystem(run_directory)
-    if not fs.exists(inner):
-        return []
-    epochs = []
-    for path in fs.ls(inner, detail=False):
-        name = path.rstrip("/").rsplit("/", 1)[-1]
-        if name.startswith(CHECKPOINT_PREFIX) and fs.exists(join(path, loop.CHECKPOINT_FILE)):
-            epochs.append(int(name[len(CHECKPOINT_PREFIX):]))
-    return sorted(epochs)
+from ffr.training.stage import Session, run_stage
 
 
 class LocalSession(Session):
@@ -50,7 +32,7 @@ class LocalSession(Session):
 
     def restore(self) -> dict | None:
         epochs = saved_epochs(self.run_directory)
-        scores = {int(r["epoch"]): float(r[SCORE]) for r in rundir.read_metrics(self.run_directory) if SCORE in r}
+        scores = {int(r["epoch"]): float(r[SCORE]) for r in read_metrics(self.run_directory) if SCORE in r}
         self.scores = {e: scores[e] for e in epochs if e in scores}
         return loop.load_state(checkpoint_dir(self.run_directory, epochs[-1])) if epochs else None
 
@@ -100,7 +82,7 @@ def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_director
     session = LocalSession(run_directory, cfg.keep_checkpoints, loop.device(cfg.use_gpu), callbacks)
     run_stage(cfg, spec, session, run_directory=run_directory, data=read_plan(plan))
     best, latest = session.best_and_latest()
-    records = {int(r["epoch"]): r for r in rundir.read_metrics(run_directory)}
+    records = {int(r["epoch"]): r for r in read_metrics(run_directory)}
     return checkpoint_dir(run_directory, best), records[best], checkpoint_dir(run_directory, latest)
 
 

@@ -19,10 +19,10 @@ from ffr.datasets.base import GroupedImageDataset, GroupedSplit
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
 from ffr.methods.base import Method
+from ffr.runs import CHECKPOINT_FILE
 from ffr.storage import ensure_dir, filesystem, join
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CHECKPOINT_FILE = "model.pt"
 
 
 def device(use_gpu: bool) -> torch.device:

@@ -22,11 +22,12 @@ import torch.distributed as dist
 from ffr.cluster.resources import custom_resources
 from ffr.config import build, to_dict
 from ffr.errors import FFRError
+from ffr.runs import SCORE, checkpoint_name
 from ffr.storage import is_remote, pyarrow_filesystem
 from ffr.training import evaluation, loop
 from ffr.training.config import StageSpec, TrainConfig, parse
 from ffr.training.plan import read_plan
-from ffr.training.stage import SCORE, Session, run_stage
+from ffr.training.stage import Session, run_stage
 
 
 class RayTrainSession(Session):
@@ -76,7 +77,7 @@ class RayTrainSession(Session):
         with tempfile.TemporaryDirectory() as directory:
             loop.save_state(state, directory)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                             checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}")
+                             checkpoint_dir_name=checkpoint_name(epoch))
 
 
 def log_level() -> str:

@@ -8,7 +8,6 @@ depends on where it runs — rank, device, all-reduce, checkpoint storage — co
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any
@@ -19,15 +18,14 @@ import torch
 import ffr.methods
 from ffr.backbones import create_backbone
 from ffr.metrics import summarize
+from ffr.runs import SCORE, append_metrics, selection_score
 from ffr.storage import filesystem
 from ffr.training import loop
 from ffr.training.config import StageSpec, TrainConfig, resolved
 from ffr.training.data import ExperimentData
-from ffr.training.rundir import append_metrics
 from ffr.training.sampling import EpochSampler
 
 EVAL_BATCH = 256
-SCORE = "selection_score"
 
 
 class Session:
@@ -59,12 +57,6 @@ class Session:
 
     def log(self, line: str) -> None:
         print(line, flush=True)
-
-
-def selection_score(val_worst_group_acc: float, epoch: int) -> float:
-    """Model selection: best validation WGA; ties go to the earliest epoch."""
-    wga = val_worst_group_acc if math.isfinite(val_worst_group_acc) else -1.0
-    return wga - 1e-9 * epoch
 
 
 def epoch_line(spec: StageSpec, record: dict, group_names: list[str]) -> str:

@@ -15,12 +15,10 @@ Every random choice comes from the row's ``seed``: the image is a pure function 
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from PIL import Image
 
-from ffr.errors import FFRError
+from ffr.options import Field, Options
 from pipelines.backends.base import BACKENDS, GeneratorBackend
 from pipelines.guides import FG_SCALE, paste_box
 
@@ -79,18 +77,20 @@ def texture(label: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0, 255)
 
 
+class CompositingOptions(Options):
+    noise: float = Field(3.0, ge=0, description="std of the pixel noise added to every output")
+    fg_scale: float = Field(FG_SCALE, gt=0, le=1, description="side of the pasted foreground; must match the "
+                                                               "guides' (pipelines.guides.FG_SCALE)")
+
+
 @BACKENDS.register("compositing")
 class CompositingBackend(GeneratorBackend):
-    """Settings: ``noise`` (pixel std added to every output), ``fg_scale`` (must match the guides': 0.4)."""
-
     name = "compositing"
+    Options = CompositingOptions
 
-    def __init__(self, noise: float = 3.0, fg_scale: float = FG_SCALE, **settings: Any) -> None:
-        unknown = sorted(set(settings) - {"device"})
-        if unknown:
-            raise FFRError(f"compositing backend: unknown setting {unknown[0]!r}; expected noise, fg_scale")
-        super().__init__(noise=noise, fg_scale=fg_scale)
-        self.noise, self.fg_scale = float(noise), float(fg_scale)
+    def __init__(self, options: CompositingOptions, batch_size: int = 8) -> None:
+        super().__init__(options, batch_size)
+        self.noise, self.fg_scale = float(options.noise), float(options.fg_scale)
 
     def generate(self, rows: list[dict], init_images: list[Image.Image] | None = None) -> list[Image.Image]:
         if init_images is None:

@@ -14,35 +14,34 @@ another batch position can come out one level off. docs/reproducibility.md state
 batch → same bytes; any batch → within a stated tolerance) and tests check exactly that. For the Ray job, use a
 batch size that is a multiple of ``batch_size`` so no padding is wasted.
 
-Settings (keyword arguments of the constructor; ``DiffusersSettings`` below lists defaults). Per-row overrides:
-a row may carry ``steps``, ``guidance_scale``, ``strength``, ``width``, ``height`` (None/NaN = backend setting);
-rows with different effective settings go to separate pipeline calls, so recipes such as d3s-background
-(50 steps, guidance 5, strength 0.9) can set them in the manifest. A configured safety checker is kept: the
-pipeline blacks out flagged images and the black-image filter records them.
+Settings (``backend.settings``; ``Options`` below lists them with defaults) say *how* to run: model, dtype,
+device, attention, compile, scheduler. *What* to make — ``steps``, ``guidance_scale``, ``strength``, ``width``,
+``height`` — comes from each manifest row (the recipe's values and the config's ``generator`` section), and the
+micro-batch size is the run's one ``batch_size``. Rows with different settings go to separate pipeline calls, so
+one shard may mix them. A row without ``width``/``height`` gets the model's default size. A configured safety
+checker is kept: the pipeline blacks out flagged images and the black-image filter records them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import AfterValidator
 
 from ffr.errors import FFRError
+from ffr.options import Field, Options
 from ffr.registry import Registry
 from pipelines.backends.base import BACKENDS, GeneratorBackend
 from pipelines.model_source import check_model_source, resolve_model
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-ATTENTION = ("sdpa", "xformers")
-ROW_OVERRIDES = ("steps", "guidance_scale", "strength", "width", "height")
 
 # name → (pipeline scheduler config → scheduler). Built from the model's own scheduler config so betas,
 # prediction type and timestep spacing stay those the model was trained with.
@@ -72,41 +71,28 @@ _scheduler("unipc", "UniPCMultistepScheduler")
 _scheduler("lcm", "LCMScheduler")
 
 
-@dataclass
-class DiffusersSettings:
-    model: str = ""
-    cache_dir: str | None = None  # where s3:// models are synced; default $FFR_MODEL_CACHE or ~/.cache/ffr/models
-    variant: str | None = None  # weight file variant on the hub, e.g. "fp16"
-    dtype: str = "fp16"  # fp32 | fp16 | bf16; fp16/bf16 fall back to fp32 (with a warning) on CPU
-    device: str = "auto"  # auto = cuda if available else cpu
-    attention: str = "sdpa"  # sdpa (PyTorch default) | xformers (must be installed; CUDA only)
-    compile: bool = False  # torch.compile the denoiser (UNet / transformer)
-    compile_mode: str = "max-autotune-no-cudagraphs"
-    channels_last: bool = False
-    scheduler: str | None = None  # None keeps the model's scheduler; else a name in SCHEDULERS
-    steps: int = 30
-    guidance_scale: float = 7.5
-    strength: float = 0.8  # img2img only
-    width: int | None = None  # None = the model's default size
-    height: int | None = None
-    batch_size: int = 8  # images per pipeline call; every call is padded to this size (see module docstring)
+def _known_scheduler(name: str | None) -> str | None:
+    if name is not None and name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler; expected one of: {', '.join(SCHEDULERS.names())}")
+    return name
 
-    def __post_init__(self) -> None:
-        if not self.model:
-            raise FFRError("diffusers backend needs 'model': a hub id, a local directory or an s3:// prefix")
-        if self.dtype not in DTYPES:
-            raise FFRError(f"dtype {self.dtype!r} is not supported; expected one of: fp32, fp16, bf16")
-        if self.attention not in ATTENTION:
-            raise FFRError(f"attention {self.attention!r} is not supported; expected one of: {', '.join(ATTENTION)}")
-        if self.scheduler is not None:
-            SCHEDULERS.get(self.scheduler)  # unknown names fail here, before the model loads
-        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
-            raise FFRError(f"device {self.device!r} is not supported; expected auto, cpu, cuda or cuda:N")
-        for name in ("steps", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise FFRError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not 0.0 < float(self.strength) <= 1.0:
-            raise FFRError(f"strength must be in (0, 1], got {self.strength!r}")
+
+class DiffusersOptions(Options):
+    """``backend.settings`` of the diffusers backend: how to run (what to make comes from the manifest rows)."""
+
+    model: str = Field(min_length=1, description="a hub id, a local directory or an s3:// prefix")
+    cache_dir: str | None = Field(None, description="where s3:// models are synced (default $FFR_MODEL_CACHE "
+                                                    "or ~/.cache/ffr/models)")
+    variant: str | None = Field(None, description="weight file variant on the hub, e.g. fp16")
+    dtype: Literal["fp32", "float32", "fp16", "float16", "bf16", "bfloat16"] = Field(
+        "fp16", description="fp16/bf16 fall back to fp32 (with a warning) on CPU")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto = cuda if available else cpu")
+    attention: Literal["sdpa", "xformers"] = Field("sdpa", description="xformers must be installed; CUDA only")
+    compile: bool = Field(False, description="torch.compile the denoiser (UNet / transformer)")
+    compile_mode: str = Field("max-autotune-no-cudagraphs", description="torch.compile mode")
+    channels_last: bool = Field(False, description="channels-last memory format for the denoiser and VAE")
+    scheduler: Annotated[str | None, AfterValidator(_known_scheduler)] = Field(
+        None, description="None keeps the model's scheduler; else a name in SCHEDULERS")
 
 
 def _row_value(row: dict, key: str, default: Any) -> Any:
@@ -114,6 +100,14 @@ def _row_value(row: dict, key: str, default: Any) -> Any:
     value = row.get(key)
     if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
         return default
+    return value
+
+
+def _required(row: dict, key: str) -> Any:
+    value = _row_value(row, key, None)
+    if value is None:
+        raise FFRError(f"manifest row {row.get('id', '?')!r} has no {key!r}; expected the recipe's or the "
+                       f"config's generator.{key} in every row")
     return value
 
 
@@ -139,18 +133,9 @@ def _require_xformers(device: torch.device) -> None:
         import xformers  # noqa: F401
     except ImportError:
         raise FFRError("attention 'xformers' was requested but xformers is not installed; "
-                       "pip install 'ffr[xformers]' or use attention=sdpa") from None
+                       "pip install 'ffr-synth[xformers]' or use attention=sdpa") from None
     if device.type != "cuda":
         raise FFRError(f"attention 'xformers' needs a CUDA device, got {device}; use attention=sdpa")
-
-
-def _parse_settings(settings: dict[str, Any]) -> DiffusersSettings:
-    known = {f.name for f in dataclasses.fields(DiffusersSettings)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise FFRError(f"unknown diffusers backend setting(s) {', '.join(map(repr, unknown))}; "
-                       f"expected some of: {', '.join(sorted(known))}")
-    return DiffusersSettings(**settings)
 
 
 @BACKENDS.register("diffusers")
@@ -158,31 +143,30 @@ class DiffusersBackend(GeneratorBackend):
     """Loads the pipeline once (per Ray actor) and generates one image per manifest row, in order."""
 
     name = "diffusers"
+    Options = DiffusersOptions
 
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
-        self.config = _parse_settings(settings)
-        self.device = _pick_device(self.config.device)
-        self.dtype = _pick_dtype(self.config.dtype, self.device)
-        if self.config.attention == "xformers":  # checked before the (slow) model load
+    def __init__(self, options: DiffusersOptions, batch_size: int = 8) -> None:
+        super().__init__(options, batch_size)
+        self.device = _pick_device(options.device)
+        self.dtype = _pick_dtype(options.dtype, self.device)
+        if options.attention == "xformers":  # checked before the (slow) model load
             _require_xformers(self.device)
-        self.model_path = resolve_model(self.config.model, self.config.cache_dir)
+        self.model_path = resolve_model(options.model, options.cache_dir)
         self.text2image = self._load()
         self._image2image = None
 
     @classmethod
-    def check(cls, settings: dict[str, Any]) -> None:
-        """Settings and the model's existence (a local directory, or files under an s3:// prefix); the model
-        itself loads in the actors. The device is checked there too: the driver may have no GPU."""
-        config = _parse_settings(settings)
-        check_model_source(config.model)
+    def check(cls, options: DiffusersOptions) -> None:
+        """The model's existence (a local directory, or files under an s3:// prefix); the model itself loads in
+        the actors. The device is checked there too: the driver may have no GPU."""
+        check_model_source(options.model)
 
     def _load(self):
         from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
         kwargs: dict[str, Any] = {"dtype": self.dtype}
-        if self.config.variant:
-            kwargs["variant"] = self.config.variant
+        if self.options.variant:
+            kwargs["variant"] = self.options.variant
         try:
             try:
                 pipe = AutoPipelineForText2Image.from_pretrained(self.model_path, **kwargs)
@@ -192,7 +176,7 @@ class DiffusersBackend(GeneratorBackend):
                 pipe = DiffusionPipeline.from_pretrained(self.model_path, **kwargs)
         except OSError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise FFRError(f"cannot load diffusers model {self.config.model!r}: {first}") from None
+            raise FFRError(f"cannot load diffusers model {self.options.model!r}: {first}") from None
         pipe = pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         return self._optimize(pipe)
@@ -200,17 +184,17 @@ class DiffusersBackend(GeneratorBackend):
     def _optimize(self, pipe):
         denoiser_name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
         denoiser = getattr(pipe, denoiser_name, None)
-        if self.config.attention == "xformers":
+        if self.options.attention == "xformers":
             pipe.enable_xformers_memory_efficient_attention()
         # attention == "sdpa": nothing to do, diffusers uses torch's scaled_dot_product_attention by default.
-        if self.config.scheduler is not None:
-            pipe.scheduler = SCHEDULERS.get(self.config.scheduler)(pipe.scheduler.config)
-        if self.config.channels_last and denoiser is not None:
+        if self.options.scheduler is not None:
+            pipe.scheduler = SCHEDULERS.get(self.options.scheduler)(pipe.scheduler.config)
+        if self.options.channels_last and denoiser is not None:
             denoiser.to(memory_format=torch.channels_last)
             if getattr(pipe, "vae", None) is not None:
                 pipe.vae.to(memory_format=torch.channels_last)
-        if self.config.compile and denoiser is not None:
-            setattr(pipe, denoiser_name, torch.compile(denoiser, mode=self.config.compile_mode))
+        if self.options.compile and denoiser is not None:
+            setattr(pipe, denoiser_name, torch.compile(denoiser, mode=self.options.compile_mode))
         return pipe
 
     @property
@@ -222,24 +206,25 @@ class DiffusersBackend(GeneratorBackend):
             try:
                 self._image2image = AutoPipelineForImage2Image.from_pipe(self.text2image)
             except ValueError as err:
-                raise FFRError(f"model {self.config.model!r} ({type(self.text2image).__name__}) has no "
+                raise FFRError(f"model {self.options.model!r} ({type(self.text2image).__name__}) has no "
                                f"image-to-image pipeline: {str(err).splitlines()[0]}") from None
             self._image2image.set_progress_bar_config(disable=True)
         return self._image2image
 
     def _call_settings(self, row: dict, init_image: Image.Image | None) -> tuple:
         """The pipeline-call settings of one row; rows with equal settings share pipeline calls."""
-        c = self.config
-        steps = int(_row_value(row, "steps", c.steps))
-        guidance = float(_row_value(row, "guidance_scale", c.guidance_scale))
-        width, height = _row_value(row, "width", c.width), _row_value(row, "height", c.height)
+        steps = int(_required(row, "steps"))
+        guidance = float(_required(row, "guidance_scale"))
+        if steps < 1:
+            raise FFRError(f"manifest row {row.get('id', '?')!r}: steps {steps!r} must be a positive integer")
+        width, height = _row_value(row, "width", None), _row_value(row, "height", None)
         width, height = (None if width is None else int(width)), (None if height is None else int(height))
         for name, value in (("width", width), ("height", height)):
             if value is not None and (value < 8 or value % 8):
                 raise FFRError(f"{name} {value!r} must be a positive multiple of 8")
         strength, init_size = None, None
         if init_image is not None:
-            strength = float(_row_value(row, "strength", c.strength))
+            strength = float(_required(row, "strength"))
             if int(steps * strength) < 1:
                 raise FFRError(f"img2img with steps={steps} and strength={strength} runs no denoising step; "
                                "expected steps * strength >= 1")
@@ -259,7 +244,7 @@ class DiffusersBackend(GeneratorBackend):
         for i, row in enumerate(rows):
             groups.setdefault(self._call_settings(row, init_images[i] if img2img else None), []).append(i)
         out: list[Image.Image | None] = [None] * len(rows)
-        size = self.config.batch_size
+        size = self.batch_size
         for settings, indices in groups.items():
             for start in range(0, len(indices), size):
                 chunk = indices[start:start + size]

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ffr import colored_digits
 from ffr.errors import FFRError
+from ffr.options import Field, Options
 from pipelines.backends.base import BACKENDS, GeneratorBackend
 
 SUPERSAMPLE = 4
@@ -64,23 +65,25 @@ def _rgb(value: Any, fallback: tuple[int, int, int]) -> np.ndarray:
     return np.asarray([int(v) for v in value], dtype=np.float32)
 
 
+class ProceduralOptions(Options):
+    fonts: list[str] | None = Field(None, description="font files (.ttf/.otf) or 'default'; None = Pillow's "
+                                                      "default font plus the DejaVu faces found")
+    max_rotation: float = Field(18.0, ge=0, le=180, description="largest random rotation, in degrees")
+    noise: float = Field(4.0, ge=0, description="std of the pixel noise added to 'print' glyphs")
+
+
 @BACKENDS.register("procedural")
 class ProceduralBackend(GeneratorBackend):
-    """Settings: ``fonts`` (paths, or 'default'), ``max_rotation`` (degrees), ``noise`` (pixel std)."""
-
     name = "procedural"
+    Options = ProceduralOptions
 
-    def __init__(self, fonts: list[str] | None = None, max_rotation: float = 18.0, noise: float = 4.0,
-                 **settings: Any) -> None:
-        unknown = sorted(set(settings) - {"device"})
-        if unknown:
-            raise FFRError(f"procedural backend: unknown setting {unknown[0]!r}; expected fonts, max_rotation, noise")
-        super().__init__(fonts=fonts, max_rotation=max_rotation, noise=noise)
-        self.fonts = list(fonts) if fonts else default_fonts()
+    def __init__(self, options: ProceduralOptions, batch_size: int = 8) -> None:
+        super().__init__(options, batch_size)
+        self.fonts = list(options.fonts) if options.fonts else default_fonts()
         for f in self.fonts:
             _font(f, 16)  # fail now, not in the middle of a shard
-        self.max_rotation = float(max_rotation)
-        self.noise = float(noise)
+        self.max_rotation = float(options.max_rotation)
+        self.noise = float(options.noise)
 
     def generate(self, rows: list[dict], init_images: list[Image.Image] | None = None) -> list[Image.Image]:
         return [self.render(row) for row in rows]

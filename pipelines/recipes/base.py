@@ -12,14 +12,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ffr.config import build, load_yaml
-from ffr.errors import FFRError
+from ffr.config import load_yaml
 from ffr.groups import GroupSpec
+from ffr.options import NoOptions, Options
 from ffr.registry import Registry
+from pipelines.config import check_places
 
 RECIPES: Registry = Registry("recipe")
 
-# Generator settings every manifest row carries; a recipe overrides the ones its paper used.
+# What to make: the generator settings every manifest row carries; a recipe overrides the ones its paper used and
+# the config's generator section overrides the recipe (backend settings only say how to run).
 GENERATOR_DEFAULTS: dict[str, Any] = {
     "mode": "t2i",  # "t2i" (text to image) or "img2img" (needs guide_foreground/guide_background)
     "steps": 50,
@@ -31,10 +33,10 @@ GENERATOR_DEFAULTS: dict[str, Any] = {
 
 
 class Recipe:
-    """Subclasses set ``name``, ``Options`` (a dataclass of recipe options) and implement spec/prompt."""
+    """Subclasses set ``name``, ``Options`` (an ffr.options model of ``recipe.options``) and implement spec/row."""
 
     name: ClassVar[str] = ""
-    Options: ClassVar[type | None] = None
+    Options: ClassVar[type[Options]] = NoOptions
     generator: ClassVar[dict[str, Any]] = {}
     default_backend: ClassVar[str] = "diffusers"
     # FFR's grayscale rule, per pixel: FFR's raw thresholds were sums over a 512×512 image
@@ -42,13 +44,8 @@ class Recipe:
     gray_threshold: ClassVar[float] = 2e5 / 512**2
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
-        options = dict(options or {})
-        if self.Options is None:
-            if options:
-                raise FFRError(f"recipe {self.name!r} takes no options, got {sorted(options)}")
-            self.options = None
-        else:
-            self.options = build(self.Options, options, "recipe.options")
+        check_places(options, "recipe.options", accepted=tuple(self.Options.model_fields))
+        self.options = RECIPES.options(self.name, options, "recipe.options")
 
     def check(self) -> None:
         """Validate paths and inputs up front, so a bad path fails before any image is generated."""

@@ -15,29 +15,30 @@ A template, a class phrase and an attribute phrase are drawn per image from the 
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import StringConstraints
 
 from ffr.config import read_yaml_mapping
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
+from ffr.options import Field, Options
 from pipelines.recipes.base import RECIPES, Recipe, pick
 
 PLACEHOLDERS = {"class", "attribute"}
+_Text = Annotated[str, StringConstraints(min_length=1)]
 
 
-@dataclass
-class CustomOptions:
-    file: str | None = None
-    classes: list[str] = field(default_factory=list)
-    attributes: list[str] = field(default_factory=list)
-    templates: list[str] = field(default_factory=list)
-    class_phrases: dict[str, list[str]] = field(default_factory=dict)
-    attribute_phrases: dict[str, list[str]] = field(default_factory=dict)
-    negative_prompt: str = ""
-    gray_threshold: float = 2e5 / 512**2
+class CustomOptions(Options):
+    file: str | None = Field(None, description="a YAML file holding these keys (inline keys override it)")
+    classes: list[_Text] = Field(min_length=1, description="class names (y)")
+    attributes: list[_Text] = Field(min_length=1, description="bias names (b)")
+    templates: list[_Text] = Field(min_length=1, description="prompt templates with {class} and {attribute}")
+    class_phrases: dict[str, list[_Text]] = Field({}, description="words used for {class}, per class")
+    attribute_phrases: dict[str, list[_Text]] = Field({}, description="words used for {attribute}, per attribute")
+    negative_prompt: str = Field("", description="every row's negative prompt (or generator.negative_prompt)")
+    gray_threshold: float = Field(2e5 / 512**2, ge=0, description="grayscale filter per pixel; 0 = off")
 
 
 def _load_file(path: str) -> dict[str, Any]:
@@ -57,10 +58,6 @@ class CustomRecipe(Recipe):
             options = merged
         super().__init__(options)
         o = self.options
-        for key in ("classes", "attributes", "templates"):
-            value = getattr(o, key)
-            if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-                raise FFRError(f"custom recipe needs a non-empty list of strings for {key!r}, got {value!r}")
         for template in o.templates:
             try:
                 names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}

@@ -22,32 +22,34 @@ class.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
+from ffr.options import Field, Options
 from ffr.storage import join
 from pipelines.guides import TEMPLATES_DIR, class_folders, list_images, template_ref
 from pipelines.recipes.base import RECIPES, Recipe, load_data, pick
 from pipelines.recipes.class_table import IMAGENET, load_class_table
 
-ASSIGNMENTS = ("stratified", "uniform")
+ASSIGNMENTS = ("stratified", "uniform")  # D3SOptions.assignment
 TEMPLATE_PROMPT = "a photo of an empty scene {phrase}"  # D3S never published how its templates were made
 
 
-@dataclass
-class D3SOptions:
-    classes: list[int] | None = None  # class indices to use (default: every class of the table)
-    class_table: str = IMAGENET  # 'imagenet' (shipped), 'data/digit_classes.tsv', or a TSV path/URI
-    definitions: bool = True  # D3S's prompt carries the WordNet gloss; False leaves it out
-    assignment: str = "stratified"  # stratified | uniform (D3S: a random background per image)
-    foreground_root: str | None = None  # ImageNet layout: root/{wnid or index}/*.JPEG
-    background_root: str | None = None  # root/{background label}/*.jpg
-    background_templates: int = 0  # N > 0: generate N templates per background with the run's backend
+class D3SOptions(Options):
+    classes: list[int] | None = Field(None, description="class indices to use (None: every class of the table)")
+    class_table: str = Field(IMAGENET, description="'imagenet' (shipped), 'data/digit_classes.tsv', or a TSV "
+                                                   "path/URI")
+    definitions: bool = Field(True, description="D3S's prompt carries the WordNet gloss; false leaves it out")
+    assignment: Literal["stratified", "uniform"] = Field(
+        "stratified", description="stratified: equal count per (class, background); uniform: D3S's random draw")
+    foreground_root: str | None = Field(None, description="img2img guides: root/{wnid or index}/*.JPEG")
+    background_root: str | None = Field(None, description="img2img guides: root/{background label}/*.jpg")
+    background_templates: int = Field(0, ge=0, strict=True, description="N > 0: generate N templates per "
+                                                                        "background with the run's backend")
 
 
 class _D3S(Recipe):
@@ -65,12 +67,6 @@ class _D3S(Recipe):
         if bad or not indices or len(set(indices)) != len(indices):
             raise FFRError(f"recipe.options.classes = {o.classes!r}; expected distinct class indices in "
                            f"0..{len(self.table) - 1}")
-        if o.assignment not in ASSIGNMENTS:
-            raise FFRError(f"recipe.options.assignment = {o.assignment!r}; expected one of {ASSIGNMENTS}")
-        if isinstance(o.background_templates, bool) or not isinstance(o.background_templates, int) \
-                or o.background_templates < 0:
-            raise FFRError(f"recipe.options.background_templates = {o.background_templates!r}; expected an "
-                           "integer >= 0 (templates generated per background)")
         if o.background_root and o.background_templates:
             raise FFRError("recipe.options.background_root and background_templates are exclusive; expected a "
                            "folder of templates per background OR a number of templates to generate")

@@ -1,7 +1,7 @@
 """Correlated / anti-correlated shift splits of a D3S output (D3S's spurious-correlation experiment).
 
 Classes map to super-classes through a mapping file (default: ImageNet-9 of "Noise or Signal", shipped as
-``ffr/d3s/data/imagenet9.json``: {names, classes: {class index: super-class index}}); classes outside every
+``ffr/datasets/data/imagenet9.json``: {names, classes: {class index: super-class index}}); classes outside every
 super-class are left out. A seeded permutation of the backgrounds gives each super-class one background:
 
 - ``correlated`` keeps only images of (super-class, its assigned background);
@@ -10,7 +10,8 @@ super-class are left out. A seeded permutation of the backgrounds gives each sup
 
 A split is a Parquet *view*: one row per image (id, shard, image_key, class index, super-class, background),
 pointing into the shards; no image is copied. Views live under ``<output>/splits/<name>/`` with
-``split.json`` (seed, mapping, assignment) beside them. Plain pandas, no Ray.
+``split.json`` (seed, mapping, assignment) beside them. Plain pandas, no Ray. The format lives in the data layer
+(writer and reader in one module): ``ffr d3s splits`` writes it, the ``d3s-shift`` reader and D3S evaluation read it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ VIEW_COLUMNS = ("id", "shard", "image_key", "class_index", "superclass", "superc
 def load_mapping(source: str = IMAGENET9) -> dict[str, Any]:
     """{names: [...], classes: {int class index: int super-class}} from 'imagenet9' or a JSON path/URI."""
     if source == IMAGENET9:
-        raw = json.loads(resources.files("ffr.d3s").joinpath("data", "imagenet9.json").read_text())
+        raw = json.loads(resources.files("ffr.datasets").joinpath("data", "imagenet9.json").read_text())
     else:
         fs, inner = filesystem(source)
         if not fs.exists(inner):
@@ -100,7 +101,7 @@ def write_splits(root: str, seed: int = 0, mapping: str = IMAGENET9, name: str |
     """Build and write both views for the output ``root``; returns the record (also ``split.json``)."""
     meta = read_metadata(root)
     if review == "accepted":
-        from ffr.review.views import accepted_ids  # the review export (issue 14); imported only when asked
+        from ffr.datasets.reviewed import accepted_ids  # the review export; imported only when asked
 
         meta = meta[meta["id"].astype(str).isin(accepted_ids(root))]
     elif review is not None:
