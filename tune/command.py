@@ -26,8 +26,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = parse_sweep(load_config(args.config, args.overrides))
     if args.show_config:  # the sweep's own keys, then the base training config every trial starts from
         from ffr.config import format_config
-        from ffr.training.command import option_rows
-        from ffr.training.config import TrainConfig, parse
+        from ffr.training.config import TrainConfig, option_rows, parse
         from tune.sweep import SweepConfig, base_train_config
 
         print(format_config(SweepConfig, cfg))

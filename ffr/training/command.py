@@ -5,23 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ffr import options
 from ffr.config import add_show_config, build, format_config, load_config
-from ffr.training.config import TrainConfig
-
-
-def option_rows(cfg: TrainConfig, prefix: str = "") -> dict[str, list[tuple]]:
-    """--show-config rows of the chosen dataset's and backbone's options (defaults and resolved values), for
-    ``format_config(expand=...)``."""
-    from ffr.backbones import BACKBONES
-    from ffr.datasets import DATASETS
-
-    rows = {}
-    for registry, name, key in ((DATASETS, cfg.dataset, "dataset_options"), (BACKBONES, cfg.backbone,
-                                                                            "backbone_options")):
-        resolved = registry.options(name, getattr(cfg, key), key)
-        rows[f"{prefix}{key}"] = options.rows(type(resolved), resolved, f"{prefix}{key}.")
-    return rows
+from ffr.training.config import TrainConfig, option_rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -202,3 +202,18 @@ def resolved(cfg: TrainConfig, spec: StageSpec) -> dict[str, Any]:
     out = to_dict(cfg)
     out.update({k: v for k, v in dataclasses.asdict(spec).items() if k != "error_set"})
     return out
+
+
+def option_rows(cfg: TrainConfig, prefix: str = "") -> dict[str, list[tuple]]:
+    """--show-config rows of the chosen dataset's and backbone's options (defaults and resolved values), for
+    ``format_config(expand=...)``."""
+    from ffr.backbones import BACKBONES
+    from ffr.datasets import DATASETS
+    from ffr.options import rows as option_table
+
+    rows = {}
+    for registry, name, key in ((DATASETS, cfg.dataset, "dataset_options"), (BACKBONES, cfg.backbone,
+                                                                            "backbone_options")):
+        resolved = registry.options(name, getattr(cfg, key), key)
+        rows[f"{prefix}{key}"] = option_table(type(resolved), resolved, f"{prefix}{key}.")
+    return rows
