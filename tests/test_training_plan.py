@@ -114,3 +114,32 @@ def test_a_run_lists_and_indexes_its_s3_data_once(ray_cluster, s3_bucket, s3_req
     directory = runs.run_dir(config["storage_path"], method_stage(parse(config)).run_name)
     assert plan.read_plan(plan.plan_path(directory)).stages[2].train_spec.with_source
     assert result["method"] == "jtt" and 0.0 <= result["test"]["worst_group_acc"] <= 1.0
+
+
+@pytest.mark.filterwarnings("ignore:utk-face. skipped")
+def test_every_dataset_and_image_source_survives_the_plan(tmp_path):
+    """Walks every registered dataset (tests/dataset_fixtures.py) through write_plan / read_plan; together
+    they must use every registered kind of image loader (ffr.datasets.base.IMAGE_SOURCES)."""
+    from dataset_fixtures import FIXTURES
+
+    import ffr.datasets as datasets
+    from ffr.datasets.base import IMAGE_SOURCES, PartLoader
+    from ffr.training.data import ExperimentData
+    from ffr.variants import StageData
+
+    kinds = set()
+    for name in datasets.DATASETS.names():
+        (tmp_path / name).mkdir()
+        splits = datasets.create(name, **FIXTURES[name](tmp_path / name))
+        if len(splits["val"]) == 0:  # synthetic is all train: hold its last rows out so every table has rows
+            whole, n = splits["train"], len(splits["train"])
+            splits = {"train": whole.subset(np.arange(n - 4)), "val": whole.subset(np.arange(n - 4, n - 2)),
+                      "test": whole.subset(np.arange(n - 2, n))}
+        train = splits["train"]
+        data = ExperimentData(splits, {2: StageData(2, train, train.spec)})
+        read = plan.read_plan(plan.write_plan(str(tmp_path / name / "run"), data, 2))
+        for split in splits:
+            _assert_same(read.real[split], splits[split])
+        loaders = [s.load_image for s in splits.values()]
+        kinds |= {loader.to_plan([])[0]["kind"] for loader in loaders if not isinstance(loader, PartLoader)}
+    assert kinds == set(IMAGE_SOURCES.names())
