@@ -59,7 +59,9 @@ def plain_torch_loop(args) -> tuple[float, float]:
 
 def ray_train_loop(args, workers: int) -> tuple[float, float]:
     from ffr import runs
+    from ffr.training import plan
     from ffr.training.config import method_stage, parse
+    from ffr.training.data import load_experiment_data
     from ffr.training.ray_train import fit_stage
 
     storage = tempfile.mkdtemp(prefix="bench-training-")
@@ -67,8 +69,9 @@ def ray_train_loop(args, workers: int) -> tuple[float, float]:
     cfg = parse(_config(args, storage, workers, cpus))
     spec = method_stage(cfg)
     directory = runs.run_dir(storage, spec.run_name)
+    plan.write_plan(directory, load_experiment_data(cfg), spec.stage)
     started = time.perf_counter()
-    fit_stage(cfg, spec, storage, directory)
+    fit_stage(cfg, spec, storage, directory, plan=plan.plan_path(directory))
     total = time.perf_counter() - started
     records = runs.read_metrics(directory)
     steady = [r["train_samples_per_s"] for r in records[1:]] or [records[0]["train_samples_per_s"]]

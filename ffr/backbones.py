@@ -1,8 +1,10 @@
 """Image classifiers, one registry: ``create_backbone(name, n_classes, pretrained=...)``.
 
 Every backbone is a :class:`Classifier`: ``forward(x) -> logits`` and ``features(x)`` (the penultimate
-layer, what DFR retrains a last layer on). ImageNet weights come from a local file or the torchvision
-cache — never the network: with neither, the model starts from random init and says so with a warning.
+layer, what DFR retrains a last layer on). A backbone declares its options (``backbone_options``) as an
+``Options`` model (ffr.options): typed, one line naming a bad key, listed by ``--show-config``.
+ImageNet weights come from a local file or the torchvision cache — never the network: with neither, the model
+starts from random init and says so with a warning.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torchvision
 from torch import nn
 
 from ffr.errors import FFRError
+from ffr.options import Field, NoOptions, Options
 from ffr.registry import Registry
 
 BACKBONES: Registry = Registry("backbone")
@@ -74,6 +77,16 @@ def _torchvision_weights(builder, weights_enum, pretrained: str | None) -> nn.Mo
     return model
 
 
+def backbone(name: str, options: type[Options] = NoOptions):
+    """Register ``fn(n_classes, pretrained, options) -> Classifier`` under ``name`` with its options model."""
+
+    def decorator(fn):
+        fn.Options = options
+        return BACKBONES.register(name)(fn)
+
+    return decorator
+
+
 def _resnet(builder, weights_enum, n_classes: int, pretrained: str | None) -> Classifier:
     model = _torchvision_weights(builder, weights_enum, pretrained)
     dim = model.fc.in_features
@@ -81,22 +94,27 @@ def _resnet(builder, weights_enum, n_classes: int, pretrained: str | None) -> Cl
     return Classifier(trunk, dim, n_classes)
 
 
-@BACKBONES.register("resnet50")
-def resnet50(n_classes: int, pretrained: str | None = IMAGENET) -> Classifier:
+@backbone("resnet50")
+def resnet50(n_classes: int, pretrained: str | None, options: NoOptions) -> Classifier:
     """torchvision ResNet-50 with ImageNet-1k V1 weights, as in the FFR paper; new head for n_classes."""
     weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
     return _resnet(torchvision.models.resnet50, weights, n_classes, pretrained)
 
 
-@BACKBONES.register("resnet18")
-def resnet18(n_classes: int, pretrained: str | None = IMAGENET) -> Classifier:
+@backbone("resnet18")
+def resnet18(n_classes: int, pretrained: str | None, options: NoOptions) -> Classifier:
     weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     return _resnet(torchvision.models.resnet18, weights, n_classes, pretrained)
 
 
-@BACKBONES.register("small-cnn")
-def small_cnn(n_classes: int, pretrained: str | None = None, width: int = 32) -> Classifier:
+class SmallCNNOptions(Options):
+    width: int = Field(32, ge=1, description="channels of the first conv block (the last two have 4x)")
+
+
+@backbone("small-cnn", SmallCNNOptions)
+def small_cnn(n_classes: int, pretrained: str | None, options: SmallCNNOptions) -> Classifier:
     """Four conv blocks and global pooling: fast on CPU, for the embedded colored-digits benchmark."""
+    width = options.width
     def block(c_in: int, c_out: int) -> list[nn.Module]:
         return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
@@ -113,14 +131,11 @@ def small_cnn(n_classes: int, pretrained: str | None = None, width: int = 32) ->
 
 
 def create_backbone(name: str, n_classes: int, pretrained: str | None = None, **options) -> Classifier:
-    """The single entry point: a registered backbone with a fresh ``n_classes`` head."""
+    """The single entry point: a registered backbone with a fresh ``n_classes`` head; ``options`` are its
+    ``backbone_options``, validated against its ``Options``."""
     if int(n_classes) < 2:
         raise FFRError(f"n_classes {n_classes!r} must be >= 2")
-    factory = BACKBONES.get(name)
-    try:
-        return factory(int(n_classes), pretrained=pretrained, **options)
-    except TypeError as e:
-        raise FFRError(f"backbone {name!r} does not take options {sorted(options)}: {e}") from None
+    return BACKBONES.get(name)(int(n_classes), pretrained, BACKBONES.options(name, options, "backbone_options"))
 
 
 def names() -> list[str]:

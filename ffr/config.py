@@ -205,24 +205,27 @@ def _shown(value: Any) -> str:
 
 
 def format_config(cls: type, resolved: Any, prefix: str = "", expand: dict[str, list[tuple]] | None = None) -> str:
-    """A three-column table — key, default, value — with ``*`` marking keys that differ from the default.
+    """A table — key, default, value[, description] — with ``*`` marking keys that differ from the default.
 
     ``expand``: {key of a free-form mapping (e.g. ``recipe.options``): its rows} — the chosen entry's options
-    (``ffr.options.rows``: key, default, value[, description]) shown one per row instead of the mapping's one row.
+    (``ffr.options.rows``: key, default, value, description) shown one per row instead of the mapping's one row.
     """
     secrets = configured_secrets()
     rows = []
-    table = [r for key, *rest in config_rows(cls, resolved, prefix)
-             for r in ([row[:3] for row in (expand or {})[key]] if key in (expand or {}) else [(key, *rest)])]
-    for key, default, value in table:
+    table = [(*r[:3], r[3] if len(r) > 3 else "")
+             for key, *rest in config_rows(cls, resolved, prefix)
+             for r in ((expand or {})[key] if key in (expand or {}) else [(key, *rest)])]
+    for key, default, value, text in table:
         if is_secret_name(key.rsplit(".", 1)[-1]):
             default, value = ("<redacted>" if v not in (None, "", dataclasses.MISSING) else v for v in (default, value))
         rows.append(("*" if to_dict(default) != to_dict(value) else " ", key,
-                     _shown(redact(default, secrets)), _shown(redact(value, secrets))))
+                     _shown(redact(default, secrets)), _shown(redact(value, secrets)), text))
     width_key = max(len(r[1]) for r in rows)
     width_default = min(max(len(r[2]) for r in rows), 40)
+    width_value = min(max(len(r[3]) for r in rows), 40)
     lines = [f"  {'key':<{width_key}}  {'default':<{width_default}}  value"]
-    lines += [f"{mark} {key:<{width_key}}  {default:<{width_default}}  {value}" for mark, key, default, value in rows]
+    lines += [f"{mark} {key:<{width_key}}  {default:<{width_default}}  "
+              + (f"{value:<{width_value}}  {text}" if text else value) for mark, key, default, value, text in rows]
     lines.append("(* = differs from the default)")
     return "\n".join(lines)
 

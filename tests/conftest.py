@@ -34,6 +34,7 @@ def s3_endpoint() -> str:
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    _MOTO.append(server)
     endpoint = f"http://127.0.0.1:{port}"
     os.environ.update({
         "AWS_ACCESS_KEY_ID": "testing-key-id",
@@ -44,6 +45,26 @@ def s3_endpoint() -> str:
     })
     yield endpoint
     server.stop()
+
+
+_MOTO: list = []  # the session's moto server, for s3_requests
+
+
+@pytest.fixture()
+def s3_requests(s3_endpoint) -> list[tuple[str, str, str, str | None]]:
+    """Every request the moto server answers during the test, from any process (driver, Ray workers):
+    (method, path, query string, Range header). For tests that count listings and reads."""
+    server = _MOTO[0]._server  # werkzeug's server looks its WSGI app up per request
+    app, seen = server.app, []
+
+    def recording(environ, start_response):
+        seen.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""),
+                     environ.get("HTTP_RANGE")))
+        return app(environ, start_response)
+
+    server.app = recording
+    yield seen
+    server.app = app
 
 
 @pytest.fixture()

@@ -42,6 +42,14 @@ def test_weights_from_a_local_file_and_from_the_torchvision_cache(tmp_path, monk
     assert torch.equal(model.trunk[0].weight, source.conv1.weight)
 
 
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_every_backbone_declares_its_options(name):
+    from ffr.options import Options
+
+    assert issubclass(BACKBONES.get(name).Options, Options)
+    assert BACKBONES.options(name, {}, "backbone_options").to_dict() == {} or name == "small-cnn"
+
+
 def test_bad_backbone_requests_are_clear_errors(tmp_path):
     with pytest.raises(FFRError, match="unknown backbone 'vit'"):
         create_backbone("vit", 2)
@@ -49,8 +57,13 @@ def test_bad_backbone_requests_are_clear_errors(tmp_path):
         create_backbone("resnet18", 2, pretrained=str(tmp_path / "missing.pth"))
     with pytest.raises(FFRError, match="n_classes"):
         create_backbone("small-cnn", 1)
-    with pytest.raises(FFRError, match="does not take options"):
+    with pytest.raises(FFRError, match=r"unknown option 'backbone_options.depth' of backbone 'small-cnn'; "
+                                       r"expected one of: width"):
         create_backbone("small-cnn", 2, depth=9)
+    with pytest.raises(FFRError, match=r"option 'backbone_options.width' of backbone 'small-cnn' = 0"):
+        create_backbone("small-cnn", 2, width=0)
+    with pytest.raises(FFRError, match=r"unknown option 'backbone_options.width' of backbone 'resnet18'"):
+        create_backbone("resnet18", 2, width=8)
     torch.save({"unrelated": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(FFRError, match="match no parameter"):
         create_backbone("resnet18", 2, pretrained=str(tmp_path / "other.pth"))

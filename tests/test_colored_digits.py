@@ -57,10 +57,14 @@ def test_seeded_and_saved_with_relative_keys(tmp_path):
 
 
 def test_bad_options_and_keys_are_clear_errors():
-    with pytest.raises(FFRError, match="pre_skew"):
+    with pytest.raises(FFRError, match=r"option 'dataset_options.pre_skew' of dataset 'colored-digits' = 0.2"):
         create("colored-digits", pre_skew=0.2)
-    with pytest.raises(FFRError, match="bias ratio"):
+    with pytest.raises(FFRError, match=r"option 'dataset_options.bias_ratio' of dataset 'colored-digits' = 1.5"):
         create("colored-digits", bias_ratio=1.5)
+    with pytest.raises(FFRError, match=r"unknown option 'dataset_options.bias' of dataset 'colored-digits'"):
+        create("colored-digits", bias=0.9)
+    with pytest.raises(FFRError, match=r"option 'dataset_options.seed' .* = True"):
+        create("colored-digits", seed=True)
     split = create("colored-digits")["val"]
     with pytest.raises(FFRError, match="digits/<index>/<red|green>"):
         split.load_image("digits/1/blue")

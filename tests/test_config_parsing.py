@@ -56,6 +56,9 @@ def test_show_config_lists_every_key_with_default_and_value(capsys):
     assert rows["stage1.lr"] == ("*", "null", "0.0001") and rows["lr"] == (" ", "0.001", "0.001")
     assert rows["backbone"] == ("*", '"resnet50"', '"small-cnn"') and "fault_injection" in rows
     assert len(rows) >= 30  # every field, the nested stage1.* included
+    # the chosen dataset's and backbone's own options, with their defaults, in place of the mapping's one row
+    assert rows["dataset_options.bias_ratio"] == (" ", "0.95", "0.95") and "dataset_options" not in rows
+    assert rows["dataset_options.pre_skew"] == (" ", "0.75", "0.75") and rows["backbone_options.width"][1] == "32"
 
     assert ffr_main(["generate", "--config", "configs/generate-colored-digits.yaml", "--show-config"]) == 0
     rows = _rows(capsys.readouterr().out)
@@ -68,6 +71,7 @@ def test_show_config_lists_every_key_with_default_and_value(capsys):
     sweep, train = out.split("\n\n")
     assert _rows(sweep)["scheduler.grace_period"] == ("*", "1", "2")
     assert _rows(train)["train.lr"] == ("*", "0.001", "0.0003")  # the base training config every trial gets
+    assert "train.dataset_options.balanced_val" in _rows(train)
 
 
 def test_show_config_redacts_secrets(capsys):

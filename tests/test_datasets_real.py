@@ -78,6 +78,20 @@ def test_every_registered_dataset_yields_three_consistent_splits(name, tmp_path)
         assert image.size[0] > 0
 
 
+@pytest.mark.parametrize("name", datasets.DATASETS.names())
+def test_every_dataset_declares_its_options_and_names_a_bad_key(name, tmp_path):
+    from ffr.options import NoOptions, Options
+
+    declared = datasets.DATASETS.get(name).Options
+    assert issubclass(declared, Options) and declared is not NoOptions and "seed" in declared.model_fields
+    options = FIXTURES[name](tmp_path)
+    assert isinstance(datasets.DATASETS.options(name, options, "dataset_options"), declared)
+    with pytest.raises(FFRError, match=rf"^unknown option 'dataset_options.colour' of dataset '{name}'; expected"):
+        datasets.create(name, colour="red", **options)
+    with pytest.raises(FFRError, match=rf"^option 'dataset_options.seed' of dataset '{name}' = -1: .*greater than"):
+        datasets.create(name, **{**options, "seed": -1})
+
+
 # --- group counts, names, labels carried by the right files ---------------------------------------------
 
 

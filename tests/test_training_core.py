@@ -128,7 +128,8 @@ def test_best_stage1_run_is_chosen_by_mean_val_wga_over_seeds(tmp_path):
     (["backbone=vit"], "unknown backbone 'vit'"),
     (["method_hparams={step: 1}"], "unknown option 'method_hparams.step'"),
     (["epochs=-1"], "epochs = -1"),
-    (["backbone_options={depth: 3}"], "does not take options ['depth']"),
+    (["backbone_options={depth: 3}"], "unknown option 'backbone_options.depth' of backbone 'small-cnn'"),
+    (["dataset_options={bias_ratio: 1.5}"], "option 'dataset_options.bias_ratio' of dataset 'colored-digits' = 1.5"),
 ])
 def test_cli_user_errors_are_one_line_exit_2(tmp_path, capsys, overrides, message):
     config = tmp_path / "train.yaml"

@@ -26,11 +26,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = parse_sweep(load_config(args.config, args.overrides))
     if args.show_config:  # the sweep's own keys, then the base training config every trial starts from
         from ffr.config import format_config
-        from ffr.training.config import TrainConfig, parse
+        from ffr.training.config import TrainConfig, option_rows, parse
         from tune.sweep import SweepConfig, base_train_config
 
         print(format_config(SweepConfig, cfg))
-        print("\n" + format_config(TrainConfig, parse(base_train_config(cfg)), "train."))
+        train = parse(base_train_config(cfg))
+        print("\n" + format_config(TrainConfig, train, "train.", expand=option_rows(train, "train.")))
         return 0
     table = run_sweep(cfg)
     shown = [c for c in ("run_name", "status", "epochs_run", METRIC, "test_worst_group_acc") if c in table]

@@ -1,4 +1,7 @@
-"""Datasets with group labels, one registry: ``create(name, **options) -> dict[split, GroupedSplit]``."""
+"""Datasets with group labels, one registry: ``create(name, **options) -> dict[split, GroupedSplit]``.
+
+Each reader declares its options as an ``Options`` model (ffr.options) beside its code; ``create`` validates
+them, so a bad or unknown key is one line naming it (``dataset_options.bias_ratio``)."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from ffr.datasets.base import DATASETS, SPLITS, GroupedImageDataset, GroupedSpli
 
 
 def create(name: str, **options: Any) -> dict[str, GroupedSplit]:
-    return DATASETS.get(name)(**options)
+    return DATASETS.get(name)(DATASETS.options(name, options, "dataset_options"))
 
 
 __all__ = ["create", "DATASETS", "SPLITS", "GroupedSplit", "GroupedImageDataset"]

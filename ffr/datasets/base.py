@@ -22,10 +22,27 @@ from PIL import Image
 
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
+from ffr.options import Options
 from ffr.registry import Registry
 
 SPLITS = ("train", "val", "test")
 DATASETS: Registry = Registry("dataset")
+# Image loaders (a split's ``load_image``) by kind. The driver writes each loader into the run's plan
+# (ffr.training.plan) as ``loader.to_plan(keys) -> (description, per-key columns or None)``, and workers rebuild
+# it with ``IMAGE_SOURCES.get(description["kind"]).from_plan(description, keys, columns)`` - no listing, no
+# indexing. A new kind of loader registers here.
+IMAGE_SOURCES: Registry = Registry("image source")
+
+
+def reader(name: str, options: type[Options]) -> Callable:
+    """Register dataset reader ``fn(options) -> {split: GroupedSplit}`` under ``name``; ``options`` is its
+    :class:`ffr.options.Options` model, which ``ffr.datasets.create`` validates (and ``--show-config`` prints)."""
+
+    def decorator(fn: Callable) -> Callable:
+        fn.Options = options
+        return DATASETS.register(name)(fn)
+
+    return decorator
 
 
 @dataclass
@@ -75,10 +92,10 @@ class GroupedSplit:
             loaders.append(p.load_image)
         table = pd.concat(tables, ignore_index=True)
         table["key"] = table["_part"].astype(str) + "\0" + table["key"].astype(str)
-        return GroupedSplit(parts[0].spec, table.drop(columns="_part"), _PartLoader(loaders), name)
+        return GroupedSplit(parts[0].spec, table.drop(columns="_part"), PartLoader(loaders), name)
 
 
-class _PartLoader:
+class PartLoader:
     """'part\0key' → the part's own loader; a class, not a closure, so DataLoader workers can pickle it."""
 
     def __init__(self, loaders: list[Callable[[str], Image.Image]]) -> None:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ffr.datasets.base import DATASETS, GroupedSplit
-from ffr.datasets.readers import DatasetRoot, build_splits, check_options
+from ffr.datasets.base import GroupedSplit, reader
+from ffr.datasets.readers import DatasetRoot, ReaderOptions, build_splits
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
+from ffr.options import Field
 
 IMAGE_DIR = "CelebA-HQ-img"
 ANNOTATION_FILE = "CelebAMask-HQ-attribute-anno.txt"
@@ -57,15 +58,18 @@ def parse_annotations(text: str, where: str) -> pd.DataFrame:
     return pd.DataFrame(rows, index=files, columns=names).astype("int64")
 
 
-@DATASETS.register("celeba-hq")
-def celeba_hq(root: str, bias_ratio: float | None = None, seed: int = 0, target: str = "Smiling",
-              bias: str = "Male", oppose_bias: bool = True, verify: bool = False) -> dict[str, GroupedSplit]:
-    """CelebA-HQ grouped by (target attribute, bias attribute).
+class CelebaHQOptions(ReaderOptions):
+    target: str = Field("Smiling", description="the attribute to predict (class)")
+    bias: str = Field("Male", description="the spurious attribute (bias)")
+    oppose_bias: bool = Field(True, description="FFR's forced-direction pre-downsampling (opposite majority biases "
+                                                "per class); false keeps the natural correlation")
 
-    ``oppose_bias=False`` skips FFR's forced-direction pre-downsampling and keeps the natural correlation.
-    """
-    check_options(bias_ratio, seed)
-    data = DatasetRoot(root, "celeba-hq")
+
+@reader("celeba-hq", CelebaHQOptions)
+def celeba_hq(options: CelebaHQOptions) -> dict[str, GroupedSplit]:
+    """CelebA-HQ grouped by (target attribute, bias attribute)."""
+    target, bias, bias_ratio = options.target, options.bias, options.bias_ratio
+    data = DatasetRoot(options.root, "celeba-hq")
     table = parse_annotations(data.read_text(ANNOTATION_FILE, "attribute file"), data.uri_of(ANNOTATION_FILE))
     data.require_dir(IMAGE_DIR, "image directory")
     for role, attribute in (("target", target), ("bias", bias)):
@@ -78,5 +82,5 @@ def celeba_hq(root: str, bias_ratio: float | None = None, seed: int = 0, target:
                          "y": table[target].to_numpy(), "b": table[bias].to_numpy()})
     spec = GroupSpec(_names(target), _names(bias))
     pre = min(FFR_PRE_RATIO, float(bias_ratio)) if bias_ratio is not None else FFR_PRE_RATIO
-    return build_splits(data, rows, spec, bias_ratio=bias_ratio, seed=seed, verify=verify,
-                        oppose_bias_ratio=pre if oppose_bias else None)
+    return build_splits(data, rows, spec, bias_ratio=bias_ratio, seed=options.seed, verify=options.verify,
+                        oppose_bias_ratio=pre if options.oppose_bias else None)

@@ -23,9 +23,10 @@ import pandas as pd
 from PIL import Image
 
 from ffr import colored_digits as cd
-from ffr.datasets.base import DATASETS, GroupedSplit
+from ffr.datasets.base import IMAGE_SOURCES, GroupedSplit, reader
 from ffr.datasets.splitting import apply_bias_ratio, random_split
 from ffr.errors import FFRError
+from ffr.options import Field, Options
 
 MAJORITY_COLOR = {0: 0, 1: 1}  # class → bias index: small ↔ red, large ↔ green
 PRE_SKEW = 0.75  # share of train/val digits drawn on their class's majority color before the bias ratio
@@ -41,8 +42,16 @@ def digit_intensities(size: int = cd.IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray
     return cd.upscale(digits.images, size), digits.target.astype(np.int64)
 
 
+@IMAGE_SOURCES.register("colored-digits")
 class DigitImages:
     """key → colored PIL image, rendered on demand (a plain picklable object, for DataLoader workers)."""
+
+    def to_plan(self, keys: list[str]) -> tuple[dict, None]:
+        return {"kind": "colored-digits"}, None
+
+    @classmethod
+    def from_plan(cls, description: dict, keys: list[str], columns) -> "DigitImages":
+        return cls()
 
     def __call__(self, key: str) -> Image.Image:
         try:
@@ -53,13 +62,20 @@ class DigitImages:
             raise FFRError(f"colored-digits key {key!r} is not of the form digits/<index>/<red|green>") from None
 
 
-@DATASETS.register("colored-digits")
-def colored_digits(root: str | None = None, bias_ratio: float | None = 0.95, seed: int = 0,
-                   pre_skew: float = PRE_SKEW, balanced_val: bool = True) -> dict[str, GroupedSplit]:
-    """Three splits held in memory; keys are ``digits/<index>/<color>``. ``root`` is unused (embedded data).
-    ``balanced_val``: val digits in both colors (default), else one color each, biased like train."""
-    if not 0.5 < float(pre_skew) < 1.0:
-        raise FFRError(f"colored-digits pre_skew {pre_skew!r} must be in (0.5, 1)")
+class ColoredDigitsOptions(Options):
+    root: str | None = Field(None, description="unused: the digits are embedded (scikit-learn)")
+    bias_ratio: float | None = Field(0.95, gt=0.5, lt=1.0, description="share of each class's majority color kept "
+                                                                       "in train (FFR's downsampling)")
+    seed: int = Field(0, ge=0, strict=True, description="seed of the split, the colors and the downsampling")
+    pre_skew: float = Field(PRE_SKEW, gt=0.5, lt=1.0, description="share of train digits drawn on their class's "
+                                                                  "majority color before the bias ratio")
+    balanced_val: bool = Field(True, description="val digits in both colors (balanced); false: biased like train")
+
+
+@reader("colored-digits", ColoredDigitsOptions)
+def colored_digits(options: ColoredDigitsOptions) -> dict[str, GroupedSplit]:
+    """Three splits held in memory; keys are ``digits/<index>/<color>``."""
+    bias_ratio, seed, pre_skew, balanced_val = options.bias_ratio, options.seed, options.pre_skew, options.balanced_val
     intensities, digits = digit_intensities()
     y_all = cd.digit_class(digits)
     split_of = random_split(len(digits), seed, SPLIT)

@@ -9,13 +9,15 @@ by the seed, ``val_fraction`` to val. Images are read from the shards the views 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 
-from ffr.datasets.base import DATASETS, GroupedSplit
+from ffr.datasets.base import GroupedSplit, reader
 from ffr.datasets.synthetic import ShardImages
-from ffr.errors import FFRError
 from ffr.groups import SYNTHETIC, GroupSpec
+from ffr.options import Field, Options
 from ffr.shards import ShardReader
 
 
@@ -24,28 +26,32 @@ def _table(view: pd.DataFrame) -> pd.DataFrame:
                          "b": view["b"].astype(np.int64), "source": SYNTHETIC, "id": view["id"].astype(str)})
 
 
-@DATASETS.register("d3s-shift")
-def d3s_shift(root: str, split: str, bias_ratio: float | None = None, seed: int = 0, val_fraction: float = 0.5,
-              review: str | None = None) -> dict[str, GroupedSplit]:
-    """Views ``split`` (a name under ``root/splits/``) of the D3S output ``root``; ``bias_ratio`` does not
-    apply (the views fix the correlation) and is ignored. ``review: accepted`` keeps reviewed images only."""
+class D3SShiftOptions(Options):
+    root: str = Field(description="a D3S generation output (local or s3://)")
+    split: str = Field(description="the split views' name under root/splits/ (ffr d3s splits --name)")
+    bias_ratio: float | None = Field(None, description="ignored: the views fix the correlation")
+    seed: int = Field(0, ge=0, strict=True, description="seed of the val/test split of the anti-correlated view")
+    val_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="share of the anti-correlated view going to val")
+    review: Literal["accepted"] | None = Field(None, description="'accepted': only images human review accepted")
+
+
+@reader("d3s-shift", D3SShiftOptions)
+def d3s_shift(options: D3SShiftOptions) -> dict[str, GroupedSplit]:
+    """Views ``split`` (a name under ``root/splits/``) of the D3S output ``root``."""
     from ffr.datasets.d3s_splits import read_view
 
-    if not 0.0 < float(val_fraction) < 1.0:
-        raise FFRError(f"val_fraction = {val_fraction!r}; expected a number between 0 and 1")
-    correlated, record = read_view(root, split, "correlated")
-    anti, _ = read_view(root, split, "anti-correlated")
-    if review == "accepted":
+    root, seed, val_fraction = options.root, options.seed, options.val_fraction
+    correlated, record = read_view(root, options.split, "correlated")
+    anti, _ = read_view(root, options.split, "anti-correlated")
+    if options.review == "accepted":
         from ffr.datasets.reviewed import accepted_ids
 
         keep = accepted_ids(root)
         correlated, anti = (v[v["id"].astype(str).isin(keep)] for v in (correlated, anti))
-    elif review is not None:
-        raise FFRError(f"review = {review!r}; expected 'accepted' or null")
-    reader = ShardReader(root)
-    spec = GroupSpec(tuple(record["superclasses"]), reader.spec.bias_names)
+    shards = ShardReader(root)
+    spec = GroupSpec(tuple(record["superclasses"]), shards.spec.bias_names)
     anti_table = _table(anti)
     to_val = np.random.default_rng([int(seed), 5]).random(len(anti_table)) < float(val_fraction)
     parts = {"train": _table(correlated), "val": anti_table[to_val], "test": anti_table[~to_val]}
-    load = ShardImages(reader)
+    load = ShardImages.of(shards)
     return {name: GroupedSplit(spec, part, load, name) for name, part in parts.items()}

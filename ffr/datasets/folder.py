@@ -13,10 +13,11 @@ import io
 
 import pandas as pd
 
-from ffr.datasets.base import DATASETS, GroupedSplit
-from ffr.datasets.readers import DatasetRoot, build_splits, check_options, integer_column, normalize_split_names
+from ffr.datasets.base import GroupedSplit, reader
+from ffr.datasets.readers import DatasetRoot, ReaderOptions, build_splits, integer_column, normalize_split_names
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
+from ffr.options import Field
 from ffr.storage import filesystem, is_remote
 
 REQUIRED = ("path", "y", "b")
@@ -79,14 +80,20 @@ def _relative(path: str, data: DatasetRoot, where: str) -> str:
     return path
 
 
-@DATASETS.register("folder")
-def folder(root: str, bias_ratio: float | None = None, seed: int = 0, metadata: str = "metadata.csv",
-           class_names: list[str] | None = None, bias_names: list[str] | None = None,
-           verify: bool = False) -> dict[str, GroupedSplit]:
+class FolderOptions(ReaderOptions):
+    metadata: str = Field("metadata.csv", description="the label table (.csv/.tsv/.parquet): relative to root, "
+                                                      "absolute or s3://")
+    class_names: list[str] | None = Field(None, description="names of classes 0, 1, ... (default: the table's "
+                                                            "class_name column, else 'class 0', ...)")
+    bias_names: list[str] | None = Field(None, description="names of biases 0, 1, ... (default: the table's "
+                                                           "bias_name column, else 'bias 0', ...)")
+
+
+@reader("folder", FolderOptions)
+def folder(options: FolderOptions) -> dict[str, GroupedSplit]:
     """A grouped dataset from an image folder and a path/y/b/split table."""
-    check_options(bias_ratio, seed)
-    data = DatasetRoot(root, "folder")
-    meta, where = _read_table(data, metadata)
+    data = DatasetRoot(options.root, "folder")
+    meta, where = _read_table(data, options.metadata)
     if meta.empty:
         raise FFRError(f"folder: metadata file {where!r} has no rows")
     table = pd.DataFrame({
@@ -97,6 +104,6 @@ def folder(root: str, bias_ratio: float | None = None, seed: int = 0, metadata: 
     if "split" in meta.columns:
         table["split"] = normalize_split_names(meta["split"], where)
     labelled = meta.assign(y=table["y"], b=table["b"])
-    spec = GroupSpec(_names(class_names, labelled, "y", "class_name", "class", where),
-                     _names(bias_names, labelled, "b", "bias_name", "bias", where))
-    return build_splits(data, table, spec, bias_ratio=bias_ratio, seed=seed, verify=verify)
+    spec = GroupSpec(_names(options.class_names, labelled, "y", "class_name", "class", where),
+                     _names(options.bias_names, labelled, "b", "bias_name", "bias", where))
+    return build_splits(data, table, spec, bias_ratio=options.bias_ratio, seed=options.seed, verify=options.verify)

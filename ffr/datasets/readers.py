@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ffr.balance import VAL_FLOOR, check_bias_ratio
-from ffr.datasets.base import SPLITS, GroupedSplit, decode_image
+from ffr import options
+from ffr.balance import VAL_FLOOR
+from ffr.datasets.base import IMAGE_SOURCES, SPLITS, GroupedSplit, decode_image
 from ffr.datasets.splitting import apply_bias_ratio, random_split
 from ffr.errors import FFRError
 from ffr.groups import REAL, GroupSpec
@@ -92,11 +93,19 @@ class DatasetRoot:
         return sorted(keys)
 
 
+@IMAGE_SOURCES.register("files")
 class ImageLoader:
     """``key -> PIL.Image`` for one root; a plain picklable object so it travels to DataLoader/Ray workers."""
 
     def __init__(self, root_uri: str) -> None:
         self.root_uri = root_uri
+
+    def to_plan(self, keys: list[str]) -> tuple[dict, None]:
+        return {"kind": "files", "root": self.root_uri}, None
+
+    @classmethod
+    def from_plan(cls, description: dict, keys: list[str], columns) -> "ImageLoader":
+        return cls(description["root"])
 
     def __call__(self, key: str) -> Image.Image:
         where = f"{self.root_uri}/{key}"
@@ -112,12 +121,15 @@ class ImageLoader:
         return f"ImageLoader({self.root_uri!r})"
 
 
-def check_options(bias_ratio: float | None, seed: int) -> None:
-    """Fail on a bad bias ratio or seed before touching any storage."""
-    if bias_ratio is not None:
-        check_bias_ratio(bias_ratio)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise FFRError(f"seed {seed!r} is not a non-negative integer")
+class ReaderOptions(options.Options):
+    """What every real-world reader takes; validated before any storage is touched."""
+
+    root: str = options.Field(description="the dataset's directory: a local path or an s3:// prefix")
+    bias_ratio: float | None = options.Field(
+        None, gt=0.5, lt=1.0, description="share of each class's majority bias kept in train and val (FFR's "
+                                          "downsampling; null keeps the data as found)")
+    seed: int = options.Field(0, ge=0, strict=True, description="seed of the split and of the downsampling")
+    verify: bool = options.Field(False, description="decode every image up front instead of when it is read")
 
 
 def check_present(root: DatasetRoot, keys: list[str], what: str = "image") -> None:

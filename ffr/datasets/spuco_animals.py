@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ffr.datasets.base import DATASETS, SPLITS, GroupedSplit
-from ffr.datasets.readers import DatasetRoot, build_splits, check_options
+from ffr.datasets.base import SPLITS, GroupedSplit, reader
+from ffr.datasets.readers import DatasetRoot, ReaderOptions, build_splits
 from ffr.groups import GroupSpec
 
 CLASS_NAMES = ("landbird", "waterbird", "small_dog", "big_dog")
@@ -27,12 +27,10 @@ LAYOUT = (
 )
 
 
-@DATASETS.register("spuco-animals")
-def spuco_animals(root: str, bias_ratio: float | None = None, seed: int = 0,
-                  verify: bool = False) -> dict[str, GroupedSplit]:
+@reader("spuco-animals", ReaderOptions)
+def spuco_animals(options: ReaderOptions) -> dict[str, GroupedSplit]:
     """SpuCo Animals with its native train/val/test folders."""
-    check_options(bias_ratio, seed)
-    data = DatasetRoot(root, "spuco-animals")
+    data = DatasetRoot(options.root, "spuco-animals")
     frames = []
     for top, classes, backgrounds in LAYOUT:
         data.require_dir(top, "folder")
@@ -43,5 +41,5 @@ def spuco_animals(root: str, bias_ratio: float | None = None, seed: int = 0,
                     keys = data.list_files(folder)
                     frames.append(pd.DataFrame({"key": keys, "y": y, "b": b, "split": split}))
     table = pd.concat(frames, ignore_index=True)
-    return build_splits(data, table, GroupSpec(CLASS_NAMES, BIAS_NAMES), bias_ratio=bias_ratio, seed=seed,
-                        verify=verify, check_files=False)
+    return build_splits(data, table, GroupSpec(CLASS_NAMES, BIAS_NAMES), bias_ratio=options.bias_ratio,
+                        seed=options.seed, verify=options.verify, check_files=False)

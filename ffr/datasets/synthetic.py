@@ -10,13 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ffr.datasets.base import DATASETS, GroupedSplit, decode_image
+from ffr.datasets.base import IMAGE_SOURCES, GroupedSplit, decode_image, reader
 from ffr.datasets.reviewed import filter_reviewed
 from ffr.datasets.splitting import random_split
 from ffr.errors import FFRError
 from ffr.groups import SYNTHETIC
-from ffr.options import group_keyed
+from ffr.options import Field, Options, group_keyed
 from ffr.shards import ShardReader
+from ffr.storage import filesystem
 
 
 def select_per_group(y: np.ndarray, b: np.ndarray, counts: dict[tuple[int, int], int], seed: int,
@@ -34,45 +35,71 @@ def select_per_group(y: np.ndarray, b: np.ndarray, counts: dict[tuple[int, int],
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 
-def _parse_counts(counts) -> dict[tuple[int, int], int] | None:
-    """Accepts {(y, b): n} or YAML-friendly {"y,b": n} / {"y_b": n}."""
-    if counts is None:
-        return None
-    return {g: int(n) for g, n in group_keyed(counts, "synthetic counts").items()}
-
-
+@IMAGE_SOURCES.register("shards")
 class ShardImages:
-    """image key → PIL image from the shards (a plain picklable object, for DataLoader workers)."""
+    """image key → PIL image from the shards, each one ranged read at its known tar offset (a plain picklable
+    object, for DataLoader workers). Built from a :class:`ShardReader` on the driver, or from a run plan."""
 
-    def __init__(self, reader: ShardReader) -> None:
-        self.reader = reader
+    def __init__(self, root: str, members: dict[str, tuple[str, int, int]]) -> None:
+        self.root, self.members = root, members  # key → (tar: local path or URI, offset, size)
+
+    @classmethod
+    def of(cls, reader: ShardReader) -> "ShardImages":
+        found = reader.members()
+        return cls(reader.root, {k: (path, int(o), int(n)) for k, path, o, n in
+                                 zip(found["image_key"], found["path"], found["offset"], found["size"])})
+
+    def to_plan(self, keys: list[str]) -> tuple[dict, dict[str, list]]:
+        where = [self._member(k) for k in keys]
+        return {"kind": "shards", "root": self.root}, {"tar": [w[0] for w in where], "offset": [w[1] for w in where],
+                                                       "size": [w[2] for w in where]}
+
+    @classmethod
+    def from_plan(cls, description: dict, keys: list[str], columns: pd.DataFrame) -> "ShardImages":
+        members = zip(columns["tar"].astype(str), columns["offset"].astype("int64"), columns["size"].astype("int64"))
+        return cls(description["root"], {k: (tar, int(o), int(n)) for k, (tar, o, n) in zip(keys, members)})
+
+    def _member(self, key: str) -> tuple[str, int, int]:
+        try:
+            return self.members[key]
+        except KeyError:
+            raise FFRError(f"synthetic image {key!r} is not in the shards under {self.root!r}") from None
 
     def __call__(self, key: str):
-        try:
-            data = self.reader.image_bytes(key)
-        except KeyError:
-            raise FFRError(f"synthetic image {key!r} is not in the shards under {self.reader.root!r}") from None
-        return decode_image(data, f"{self.reader.root}:{key}")
+        tar, offset, size = self._member(key)
+        fs, path = filesystem(tar)
+        # One ranged read (an HTTP Range GET on S3), not a buffered open that would fetch a whole block.
+        return decode_image(fs.cat_file(path, start=offset, end=offset + size), f"{self.root}:{key}")
 
 
-@DATASETS.register("synthetic")
-def synthetic(root: str, bias_ratio: float | None = None, seed: int = 0, counts: dict | None = None,
-              fractions: tuple[float, float, float] | None = None, review: str | None = None
-              ) -> dict[str, GroupedSplit]:
-    """All accepted images under ``root`` (or ``counts`` per group) as ``train``; ``bias_ratio`` does not
-    apply and is ignored. ``fractions`` (e.g. 0.8, 0.1, 0.1) splits them seeded instead, to measure
-    accuracy on held-out synthetic images. ``review="accepted"`` keeps only the ids that human review
-    accepted (``ffr review export``), before any selection."""
-    reader = ShardReader(root)
-    meta = reader.metadata
+class SyntheticOptions(Options):
+    root: str = Field(description="a generation output (local or s3://)")
+    bias_ratio: float | None = Field(None, description="ignored: synthetic data is selected per group")
+    seed: int = Field(0, ge=0, strict=True, description="seed of the per-group selection and of the split")
+    counts: dict[str | tuple[int, int], int] | None = Field(
+        None, description="images per group, keyed 'y,b' (default: every accepted image)")
+    fractions: tuple[float, float, float] | None = Field(
+        None, description="train/val/test shares to split the images seeded (default: all train)")
+    review: str | None = Field(None, description="'accepted': only the ids human review accepted (ffr review "
+                                                 "export), before any selection")
+
+
+@reader("synthetic", SyntheticOptions)
+def synthetic(options: SyntheticOptions) -> dict[str, GroupedSplit]:
+    """All accepted images under ``root`` (or ``counts`` per group) as ``train``; ``fractions`` (e.g. 0.8, 0.1,
+    0.1) splits them seeded instead, to measure accuracy on held-out synthetic images."""
+    root, seed, fractions = options.root, options.seed, options.fractions
+    shards = ShardReader(root)
+    meta = shards.metadata
     table = pd.DataFrame({"key": meta["image_key"].astype(str), "y": meta["y"].astype(np.int64),
                           "b": meta["b"].astype(np.int64), "source": SYNTHETIC, "id": meta["id"].astype(str)})
     # Shards finish in any order; sort by id so a selection depends on the images, not on shard timing.
     table = table.sort_values("id", kind="stable").reset_index(drop=True)
-    table = filter_reviewed(table, root, review).reset_index(drop=True)
+    table = filter_reviewed(table, root, options.review).reset_index(drop=True)
 
-    load_image = ShardImages(reader)
-    wanted = _parse_counts(counts)
+    load_image = ShardImages.of(shards)
+    wanted = None if options.counts is None else {
+        g: int(n) for g, n in group_keyed(options.counts, "dataset_options.counts").items()}
     if wanted is not None:
         table = table.iloc[select_per_group(table["y"].to_numpy(), table["b"].to_numpy(), wanted, seed,
                                             f"synthetic set {root!r}")]
@@ -81,4 +108,4 @@ def synthetic(root: str, bias_ratio: float | None = None, seed: int = 0, counts:
     else:
         split_of = random_split(len(table), seed, tuple(fractions))
         parts = {name: table[split_of == name] for name in ("train", "val", "test")}
-    return {name: GroupedSplit(reader.spec, part, load_image, name) for name, part in parts.items()}
+    return {name: GroupedSplit(shards.spec, part, load_image, name) for name, part in parts.items()}

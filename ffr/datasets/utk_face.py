@@ -15,10 +15,11 @@ import warnings
 
 import pandas as pd
 
-from ffr.datasets.base import DATASETS, GroupedSplit
-from ffr.datasets.readers import DatasetRoot, build_splits, check_options
+from ffr.datasets.base import GroupedSplit, reader
+from ffr.datasets.readers import DatasetRoot, ReaderOptions, build_splits
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
+from ffr.options import Field
 
 CLASS_NAMES = ("Male", "Female")
 BIAS_NAMES = ("old", "young")
@@ -40,12 +41,16 @@ def age_group(age: int) -> int | None:
     return 1 if age <= YOUNG_MAX_AGE else None
 
 
-@DATASETS.register("utk-face")
-def utk_face(root: str, bias_ratio: float | None = None, seed: int = 0, oppose_bias: bool = True,
-             verify: bool = False) -> dict[str, GroupedSplit]:
+class UTKFaceOptions(ReaderOptions):
+    oppose_bias: bool = Field(True, description="FFR's forced-direction pre-downsampling (opposite majority biases "
+                                                "per class); false keeps the natural correlation")
+
+
+@reader("utk-face", UTKFaceOptions)
+def utk_face(options: UTKFaceOptions) -> dict[str, GroupedSplit]:
     """UTKFace grouped by (gender, age group)."""
-    check_options(bias_ratio, seed)
-    data = DatasetRoot(root, "utk-face")
+    bias_ratio = options.bias_ratio
+    data = DatasetRoot(options.root, "utk-face")
     keys = data.list_files()
     rows, malformed = [], []
     for key in keys:
@@ -65,5 +70,6 @@ def utk_face(root: str, bias_ratio: float | None = None, seed: int = 0, oppose_b
     table = pd.DataFrame(rows, columns=["key", "y", "b"])
     pre = min(FFR_PRE_RATIO, float(bias_ratio)) if bias_ratio is not None else FFR_PRE_RATIO
     # keys come from the listing itself, so there is nothing to check for presence
-    return build_splits(data, table, GroupSpec(CLASS_NAMES, BIAS_NAMES), bias_ratio=bias_ratio, seed=seed,
-                        verify=verify, check_files=False, oppose_bias_ratio=pre if oppose_bias else None)
+    return build_splits(data, table, GroupSpec(CLASS_NAMES, BIAS_NAMES), bias_ratio=bias_ratio, seed=options.seed,
+                        verify=options.verify, check_files=False,
+                        oppose_bias_ratio=pre if options.oppose_bias else None)

@@ -11,8 +11,8 @@ import io
 
 import pandas as pd
 
-from ffr.datasets.base import DATASETS, GroupedSplit
-from ffr.datasets.readers import DatasetRoot, build_splits, check_options, integer_column, normalize_split_names
+from ffr.datasets.base import GroupedSplit, reader
+from ffr.datasets.readers import DatasetRoot, ReaderOptions, build_splits, integer_column, normalize_split_names
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
 
@@ -36,12 +36,10 @@ def read_metadata_csv(data: DatasetRoot, rel: str, required: tuple[str, ...]) ->
     return table
 
 
-@DATASETS.register("waterbirds")
-def waterbirds(root: str, bias_ratio: float | None = None, seed: int = 0,
-               verify: bool = False) -> dict[str, GroupedSplit]:
+@reader("waterbirds", ReaderOptions)
+def waterbirds(options: ReaderOptions) -> dict[str, GroupedSplit]:
     """Waterbirds grouped by (bird type, place), native splits."""
-    check_options(bias_ratio, seed)
-    data = DatasetRoot(root, "waterbirds")
+    data = DatasetRoot(options.root, "waterbirds")
     meta = read_metadata_csv(data, METADATA_FILE, COLUMNS)
     where = data.uri_of(METADATA_FILE)
     table = pd.DataFrame({
@@ -50,5 +48,5 @@ def waterbirds(root: str, bias_ratio: float | None = None, seed: int = 0,
         "b": integer_column(meta, "place", where),
         "split": normalize_split_names(meta["split"], where),
     })
-    return build_splits(data, table, GroupSpec(CLASS_NAMES, BIAS_NAMES), bias_ratio=bias_ratio, seed=seed,
-                        verify=verify)
+    return build_splits(data, table, GroupSpec(CLASS_NAMES, BIAS_NAMES), bias_ratio=options.bias_ratio,
+                        seed=options.seed, verify=options.verify)

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ffr.config import add_show_config, build, format_config, load_config
-from ffr.training.config import TrainConfig
+from ffr.training.config import TrainConfig, option_rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,9 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = build(TrainConfig, load_config(args.config, args.overrides))
     if args.show_config:
-        method_options = _method_options(cfg)  # first: a bad option is one line, with no table before it
-        print(format_config(TrainConfig, cfg))
-        print(method_options)
+        print(format_config(TrainConfig, cfg, expand=option_rows(cfg)))
         return 0
     from ffr.tracking import tracking_uri, ui_line
     from ffr.training import run_experiment
@@ -33,21 +31,4 @@ def run(args: argparse.Namespace) -> int:
     summary["run_dir"] = f"{result['storage_path'].rstrip('/')}/{result['run_name']}"
     print(json.dumps(summary))
     return 0
-
-
-def _method_options(cfg: TrainConfig) -> str:
-    """The method's options (``method_hparams``): default, resolved value and description of each."""
-    from ffr import methods, options
-
-    method = methods.create(cfg.method, **cfg.method_hparams)  # one line naming a bad key, as in training
-    rows = options.rows(type(method).Options, method.options, "method_hparams.")
-    if not rows:
-        return f"(method {cfg.method!r} takes no options)"
-    cells = [("*" if default != value else " ", key, json.dumps(default), json.dumps(value), text)
-             for key, default, value, text in rows]
-    widths = [max(len(c[i]) for c in cells) for i in (1, 2, 3)]
-    lines = [f"method {cfg.method!r} options:"]
-    lines += [f"{mark} {key:<{widths[0]}}  {default:<{widths[1]}}  {value:<{widths[2]}}  {text}"
-              for mark, key, default, value, text in cells]
-    return "\n".join(lines)
 

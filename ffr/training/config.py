@@ -210,3 +210,20 @@ def resolved(cfg: TrainConfig, spec: StageSpec) -> dict[str, Any]:
     out = to_dict(cfg)
     out.update({k: v for k, v in dataclasses.asdict(spec).items() if k != "preliminary"})
     return out
+
+
+def option_rows(cfg: TrainConfig, prefix: str = "") -> dict[str, list[tuple]]:
+    """--show-config rows of the chosen dataset's, backbone's and method's options (defaults, resolved values,
+    descriptions), for ``format_config(expand=...)``; a bad option is one line naming its key."""
+    from ffr.backbones import BACKBONES
+    from ffr.datasets import DATASETS
+    from ffr.methods import METHODS
+    from ffr.options import rows as option_table
+
+    rows = {}
+    for registry, name, key in ((DATASETS, cfg.dataset, "dataset_options"),
+                                (BACKBONES, cfg.backbone, "backbone_options"),
+                                (METHODS, cfg.method, "method_hparams")):
+        resolved = registry.options(name, getattr(cfg, key), key)
+        rows[f"{prefix}{key}"] = option_table(type(resolved), resolved, f"{prefix}{key}.")
+    return rows

@@ -1,4 +1,5 @@
-"""An experiment's data, built the same way (deterministically) on the driver and in every worker."""
+"""An experiment's data, resolved once on the driver (listings, tar indexes, bad-image scans); each stage's run
+directory then gets it as a plan (ffr.training.plan) that workers and evaluation tasks read."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from ffr.methods.base import Features
 from ffr.metrics import group_counts_of, summarize
 from ffr.training import loop
 from ffr.training.config import StageSpec, TrainConfig
-from ffr.training.data import ExperimentData, load_experiment_data
+from ffr.training.data import ExperimentData
 from ffr.training.stage import EVAL_BATCH
 
 
@@ -40,12 +40,11 @@ def _predictions(model, split, cfg: TrainConfig, device, spec=None) -> np.ndarra
 
 
 def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, device: torch.device | None = None,
-                        data: ExperimentData | None = None) -> dict:
+                        *, data: ExperimentData) -> dict:
     """{"epoch", "val", "test"} (ffr.metrics.summarize dicts), "group_sizes" ({split: {group: n}}, real
     training data); for a method that fits on features also "base_val"/"base_test" (the backbone's own
     head) and its details under the method's name — "val"/"test" are then its head's."""
     device = device or torch.device("cpu")
-    data = data or load_experiment_data(cfg, spec.stage)
     state = loop.load_state(checkpoint_dir)
     model = _model(cfg, data.val.spec.n_classes, state, device)
     train_counts = group_counts_of(data.real["train"].groups())
@@ -73,10 +72,9 @@ def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, 
 
 
 def train_predictions(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, device: torch.device | None = None,
-                      data: ExperimentData | None = None) -> np.ndarray:
+                      *, data: ExperimentData) -> np.ndarray:
     """A checkpoint's predicted classes on its stage's training set, in order (a preliminary run's outcome)."""
     device = device or torch.device("cpu")
-    data = data or load_experiment_data(cfg, spec.stage)
     train = data.stages[spec.stage].train
     model = _model(cfg, data.val.spec.n_classes, loop.load_state(checkpoint_dir), device)
     return _predictions(model, train, cfg, device)

@@ -19,6 +19,7 @@ from ffr.datasets import DATASETS
 from ffr.errors import FFRError, unwrap_user_errors
 from ffr.runs.plots import run_artifacts
 from ffr.storage import filesystem, join, require_bucket
+from ffr.training import plan
 from ffr.training.config import (
     StageSpec,
     TrainConfig,
@@ -74,6 +75,7 @@ def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, stora
         return finished
     runs.write_config(directory, resolved(cfg, spec))
     runs.write_splits(directory, data.splits_for(spec.stage))
+    plan.write_plan(directory, data, spec.stage)  # what workers and evaluation read: no second listing
     tracker = _tracker(cfg, spec)
     if tracker is None:
         return _train_and_evaluate(cfg, spec, data, storage_path, directory, callbacks)
@@ -103,9 +105,10 @@ def _train_and_evaluate(cfg: TrainConfig, spec: StageSpec, data: ExperimentData,
             raise FFRError("epochs = 0 only evaluates an existing model; set init_checkpoint")
         best, best_epoch, best_wga = spec.init_checkpoint, None, None
     else:
-        best, metrics, _latest = executor.fit_stage(cfg, spec, storage_path, directory, callbacks)
+        best, metrics, _latest = executor.fit_stage(cfg, spec, storage_path, directory, callbacks,
+                                                    plan=plan.plan_path(directory))
         best_epoch, best_wga = int(metrics["epoch"]), metrics["val_worst_group_acc"]
-    evaluated = executor.evaluate(cfg, spec, best)
+    evaluated = executor.evaluate(cfg, spec, best, plan=plan.plan_path(directory))
     if best_wga is None:
         best_wga = evaluated.get("base_val", evaluated["val"])["worst_group_acc"]
     result = {"run_name": spec.run_name, "dataset": cfg.dataset, "variant": cfg.variant, "method": spec.method,
@@ -136,11 +139,12 @@ def _preliminary(cfg: TrainConfig, main: StageSpec, data: ExperimentData) -> dic
     if done is not None:
         return {k: v for k, v in done.items() if k != "checkpoint"}
     runs.write_config(directory, resolved(cfg, spec))
-    _best, _metrics, latest = executor.fit_stage(cfg, spec, parent, directory)
+    stage_plan = plan.write_plan(parent, data, main.stage)  # the preliminary run trains on the main run's data
+    _best, _metrics, latest = executor.fit_stage(cfg, spec, parent, directory, plan=stage_plan)
     stage_data = data.stages[spec.stage]
     groups = stage_data.train.groups(stage_data.train_spec)
     method.setup(groups, stage_data.train_spec.n_groups)  # as in the main run: the method sees the same groups
-    predictions = np.asarray(executor.train_predictions(cfg, spec, latest))
+    predictions = np.asarray(executor.train_predictions(cfg, spec, latest, plan=stage_plan))
     result = method.preliminary_result(predictions, stage_data.train.y, groups)
     runs.write_json(marker, {"checkpoint": latest, **result})
     _log(f"[{main.run_name}] {method.preliminary_summary(result)}")

@@ -18,6 +18,7 @@ from ffr.runs import SCORE, checkpoint_dir, read_metrics, saved_epochs
 from ffr.storage import filesystem
 from ffr.training import evaluation, loop
 from ffr.training.config import StageSpec, TrainConfig
+from ffr.training.plan import read_plan
 from ffr.training.stage import Session, run_stage
 
 
@@ -70,7 +71,7 @@ def _is_tune_report(callback) -> bool:
 
 
 def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_directory: str,
-              callbacks: list | None = None) -> tuple[str, dict, str]:
+              callbacks: list | None = None, *, plan: str) -> tuple[str, dict, str]:
     """Train one stage here; returns (best checkpoint, its metrics record, latest checkpoint) like Ray Train's.
 
     ``callbacks`` are Ray Train ``UserCallback``s (a Tune trial's ``TuneReportCallback``, ffr's MLflow epoch
@@ -79,15 +80,15 @@ def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_director
     if cfg.num_workers != 1:
         raise FFRError(f"executor 'local' trains in one process; num_workers = {cfg.num_workers} needs ray-train")
     session = LocalSession(run_directory, cfg.keep_checkpoints, loop.device(cfg.use_gpu), callbacks)
-    run_stage(cfg, spec, session, run_directory=run_directory)
+    run_stage(cfg, spec, session, run_directory=run_directory, data=read_plan(plan))
     best, latest = session.best_and_latest()
     records = {int(r["epoch"]): r for r in read_metrics(run_directory)}
     return checkpoint_dir(run_directory, best), records[best], checkpoint_dir(run_directory, latest)
 
 
-def evaluate(cfg: TrainConfig, spec: StageSpec, checkpoint: str) -> dict:
-    return evaluation.evaluate_checkpoint(cfg, spec, checkpoint, loop.device(cfg.use_gpu))
+def evaluate(cfg: TrainConfig, spec: StageSpec, checkpoint: str, *, plan: str) -> dict:
+    return evaluation.evaluate_checkpoint(cfg, spec, checkpoint, loop.device(cfg.use_gpu), data=read_plan(plan))
 
 
-def train_predictions(cfg: TrainConfig, spec: StageSpec, checkpoint: str) -> np.ndarray:
-    return evaluation.train_predictions(cfg, spec, checkpoint, loop.device(cfg.use_gpu))
+def train_predictions(cfg: TrainConfig, spec: StageSpec, checkpoint: str, *, plan: str) -> np.ndarray:
+    return evaluation.train_predictions(cfg, spec, checkpoint, loop.device(cfg.use_gpu), data=read_plan(plan))

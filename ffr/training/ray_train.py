@@ -26,6 +26,7 @@ from ffr.runs import SCORE, checkpoint_name
 from ffr.storage import is_remote, pyarrow_filesystem
 from ffr.training import evaluation, loop
 from ffr.training.config import StageSpec, TrainConfig, parse
+from ffr.training.plan import read_plan
 from ffr.training.stage import Session, run_stage
 
 
@@ -98,7 +99,7 @@ def _quiet_report_lines(level: str) -> None:
 def train_loop_per_worker(loop_config: dict) -> None:
     _quiet_report_lines(loop_config.get("log_level", "WARNING"))
     cfg, spec = parse(loop_config["config"]), build(StageSpec, loop_config["stage"])
-    run_stage(cfg, spec, RayTrainSession(), run_directory=loop_config["run_dir"])
+    run_stage(cfg, spec, RayTrainSession(), run_directory=loop_config["run_dir"], data=read_plan(loop_config["plan"]))
 
 
 def _storage(storage_path: str) -> tuple[str, object | None]:
@@ -117,7 +118,7 @@ def checkpoint_uri(storage_path: str, checkpoint: ray.train.Checkpoint) -> str:
 
 
 def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_directory: str,
-              callbacks: list | None = None) -> tuple[str, dict, str]:
+              callbacks: list | None = None, *, plan: str) -> tuple[str, dict, str]:
     """Train one stage on Ray Train; returns (best checkpoint URI, its reported metrics, latest checkpoint URI)."""
     from ray.train.torch import TorchTrainer
 
@@ -127,7 +128,7 @@ def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_director
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg), "stage": to_dict(spec), "run_dir": run_directory,
-                           "log_level": log_level()},
+                           "plan": plan, "log_level": log_level()},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -174,15 +175,17 @@ class MLflowEpochs(ray.train.UserCallback):
 
 
 @ray.remote
-def _evaluate_task(config: dict, stage: dict, checkpoint_dir: str) -> dict:
+def _evaluate_task(config: dict, stage: dict, checkpoint_dir: str, plan: str) -> dict:
     cfg = parse(config)
-    return evaluation.evaluate_checkpoint(cfg, build(StageSpec, stage), checkpoint_dir, loop.device(cfg.use_gpu))
+    return evaluation.evaluate_checkpoint(cfg, build(StageSpec, stage), checkpoint_dir, loop.device(cfg.use_gpu),
+                                          data=read_plan(plan))
 
 
 @ray.remote
-def _train_predictions_task(config: dict, stage: dict, checkpoint_dir: str) -> np.ndarray:
+def _train_predictions_task(config: dict, stage: dict, checkpoint_dir: str, plan: str) -> np.ndarray:
     cfg = parse(config)
-    return evaluation.train_predictions(cfg, build(StageSpec, stage), checkpoint_dir, loop.device(cfg.use_gpu))
+    return evaluation.train_predictions(cfg, build(StageSpec, stage), checkpoint_dir, loop.device(cfg.use_gpu),
+                                        data=read_plan(plan))
 
 
 def _remote(task, cfg: TrainConfig):
@@ -192,10 +195,10 @@ def _remote(task, cfg: TrainConfig):
                         resources=custom_resources("train", 1 if cfg.use_gpu else 0))
 
 
-def evaluate(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str) -> dict:
+def evaluate(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, *, plan: str) -> dict:
     """Val/test metrics (and a method's post-fit step) of a checkpoint, computed where training workers run."""
-    return ray.get(_remote(_evaluate_task, cfg).remote(to_dict(cfg), to_dict(spec), checkpoint_dir))
+    return ray.get(_remote(_evaluate_task, cfg).remote(to_dict(cfg), to_dict(spec), checkpoint_dir, plan))
 
 
-def train_predictions(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str) -> np.ndarray:
-    return ray.get(_remote(_train_predictions_task, cfg).remote(to_dict(cfg), to_dict(spec), checkpoint_dir))
+def train_predictions(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, *, plan: str) -> np.ndarray:
+    return ray.get(_remote(_train_predictions_task, cfg).remote(to_dict(cfg), to_dict(spec), checkpoint_dir, plan))

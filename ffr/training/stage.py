@@ -22,7 +22,7 @@ from ffr.runs import SCORE, append_metrics, selection_score
 from ffr.storage import filesystem
 from ffr.training import loop
 from ffr.training.config import StageSpec, TrainConfig, resolved
-from ffr.training.data import ExperimentData, load_experiment_data
+from ffr.training.data import ExperimentData
 from ffr.training.sampling import EpochSampler
 
 EVAL_BATCH = 256
@@ -93,10 +93,10 @@ def gather_predictions(model, dataset, session: Session, batch: int = EVAL_BATCH
     return out
 
 
-def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory: str | None = None,
-              data: ExperimentData | None = None) -> list[dict]:
-    """Train one stage; returns the epoch records this call produced (rank 0 also writes them)."""
-    data = data or load_experiment_data(cfg, spec.stage)
+def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory: str | None = None, *,
+              data: ExperimentData) -> list[dict]:
+    """Train one stage on ``data`` (in workers: the run's plan, ffr.training.plan); returns the epoch records
+    this call produced (rank 0 also writes them)."""
     stage_data = data.stages[spec.stage]
     torch.manual_seed(cfg.seed)
     corrupt = None
