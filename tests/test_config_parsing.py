@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ffr.cli import main as ffr_main
@@ -41,11 +43,12 @@ def test_floats_in_files_and_overrides_reach_every_config_module(tmp_path):
 
 
 def _rows(out: str) -> dict[str, tuple[str, str, str]]:
-    """key → (mark, default, value) from the --show-config table."""
+    """key → (mark, default, value) from the --show-config table (columns are two or more spaces apart; an
+    option's description, when there is one, follows the value)."""
     rows = {}
     for line in out.splitlines()[1:-1]:
-        mark, rest = line[0], line[2:].split()
-        rows[rest[0]] = (mark, rest[1], " ".join(rest[2:]))
+        mark, columns = line[0], re.split(r" {2,}", line[2:].strip())
+        rows[columns[0]] = (mark, columns[1], columns[2])
     return rows
 
 

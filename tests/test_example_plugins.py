@@ -13,8 +13,9 @@ import torch
 from ffr import runs
 from ffr.methods import METHODS
 from ffr.storage import filesystem, join
-from ffr.training import local, loop
+from ffr.training import local, loop, plan
 from ffr.training.config import method_stage, parse
+from ffr.training.data import load_experiment_data
 from ffr.training.experiment import run_experiment
 from ffr.variants import VARIANTS
 
@@ -86,13 +87,15 @@ def test_a_method_with_a_critic_steps_checkpoints_and_resumes_it(example_plugins
     cfg = parse({**TINY, "storage_path": str(tmp_path), "method": "example-critic", "epochs": 2})
     spec = method_stage(cfg)
     directory = str(tmp_path / "run")
-    local.fit_stage(cfg, dataclasses.replace(spec, epochs=1), str(tmp_path), directory)
+    stage_plan = plan.write_plan(directory, load_experiment_data(cfg), spec.stage)
+    local.fit_stage(cfg, dataclasses.replace(spec, epochs=1), str(tmp_path), directory, plan=stage_plan)
     first = loop.load_state(runs.checkpoint_dir(directory, 0))
     batches = int(first["metrics"]["train_draws"] // -cfg.batch_size * -1)
     assert first["method_optimizers"]["critic"]["state"][0]["step"] == batches  # one critic step per batch
     assert first["method_modules"]["critic"]["weight"].shape == (4, first["model"]["head.weight"].shape[1])
 
-    local.fit_stage(cfg, spec, str(tmp_path), directory)  # resumes: epoch 1 only, critic and its optimiser restored
+    # resumes: epoch 1 only, critic and its optimiser restored
+    local.fit_stage(cfg, spec, str(tmp_path), directory, plan=stage_plan)
     second = loop.load_state(runs.checkpoint_dir(directory, 1))
     assert second["method_optimizers"]["critic"]["state"][0]["step"] == 2 * batches
     assert not torch.equal(second["method_modules"]["critic"]["weight"], first["method_modules"]["critic"]["weight"])
