@@ -7,6 +7,8 @@ import json
 import pytest
 
 from ffr import runs
+from ffr.errors import FFRError
+from ffr.training.loop import save_state
 
 
 def test_checkpoints_are_named_and_found_by_epoch(tmp_path):
@@ -42,13 +44,14 @@ def test_a_torn_metrics_line_is_skipped_and_the_next_epoch_appends(tmp_path):
     assert [r["epoch"] for r in runs.read_metrics(str(d))] == [0, 1]
 
 
-def _stage1(root, name, seed, lr, wga):
+def _stage1(root, name, seed, lr, wga, stage=1):
     d = str(root / name)
     # as the demo writes them: the split's seed and the synthetic data follow the run's seed
     runs.write_config(d, {"dataset": "colored-digits", "dataset_options": {"bias_ratio": 0.9, "seed": seed},
                           "synthetic_root": f"/data/synthetic/seed-{seed}", "seed": seed, "lr": lr,
                           "run_name": name, "storage_path": str(root)})
-    runs.write_result(d, {"run_name": name, "stage": 1, "seed": seed, "best_val_worst_group_acc": wga,
+    save_state({"model": {}}, f"{d}/{runs.checkpoint_name(0)}")
+    runs.write_result(d, {"run_name": name, "stage": stage, "seed": seed, "best_val_worst_group_acc": wga,
                           "checkpoint": f"{d}/{runs.checkpoint_name(0)}"})
     return d
 
@@ -63,3 +66,21 @@ def test_best_stage1_setting_averages_seeds_that_differ_only_in_seed_dependent_s
     assert runs.best_run_of_sweep(str(tmp_path), seed=0) == b0
     assert runs.best_run_of_sweep(str(tmp_path), seed=1) == b1
     assert runs.read_run(b0).setting_key() == runs.read_run(b1).setting_key()
+
+
+def test_best_stage1_run_is_chosen_by_mean_val_wga_over_seeds(tmp_path):
+    # lr 0.1 has the single best run, but lr 0.01 is better on average over seeds (FFR's get_best_hyper).
+    _stage1(tmp_path, "a0", 0, 0.1, 0.90)
+    _stage1(tmp_path, "a1", 1, 0.1, 0.40)
+    b0 = _stage1(tmp_path, "b0", 0, 0.01, 0.80)
+    b1 = _stage1(tmp_path, "b1", 1, 0.01, 0.75)
+    _stage1(tmp_path, "c0", 0, 0.5, 0.99, stage=2)  # stage-2 runs are not candidates
+    assert runs.best_run_of_sweep(str(tmp_path), seed=0) == b0
+    assert runs.best_run_of_sweep(str(tmp_path), seed=1) == b1
+    assert runs.resolve_checkpoint(f"best:{tmp_path}", 1) == f"{b1}/checkpoint_epoch0000"
+    assert runs.resolve_checkpoint(b0, 0) == f"{b0}/checkpoint_epoch0000"
+    assert runs.resolve_checkpoint(f"{b0}/checkpoint_epoch0000", 0) == f"{b0}/checkpoint_epoch0000"
+    with pytest.raises(FFRError, match="seed 7"):
+        runs.best_run_of_sweep(str(tmp_path), seed=7)
+    with pytest.raises(FFRError, match="neither a checkpoint"):
+        runs.resolve_checkpoint(str(tmp_path / "nowhere"), 0)

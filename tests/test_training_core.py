@@ -93,33 +93,6 @@ def test_resumed_epochs_replace_their_metrics_records(tmp_path):
     assert [r["epoch"] for r in records] == [0, 1, 2] and records[0]["x"] is None
 
 
-def _fake_run(root, name, seed, lr, wga, stage=1):
-    d = str(root / name)
-    runs.write_config(d, {"dataset": "colored-digits", "seed": seed, "lr": lr, "run_name": name})
-    save_state({"model": {}}, f"{d}/checkpoint_epoch0000")
-    runs.write_result(d, {"run_name": name, "stage": stage, "seed": seed, "best_val_worst_group_acc": wga,
-                            "checkpoint": f"{d}/checkpoint_epoch0000"})
-    return d
-
-
-def test_best_stage1_run_is_chosen_by_mean_val_wga_over_seeds(tmp_path):
-    # lr 0.1 has the single best run, but lr 0.01 is better on average over seeds (FFR's get_best_hyper).
-    _fake_run(tmp_path, "a0", 0, 0.1, 0.90)
-    _fake_run(tmp_path, "a1", 1, 0.1, 0.40)
-    b0 = _fake_run(tmp_path, "b0", 0, 0.01, 0.80)
-    b1 = _fake_run(tmp_path, "b1", 1, 0.01, 0.75)
-    _fake_run(tmp_path, "c0", 0, 0.5, 0.99, stage=2)  # stage-2 runs are not candidates
-    assert runs.best_run_of_sweep(str(tmp_path), seed=0) == b0
-    assert runs.best_run_of_sweep(str(tmp_path), seed=1) == b1
-    assert runs.resolve_checkpoint(f"best:{tmp_path}", 1) == f"{b1}/checkpoint_epoch0000"
-    assert runs.resolve_checkpoint(b0, 0) == f"{b0}/checkpoint_epoch0000"
-    assert runs.resolve_checkpoint(f"{b0}/checkpoint_epoch0000", 0) == f"{b0}/checkpoint_epoch0000"
-    with pytest.raises(FFRError, match="seed 7"):
-        runs.best_run_of_sweep(str(tmp_path), seed=7)
-    with pytest.raises(FFRError, match="neither a checkpoint"):
-        runs.resolve_checkpoint(str(tmp_path / "nowhere"), 0)
-
-
 @pytest.mark.parametrize("overrides, message", [
     (["bogus=1"], "unknown config key 'bogus'"),
     (["method=nope"], "unknown stage-2 method 'nope'"),
