@@ -39,7 +39,7 @@ d3s-demo: $(STAMP)
 
 # The whole suite, after the linters: CI (.ci/run) runs `make test`, so a broken layer fails CI.
 test: lint browser
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 # ruff, then the import contracts of pyproject.toml ([tool.importlinter]: the layers of ARCHITECTURE.md).
 lint: $(STAMP)

@@ -21,7 +21,7 @@ from ffr.errors import FFRError
 from ffr.options import Field, NoOptions, Options
 from ffr.registry import Registry
 
-BACKBONES: Registry = Registry("backbone")
+BACKBONES: Registry = Registry("backbone", plugins="ffr.backbones")
 IMAGENET = "imagenet"
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 from ffr.errors import FFRError
 from ffr.registry import Registry
 
-CORRUPTIONS: Registry = Registry("corruption")
+CORRUPTIONS: Registry = Registry("corruption", plugins="ffr.corruptions")
 SEVERITIES = (1, 2, 3, 4, 5)
 
 # ImageNet-C parameters, severity 1..5 (imagecorruptions 1.1.2, ``corruptions.py``).

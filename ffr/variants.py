@@ -27,7 +27,7 @@ from ffr.errors import FFRError
 from ffr.groups import GroupSpec, group_counts
 from ffr.registry import Registry
 
-VARIANTS: Registry = Registry("data variant")
+VARIANTS: Registry = Registry("data variant", plugins="ffr.variants")
 PRETRAIN_STAGE, METHOD_STAGE = 1, 2
 # What a stage trains on.
 REAL, SYNTHETIC, REAL_AND_SYNTHETIC = "real", "synthetic", "real+synthetic"

@@ -3,7 +3,12 @@ module plus registration (tests/fixtures/): trained here end to end through the 
 
 import dataclasses
 import importlib
+import json
+import os
+import re
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -100,3 +105,50 @@ def test_a_method_with_a_critic_steps_checkpoints_and_resumes_it(example_plugins
     assert second["method_optimizers"]["critic"]["state"][0]["step"] == 2 * batches
     assert not torch.equal(second["method_modules"]["critic"]["weight"], first["method_modules"]["critic"]["weight"])
     assert [r["attempt_start_epoch"] for r in runs.read_metrics(directory)] == [0, 1]
+
+
+def _install_plugins(site) -> None:
+    """A distribution as pip leaves it in site-packages: metadata whose entry points name the example modules
+    (importable from tests/), so nothing in ffr or in the user's code imports them."""
+    info = site / "ffr_example_plugins-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ffr-example-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[ffr.methods]\nexample-group-errors = fixtures.example_method:GroupErrorUpweight\n\n"
+        "[ffr.variants]\nexample-balanced-pretrain = fixtures.example_variant:BalancedPretrain\n")
+
+
+@pytest.mark.slow
+def test_an_installed_plugin_is_found_by_name_in_the_cli_and_in_ray_train_workers(tmp_path):
+    _install_plugins(tmp_path / "site")
+    env = {**os.environ, "RAY_ADDRESS": "local",  # its own Ray, as a user's `ffr train` starts it
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(Path(__file__).parent), os.getcwd()])}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    args = ["dataset=colored-digits", "backbone=small-cnn", "backbone_options={width: 8}", "pretrained=null",
+            "image_size=16", "cache_in_memory=true", "epochs=1", "batch_size=256", f"storage_path={tmp_path / 'runs'}",
+            "max_failures=0", "mlflow.enabled=false", "variant=example-balanced-pretrain",
+            "method=example-group-errors", "method_hparams={boost: 9.0}"]
+
+    shown = subprocess.run([sys.executable, "-m", "ffr.cli", "train", "--show-config", *args], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"method_hparams\.boost\s+4\.0\s+9\.0", shown.stdout), shown.stdout  # the plugin's option
+
+    # Ray Train workers and the preliminary run's evaluation task rebuild the method by name in their own
+    # processes: only the entry point tells them where it lives.
+    done = subprocess.run([sys.executable, "-m", "ffr.cli", "train", *args], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["variant"] == "example-balanced-pretrain" and summary["method"] == "example-group-errors"
+    main_dir = runs.run_dir(str(tmp_path / "runs"), summary["run_name"])
+    assert len(runs.read_json(join(main_dir, "warmup", "warmup.json"))["group_error_rate"]) == 4
+    (record,) = runs.read_metrics(main_dir)
+    assert record["train_draws"] > 0
+
+    # A typo is refused with the registry's one line, which lists the plugin among the choices.
+    bad = subprocess.run([sys.executable, "-m", "ffr.cli", "train", "--show-config", *args[:-2],
+                          "method=example-group-error"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert "unknown stage-2 method 'example-group-error'" in bad.stderr
+    assert "example-group-errors" in bad.stderr and "Traceback" not in bad.stderr

@@ -26,7 +26,7 @@ from ffr.options import Options
 from ffr.registry import Registry
 
 SPLITS = ("train", "val", "test")
-DATASETS: Registry = Registry("dataset")
+DATASETS: Registry = Registry("dataset", plugins="ffr.datasets")
 # Image loaders (a split's ``load_image``) by kind. The driver writes each loader into the run's plan
 # (ffr.training.plan) as ``loader.to_plan(keys) -> (description, per-key columns or None)``, and workers rebuild
 # it with ``IMAGE_SOURCES.get(description["kind"]).from_plan(description, keys, columns)`` - no listing, no

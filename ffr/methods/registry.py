@@ -1,3 +1,3 @@
 from ffr.registry import Registry
 
-METHODS: Registry = Registry("stage-2 method")
+METHODS: Registry = Registry("stage-2 method", plugins="ffr.methods")

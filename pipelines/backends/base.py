@@ -17,7 +17,7 @@ from PIL import Image
 from ffr.options import NoOptions, Options
 from ffr.registry import Registry
 
-BACKENDS: Registry = Registry("generator backend")
+BACKENDS: Registry = Registry("generator backend", plugins="ffr.backends")
 
 
 class GeneratorBackend:

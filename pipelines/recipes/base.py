@@ -18,7 +18,7 @@ from ffr.options import NoOptions, Options
 from ffr.registry import Registry
 from pipelines.config import check_places
 
-RECIPES: Registry = Registry("recipe")
+RECIPES: Registry = Registry("recipe", plugins="ffr.recipes")
 
 # What to make: the generator settings every manifest row carries; a recipe overrides the ones its paper used and
 # the config's generator section overrides the recipe (backend settings only say how to run).
