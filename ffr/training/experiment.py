@@ -175,7 +175,12 @@ def run_experiment(config: TrainConfig | dict, callbacks: list | None = None) ->
         ensure_ray()
     stage1_result = None
     if variants.PRETRAIN_STAGE in data.stages:
-        stage1_result = run_stage_job(cfg, pretrain_stage(cfg), data)
+        from ffr.training import stage_lease
+
+        stage1 = pretrain_stage(cfg)
+        # Shared by every method, trial and job of this seed and stage-1 setting: one trains it, others wait.
+        with stage_lease.hold(runs.run_dir(cfg.storage_path, stage1.run_name), stage1.run_name, _log):
+            stage1_result = run_stage_job(cfg, stage1, data)
         init = stage1_result["checkpoint"]
     stage2 = method_stage(cfg, init)
     if stage2.epochs > 0:

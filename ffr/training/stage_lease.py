@@ -1,0 +1,95 @@
+"""One trainer per shared run directory on a Ray cluster (Ray glue).
+
+FFR's stage 1 is named by what it depends on (``pretrain_stage``), so every stage-2 method, sweep trial and
+``ffr train`` job of the same seed and stage-1 settings shares one stage-1 run. Two of them reaching it at
+once would train it twice into the same directory (clashing checkpoints, doubled metrics lines). A run
+therefore holds a *lease* on the directory while it trains it: the others wait, then find it finished
+(``ffr_result.json``) and reuse it.
+
+The leases live in one detached named actor per cluster, so separate jobs (``ray job submit``), Tune trials
+and Train drivers all see the same table. A lease expires unless its holder renews it, which a background
+thread does while the holder lives: a holder that dies hard (a killed trial) frees the run after ``ttl_s``,
+and the next waiter resumes it from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import ray
+
+ACTOR_NAME = "ffr-run-leases"
+NAMESPACE = "ffr"
+TTL_S = 60.0  # a dead holder's lease frees after this long without a renewal
+POLL_S = 2.0
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class RunLeases:
+    """name → (holder, expiry)."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[str, float]] = {}
+        # A restarted table is empty while holders still train: grant nothing new until each holder has
+        # renewed (re-entered its lease), i.e. for one TTL.
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self._grace_until = time.monotonic() + TTL_S if restarted else 0.0
+
+    def acquire(self, name: str, holder: str, ttl_s: float, renewing: bool = False) -> str | None:
+        """Take (or, ``renewing``, keep) the lease; returns None on success, else who holds it."""
+        now = time.monotonic()
+        current = self._held.get(name)
+        mine = current is not None and current[0] == holder
+        free = (current is None or current[1] < now) and now >= self._grace_until
+        if mine or free or (renewing and current is None):  # the last: a holder re-entering a restarted table
+            self._held[name] = (holder, now + ttl_s)
+            return None
+        return current[0] if current else "a holder from before the lease table restarted"
+
+    def release(self, name: str, holder: str) -> None:
+        if self._held.get(name, ("",))[0] == holder:
+            del self._held[name]
+
+
+def leases():
+    """The cluster's lease table (created by the first caller; detached, so it outlives every job)."""
+    return RunLeases.options(name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True,
+                             lifetime="detached").remote()
+
+
+@contextlib.contextmanager
+def hold(name: str, label: str = "", log=print, ttl_s: float = TTL_S, poll_s: float = POLL_S) -> Iterator[None]:
+    """Hold the lease on ``name`` (a run directory) for the body; waits while another run holds it.
+
+    Without a Ray cluster in this process (``executor: local`` outside Tune) there is no one to share with,
+    and the body runs at once."""
+    if not ray.is_initialized():
+        yield
+        return
+    table, me = leases(), uuid.uuid4().hex
+    waited = False
+    while (holder := ray.get(table.acquire.remote(name, me, ttl_s))) is not None:
+        if not waited:
+            log(f"[{label or name}] being trained by another run ({holder[:8]}); waiting for it to finish")
+            waited = True
+        time.sleep(poll_s)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(ttl_s / 3):
+            with contextlib.suppress(Exception):  # a missed renewal only shortens the lease
+                ray.get(table.acquire.remote(name, me, ttl_s, renewing=True))
+
+    renewer = threading.Thread(target=renew, name="ffr-lease-renewal", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        with contextlib.suppress(Exception):
+            ray.get(table.release.remote(name, me))

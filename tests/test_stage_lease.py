@@ -1,0 +1,84 @@
+"""One trainer per shared run directory: FFR's stage 1 is shared by every method, trial and job of the same seed
+and stage-1 setting, so runs reaching it at once must not both train it (ffr/training/stage_lease.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from ffr import runs
+from ffr.training import stage_lease
+from ffr.training.config import parse, pretrain_stage
+
+
+def test_a_lease_is_exclusive_renewable_and_expires(ray_cluster):
+    table = stage_lease.RunLeases.remote()  # a private table, not the cluster's
+
+    def acquire(holder, ttl=0.5, renewing=False):
+        return ray_cluster.get(table.acquire.remote("run", holder, ttl, renewing))
+
+    assert acquire("a") is None and acquire("b") == "a"
+    assert acquire("a") is None  # its own renewal
+    assert acquire("b", renewing=True) == "a"  # a renewal never takes another holder's lease
+    ray_cluster.get(table.release.remote("run", "b"))  # not b's to release
+    assert acquire("b") == "a"
+    time.sleep(0.7)  # a stopped renewing (died): the lease expires
+    assert acquire("b") is None and acquire("a") == "b"
+    ray_cluster.get(table.release.remote("run", "b"))
+    assert acquire("a") is None
+
+
+def test_holders_of_one_name_never_overlap_and_the_waiter_says_why(ray_cluster):
+    spans, lines = [], []
+
+    def body(k):
+        with stage_lease.hold(f"/runs/shared-{id(spans)}", "shared", log=lines.append, poll_s=0.05):
+            start = time.monotonic()
+            time.sleep(0.5)
+            spans.append((start, time.monotonic()))
+
+    threads = [threading.Thread(target=body, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spans.sort()
+    assert len(spans) == 3 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    assert len(lines) == 2 and all(line.startswith("[shared] being trained by another run") for line in lines)
+
+
+def test_without_ray_the_body_runs_at_once(monkeypatch):
+    monkeypatch.setattr(stage_lease.ray, "is_initialized", lambda: False)
+    with stage_lease.hold("/runs/x"):
+        pass
+
+
+@pytest.mark.slow
+def test_two_methods_starting_at_once_train_ffr_stage1_once(ray_cluster, tmp_path):
+    """ERM and GroupDRO on the same FFR stage 1, started together in two Ray tasks (as two sweep trials or two
+    submitted jobs are): stage 1 is trained by one, for its epochs exactly once, and both start from it."""
+    import pipelines
+    from ffr.training import run_experiment
+
+    synthetic = str(tmp_path / "synthetic")
+    pipelines.generate({"recipe": "colored-digits", "output": synthetic, "seed": 0, "budget": {"per_group": 240},
+                        "shard_size": 1000, "batch_size": 256, "runner": "local", "progress": False})
+    base = {"dataset": "colored-digits", "variant": "ffr", "synthetic_root": synthetic, "backbone": "small-cnn",
+            "backbone_options": {"width": 8}, "pretrained": None, "image_size": 16, "cache_in_memory": True,
+            "epochs": 1, "batch_size": 256, "stage1": {"epochs": 6}, "executor": "local",
+            "storage_path": str(tmp_path / "runs"), "mlflow": {"enabled": False}}
+
+    @ray_cluster.remote(num_cpus=1, max_retries=0)
+    def train(method):
+        return run_experiment({**base, "method": method})
+
+    erm, groupdro = ray_cluster.get([train.remote("erm"), train.remote("groupdro")], timeout=600)
+
+    stage1_dir = runs.run_dir(base["storage_path"], pretrain_stage(parse({**base, "method": "erm"})).run_name)
+    assert erm["stage1"]["run_name"] == groupdro["stage1"]["run_name"] == stage1_dir.rsplit("/", 1)[-1]
+    records = runs.read_metrics(stage1_dir)
+    assert [r["epoch"] for r in records] == list(range(6))  # trained once: no epoch twice, no second attempt
+    assert {r["attempt_start_epoch"] for r in records} == {0}
+    assert erm["init_checkpoint"] == groupdro["init_checkpoint"] == erm["stage1"]["checkpoint"]
