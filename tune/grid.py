@@ -2,7 +2,8 @@
 
 Each trial runs a *chain* of training configs in order (``ffr.training.run_experiment`` each), so runs that
 share a stage sit in one trial: FFR's stage 1 is trained once, by the chain's first config, and found
-finished by the others (two trials training the same stage at once would collide in its run directory).
+finished by the others (two trials reaching the same stage at once would be correct, one waiting on the other's
+lease, ffr/training/stage_lease.py, but the waiting trial would hold a slot idle).
 Run names come from the configs' content, so rerunning the grid skips finished runs. Used by ``ffr demo``;
 with ``executor: local`` each trial trains in its own process and the grid pays no Ray Train start-up.
 """
