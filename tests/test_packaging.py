@@ -27,10 +27,10 @@ def _package_files(root: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_wheel_has_the_distribution_name_the_script_and_every_package_file(tmp_path):
-    pytest.importorskip("setuptools", minversion="68")  # pyproject's build requirement
+    pytest.importorskip("setuptools", minversion="77")  # pyproject's build requirement
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     for top in PACKAGES:
         shutil.copytree(ROOT / top, src / top, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -47,6 +47,7 @@ def test_wheel_has_the_distribution_name_the_script_and_every_package_file(tmp_p
         entry_points = z.read(f"{info}/entry_points.txt").decode()
         top_level = set(z.read(f"{info}/top_level.txt").decode().split())
     assert f"Name: {name}\n" in metadata
+    assert "License-Expression: Apache-2.0\n" in metadata and f"{info}/licenses/LICENSE" in names
     assert "ffr = ffr.cli:main" in entry_points
     assert top_level == set(PACKAGES)
     missing = _package_files(src) - names
