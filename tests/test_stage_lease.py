@@ -3,12 +3,14 @@ and stage-1 setting, so runs reaching it at once must not both train it (ffr/tra
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
 import pytest
 
 from ffr import runs
+from ffr.errors import FFRError
 from ffr.training import stage_lease
 from ffr.training.config import parse, pretrain_stage
 
@@ -47,6 +49,45 @@ def test_holders_of_one_name_never_overlap_and_the_waiter_says_why(ray_cluster):
     spans.sort()
     assert len(spans) == 3 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
     assert len(lines) == 2 and all(line.startswith("[shared] being trained by another run") for line in lines)
+
+
+def test_the_table_outlives_the_placement_group_of_the_trial_that_created_it(ray_cluster):
+    """Tune trials capture their children into the trial's placement group; the table must not be one of them
+    (it was: it died with the first trial's group and never answered again, so every later stage 1 hung)."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    with contextlib.suppress(ValueError):  # start from no table, so the trial below creates it
+        ray_cluster.kill(ray_cluster.get_actor(stage_lease.ACTOR_NAME, namespace=stage_lease.NAMESPACE),
+                         no_restart=True)
+
+    @ray_cluster.remote(num_cpus=1)
+    class Trial:
+        def take(self, name):
+            return ray_cluster.get(stage_lease.leases().acquire.remote(name, "trial", 600.0))
+
+    group = placement_group([{"CPU": 1}])
+    ray_cluster.get(group.ready(), timeout=60)
+    trial = Trial.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+        group, placement_group_capture_child_tasks=True)).remote()
+    name = f"/runs/trial-{time.time_ns()}"
+    assert ray_cluster.get(trial.take.remote(name), timeout=60) is None
+    remove_placement_group(group)  # the trial ends
+    time.sleep(1)
+    table = stage_lease.leases()
+    assert ray_cluster.get(table.acquire.remote(name, "next", 600.0), timeout=30) == "trial"  # alive, and remembers
+
+
+def test_an_unreachable_table_is_one_line_not_a_hang(ray_cluster, monkeypatch):
+    @ray_cluster.remote(num_cpus=0)
+    def never():
+        time.sleep(3600)
+
+    monkeypatch.setattr(stage_lease, "ANSWER_S", 0.5)
+    ref = never.remote()
+    with pytest.raises(FFRError, match=r"run lease table .* did not answer in 0.5 s"):
+        stage_lease._ask(ref)
+    ray_cluster.cancel(ref, force=True)
 
 
 def test_without_ray_the_body_runs_at_once(monkeypatch):

@@ -22,13 +22,17 @@ from collections.abc import Iterator
 
 import ray
 
+from ffr.errors import FFRError
+
 ACTOR_NAME = "ffr-run-leases"
 NAMESPACE = "ffr"
 TTL_S = 60.0  # a dead holder's lease frees after this long without a renewal
 POLL_S = 2.0
+ANSWER_S = 120.0  # the table answers in milliseconds; past this it is unreachable, and waiting longer hides why
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
+# max_task_retries: a call made while the table restarts waits for it (acquire and release are idempotent).
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class RunLeases:
     """name → (holder, expiry)."""
 
@@ -56,9 +60,21 @@ class RunLeases:
 
 
 def leases():
-    """The cluster's lease table (created by the first caller; detached, so it outlives every job)."""
-    return RunLeases.options(name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True,
-                             lifetime="detached").remote()
+    """The cluster's lease table (created by the first caller; detached, so it outlives every job).
+
+    Scheduled explicitly outside any placement group: the first caller is often a Tune trial, whose children
+    Ray places in the trial's placement group by default; the table would then die with that trial's group
+    and, restarting into a group that no longer exists, never answer again."""
+    return RunLeases.options(name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+                             scheduling_strategy="DEFAULT").remote()
+
+
+def _ask(ref):
+    try:
+        return ray.get(ref, timeout=ANSWER_S)
+    except ray.exceptions.GetTimeoutError:
+        raise FFRError(f"the run lease table (actor {ACTOR_NAME!r} in namespace {NAMESPACE!r}) did not answer in "
+                       f"{ANSWER_S:g} s; expected a live actor (see `ray list actors`)") from None
 
 
 @contextlib.contextmanager
@@ -72,7 +88,7 @@ def hold(name: str, label: str = "", log=print, ttl_s: float = TTL_S, poll_s: fl
         return
     table, me = leases(), uuid.uuid4().hex
     waited = False
-    while (holder := ray.get(table.acquire.remote(name, me, ttl_s))) is not None:
+    while (holder := _ask(table.acquire.remote(name, me, ttl_s))) is not None:
         if not waited:
             log(f"[{label or name}] being trained by another run ({holder[:8]}); waiting for it to finish")
             waited = True
@@ -82,7 +98,7 @@ def hold(name: str, label: str = "", log=print, ttl_s: float = TTL_S, poll_s: fl
     def renew() -> None:
         while not stop.wait(ttl_s / 3):
             with contextlib.suppress(Exception):  # a missed renewal only shortens the lease
-                ray.get(table.acquire.remote(name, me, ttl_s, renewing=True))
+                _ask(table.acquire.remote(name, me, ttl_s, renewing=True))
 
     renewer = threading.Thread(target=renew, name="ffr-lease-renewal", daemon=True)
     renewer.start()
@@ -92,4 +108,4 @@ def hold(name: str, label: str = "", log=print, ttl_s: float = TTL_S, poll_s: fl
         stop.set()
         renewer.join()
         with contextlib.suppress(Exception):
-            ray.get(table.release.remote(name, me))
+            _ask(table.release.remote(name, me))
