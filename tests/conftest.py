@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import uuid
 
 import pytest
@@ -84,7 +85,10 @@ def ray_cluster(s3_endpoint):
     """One local Ray cluster per session, with generous logical CPUs so Train/Tune/Data never starve."""
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
+    # address="local" and an own temp dir: never join another Ray instance on this machine (a `ray start` of a
+    # developer's, or another session's), which ray.init() with no address would do.
+    ray.init(address="local", _temp_dir=tempfile.mkdtemp(prefix="ffr-test-ray-"), num_cpus=8,
+             include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"FFR_S3_ENDPOINT": s3_endpoint}})
     yield ray
     ray.shutdown()

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 _CHILD = textwrap.dedent("""
     import json, sys
     import ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", _temp_dir=sys.argv[2], num_cpus=2, include_dashboard=False, log_to_driver=False)
     import pipelines
     pipelines.generate(json.loads(sys.argv[1]))
 """)
@@ -71,7 +72,8 @@ def test_killed_generation_resumes_without_duplicates_or_gaps(ray_cluster, tmp_p
     root = str(tmp_path / "run")
     config = _config(root)
     n_shards = int(plan(config)["shard"].max()) + 1
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(config)],
+    ray_dir = tempfile.mkdtemp(prefix="ffr-resume-ray-")  # short: Ray's socket paths must fit in 107 bytes
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(config), ray_dir],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": "."})
     deadline = time.monotonic() + 240
     try:
