@@ -13,7 +13,6 @@ from typing import Annotated
 
 import numpy as np
 from pydantic import Field as Constraint
-from sklearn.linear_model import LogisticRegression
 
 from ffr import options
 from ffr.errors import FFRError
@@ -72,6 +71,10 @@ class DeepFeatureReweighting(Method):
 
     @staticmethod
     def _fit(x, y, c, seed):
+        # Imported here, not at the top: sklearn (with scipy) adds ~1.7 s to the start of every process that
+        # imports the methods (each Ray Train worker and evaluation task), and only DFR's last step uses it.
+        from sklearn.linear_model import LogisticRegression
+
         model = LogisticRegression(l1_ratio=1.0, C=c, solver="liblinear", max_iter=10000, random_state=seed)  # L1
         return model.fit(x, y)
 
