@@ -3,7 +3,6 @@ and stage-1 setting, so runs reaching it at once must not both train it (ffr/tra
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 
@@ -57,9 +56,20 @@ def test_the_table_outlives_the_placement_group_of_the_trial_that_created_it(ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    with contextlib.suppress(ValueError):  # start from no table, so the trial below creates it
+    def table_exists() -> bool:
+        try:
+            ray_cluster.get_actor(stage_lease.ACTOR_NAME, namespace=stage_lease.NAMESPACE)
+            return True
+        except ValueError:
+            return False
+
+    if table_exists():  # start from no table, so the trial below creates it
         ray_cluster.kill(ray_cluster.get_actor(stage_lease.ACTOR_NAME, namespace=stage_lease.NAMESPACE),
                          no_restart=True)
+        deadline = time.monotonic() + 30
+        while table_exists():  # the kill is asynchronous: wait until the name is free
+            assert time.monotonic() < deadline, "the old lease table did not go away"
+            time.sleep(0.1)
 
     @ray_cluster.remote(num_cpus=1)
     class Trial:
