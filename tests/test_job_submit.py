@@ -121,3 +121,13 @@ def test_generate_job_output_and_logs_hold_no_secret(head, generate_job):
     for where, text in texts.items():
         assert text, f"{where} is empty: nothing was checked"
         assert leaked_secrets(text, secrets) == [], f"secret in {where}"
+
+
+def test_the_worker_port_range_holds_none_of_the_heads_own_ports():
+    """The head's ports come from the kernel's free ports, which lie in the same span as the worker range; a
+    port inside the range made `ray start` refuse ("port … is used by other components"), seen once in CI."""
+    from ffr.cluster.local_head import _free_port_range
+
+    for _ in range(20):
+        first, last = _free_port_range(100, low=30000, high=30300, avoid=[30150, 30151])
+        assert last - first == 99 and not first <= 30150 <= last and not first <= 30151 <= last

@@ -33,7 +33,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,10 +64,15 @@ CREDENTIAL_VARS = {"AWS_ACCESS_KEY_ID": "aws_access_key_id", "AWS_SECRET_ACCESS_
                    "AWS_SESSION_TOKEN": "aws_session_token", "AWS_SECURITY_TOKEN": "aws_security_token"}
 
 
-def _free_port_range(n: int, low: int = 20000, high: int = 60000, attempts: int = 100) -> tuple[int, int]:
-    """(first, last) of ``n`` consecutive ports that are all free right now, outside Ray's default worker range."""
+def _free_port_range(n: int, low: int = 20000, high: int = 60000, attempts: int = 100,
+                     avoid: Collection[int] = ()) -> tuple[int, int]:
+    """(first, last) of ``n`` consecutive ports that are all free right now, outside Ray's default worker range
+    and holding none of ``avoid`` (the head's own ports: free now too, so only this check keeps them out; Ray
+    refuses to start when a component's port lies in the worker range)."""
     for _ in range(attempts):
         first = random.randrange(low, high - n)
+        if any(first <= port < first + n for port in avoid):
+            continue
         sockets = []
         try:
             for port in range(first, first + n):
@@ -161,7 +166,7 @@ def start_local_head(num_cpus: int = 4, env: Mapping[str, str] | None = None, ti
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
     ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
-    first_worker_port, last_worker_port = _free_port_range(WORKER_PORTS)
+    first_worker_port, last_worker_port = _free_port_range(WORKER_PORTS, avoid=ports.values())
     head_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     head_env.update(env or {})
     move_keys_to_credentials_file(head_env, temp_dir / "aws_credentials")
