@@ -66,10 +66,12 @@ def test_images_guides_and_references_are_served(app):
     c = signed_in(app)
     page = c.get("/task")
     assert page.status_code == 200 and "Is the object of the guide image" in page.text
-    image = c.get("/img/g0000-000000/generated")
+    mine = c.get("/api/task").json()["image_ids"][0]
+    image = c.get(f"/img/{mine}/generated")
     assert image.status_code == 200 and image.headers["content-type"] == "image/png" and image.content[:4] == b"\x89PNG"
-    assert c.get("/img/g0000-000000/guide").content[:4] == b"\x89PNG"
-    assert c.get("/ref/0/3").status_code == 200
+    assert c.get(f"/img/{mine}/guide").content[:4] == b"\x89PNG"
+    y = int(mine[1:5]) // 2  # the fixture's group ids: g = 2 * y + b
+    assert c.get(f"/ref/{y}/0").status_code == (200 if y == 0 else 404)  # only class 0 has reference images
 
 
 def test_posts_without_the_csrf_token_are_refused(app):
@@ -136,8 +138,8 @@ async def _swarm(url: str, tokens: list[str]) -> tuple[int, int, float]:
     limits = httpx.Limits(max_connections=8)
     clients = [httpx.AsyncClient(base_url=url, limits=limits, timeout=120) for _ in tokens]
     try:
-        for client, token in zip(clients, tokens):
-            client.cookies.set(RATER_COOKIE, token)
+        signed = await asyncio.gather(*(c.get(f"/r/{token}") for c, token in zip(clients, tokens)))
+        assert {r.status_code for r in signed} == {303} and all(RATER_COOKIE in c.cookies for c in clients)
         tasks = await asyncio.gather(*(c.get("/api/task") for c in clients))
         tasks = [t.json() for t in tasks]
         assert all(len(t["image_ids"]) == VOTES_EACH for t in tasks)
