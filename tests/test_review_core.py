@@ -288,3 +288,40 @@ def test_cli_init_invite_progress_export_and_one_line_errors(output, capsys):
     assert "cannot open review database" in capsys.readouterr().err
     assert main(["review", "export", "--data", root]) == 0
     assert len(accepted_ids(root)) == 23 - 8  # 8 under review and pending (no votes yet): not accepted
+
+
+def test_cli_public_url_is_checked_stored_and_used_for_the_links(output, capsys):
+    from ffr.cli import main
+
+    root = output["root"]
+    assert main(["review", "init", "--data", root, "--public-url", "https://review.example.org/review"]) == 2
+    assert "--public-url 'https://review.example.org/review'; expected http(s)://host[:port]" in capsys.readouterr().err
+    assert main(["review", "init", "--data", root, "--public-url", "https://review.example.org"]) == 0
+    assert "admin link (shown once; 'ffr review admin-link' makes a new one): https://review.example.org/admin/" \
+        in capsys.readouterr().out
+    assert main(["review", "invite", "ann", "--data", root]) == 0
+    assert capsys.readouterr().out.startswith("https://review.example.org/r/")
+    assert main(["review", "revoke", "nobody", "--data", root]) == 2
+    assert "no rater named 'nobody' (raters: ann)" in capsys.readouterr().err
+    assert main(["review", "revoke", "ann", "--data", root]) == 0
+    assert main(["review", "invite", "ann", "--data", root]) == 2
+    assert "'ann' was revoked; --reissue gives them a new link" in capsys.readouterr().err
+
+
+def test_a_database_from_before_the_private_folder_is_used_in_place_and_tightened(output, tmp_path, caplog):
+    import os
+    import stat
+    from pathlib import Path
+
+    root = output["root"]
+    legacy = Path(root, "review", "review.sqlite")
+    review, _ = open_review(root, f"sqlite:///{legacy}", create=True)
+    review.engine.dispose()
+    os.chmod(legacy, 0o644)
+    with caplog.at_level("WARNING", logger="ffr.review"):
+        again, admin = open_review(root)
+    assert again.url == f"sqlite:///{legacy}" and admin is None and stat.S_IMODE(legacy.stat().st_mode) == 0o600
+    assert "predates the private folder; stop the server, then move it" in caplog.text
+    chosen = tmp_path / "chosen" / "deeper" / "r.sqlite"  # --db in a folder that does not exist yet
+    open_review(root, f"sqlite:///{chosen}", create=True)
+    assert stat.S_IMODE(chosen.parent.stat().st_mode) == 0o700 and stat.S_IMODE(chosen.stat().st_mode) == 0o600
