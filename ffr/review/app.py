@@ -29,8 +29,14 @@ from ffr.review.decisions import check_min_present, export
 from ffr.review.images import ImageSource, valid_id
 from ffr.review.middleware import SecurityMiddleware
 from ffr.review.progress import group_progress, rater_votes
-from ffr.review.sessions import (ADMIN_SESSION_S, RATER_SESSION_S, is_admin_session, session_rater, sign_in_admin,
-                                 sign_in_rater)
+from ffr.review.sessions import (
+    ADMIN_SESSION_S,
+    RATER_SESSION_S,
+    is_admin_session,
+    session_rater,
+    sign_in_admin,
+    sign_in_rater,
+)
 from ffr.review.store import Review
 from ffr.review.tokens import csrf_ok, csrf_token
 from ffr.review.voting import Outcome, record_vote

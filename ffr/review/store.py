@@ -15,8 +15,18 @@ from sqlalchemy.exc import IntegrityError
 
 from ffr.errors import FFRError
 from ffr.review import migrate
-from ffr.review.db import (Assignment, BrowserSession, Meta, Rater, ReviewImage, Vote, default_url, make_engine,
-                           make_private, session_factory)
+from ffr.review.db import (
+    Assignment,
+    BrowserSession,
+    Meta,
+    Rater,
+    ReviewImage,
+    Vote,
+    default_url,
+    make_engine,
+    make_private,
+    session_factory,
+)
 from ffr.review.origins import check_public_url
 from ffr.review.tokens import new_token, token_hash
 from ffr.shards import read_groups
