@@ -25,8 +25,8 @@ DEFAULT_BASE = f"http://127.0.0.1:{DEFAULT_PORT}"
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="generation output under review (local path or s3://)")
-    p.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite in <data>/review/ for local data, "
-                                              "./ffr-review.sqlite for s3://)")
+    p.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite, private, in <data>/review/private/ "
+                                              "for local data, ./ffr-review/ for s3://)")
 
 
 def _selection(p: argparse.ArgumentParser) -> None:
