@@ -185,7 +185,8 @@ def build_tiny_lora(path: str | os.PathLike, model: str | os.PathLike, seed: int
     config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
                         target_modules=["to_q", "to_k", "to_v", "to_out.0"])
     unet.add_adapter(config, adapter_name="tiny")
-    StableDiffusionPipeline.save_lora_weights(str(path), unet_lora_layers=get_peft_model_state_dict(unet, "tiny"))
+    layers = get_peft_model_state_dict(unet, adapter_name="tiny")
+    StableDiffusionPipeline.save_lora_weights(str(path), unet_lora_layers=layers)
     return str(path)
 
 

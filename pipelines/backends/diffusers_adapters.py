@@ -16,16 +16,18 @@ base model). Without ``generator.adapter`` every row uses all declared adapters,
 adapter (a distillation LoRA such as LCM-LoRA) needs nothing else. Rows with different adapters go to separate
 pipeline calls.
 
-When every row of a run uses the same adapters, they are fused into the weights once (no LoRA branch at each
-step: the fast path); the driver decides this from the run's ``generator.adapter`` (``fuse_adapters: null``) and
-ships the decision, so every actor makes the same pixels. Otherwise each call activates its row's adapters at
-their scales (``set_adapters``). Every image's record names its adapters with path, scale and whether they were
-fused; the adapters are also part of the output's recorded identity (``backend.settings.adapters``).
+When every row of a run uses all the declared adapters, they are fused into the weights once, at load (no LoRA
+branch at each step: the fast path); the driver decides this from the run's ``generator.adapter``
+(``fuse_adapters: null``) and ships the decision, so every actor makes the same pixels. Otherwise each call
+activates its row's adapters at their scales (``set_adapters``). Every image's record names its adapters with
+path, scale and whether they were fused; the adapters are also part of the output's recorded identity
+(``backend.settings.adapters``).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -133,17 +135,25 @@ class AdapterState:
         verbosity = diffusers_logging.get_verbosity()
         diffusers_logging.set_verbosity_error()  # "no LoRA keys for the text encoder" and the like, per actor
         try:
-            for adapter in adapters:
-                where, weight = resolve_adapter(adapter, cache_dir)
-                kwargs = {"weight_name": weight} if weight else {}
-                try:
-                    pipe.load_lora_weights(where, adapter_name=adapter.name, **kwargs)
-                except (OSError, ValueError, KeyError, RuntimeError) as e:
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    raise FFRError(f"adapter {adapter.name!r} ({adapter.path!r}) cannot be loaded into {model!r}: "
-                                   f"{first[:300]}") from None
+            with warnings.catch_warnings():
+                # peft warns "Already found a peft_config attribute" at each adapter after the first: expected
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                for adapter in adapters:
+                    self._load_one(adapter, cache_dir)
         finally:
             diffusers_logging.set_verbosity(verbosity)
+        if fuse:  # now, into the plain modules: before offload hooks, caches and torch.compile wrap them
+            self._fuse(tuple(self.declared))
+
+    def _load_one(self, adapter: AdapterOptions, cache_dir: str | None) -> None:
+        where, weight = resolve_adapter(adapter, cache_dir)
+        kwargs = {"weight_name": weight} if weight else {}
+        try:
+            self.pipe.load_lora_weights(where, adapter_name=adapter.name, **kwargs)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FFRError(f"adapter {adapter.name!r} ({adapter.path!r}) cannot be loaded into {self.model!r}: "
+                           f"{first[:300]}") from None
 
     def selection(self, row: dict) -> tuple[str, ...]:
         value = row.get("adapter")
@@ -156,9 +166,7 @@ class AdapterState:
         if not self.declared or names == self.active:
             return
         if self.fuse:
-            if self.fused is None:
-                self._fuse(names)
-            elif names != self.fused:
+            if names != self.fused:
                 raise FFRError(f"adapters {'+'.join(self.fused) or '(none)'} were fused for the whole run, and a "
                                f"row asks for {'+'.join(names) or '(none)'}; set fuse_adapters: false")
         elif names:
@@ -169,9 +177,8 @@ class AdapterState:
         self.active = names
 
     def _fuse(self, names: tuple[str, ...]) -> None:
-        if names:
-            self.pipe.set_adapters(list(names), [self.adapters[n].scale for n in names])
-            self.pipe.fuse_lora(components=list(self.pipe._lora_loadable_modules), adapter_names=list(names))
+        self.pipe.set_adapters(list(names), [self.adapters[n].scale for n in names])
+        self.pipe.fuse_lora(components=list(self.pipe._lora_loadable_modules), adapter_names=list(names))
         # The LoRA branches are no longer needed once their product is in the weights (memory, and one matmul
         # less per projection and step).
         self.pipe.unload_lora_weights()

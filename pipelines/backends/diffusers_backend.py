@@ -15,10 +15,11 @@ batch → same bytes; any batch → within a stated tolerance) and tests check e
 batch size that is a multiple of ``batch_size`` so no padding is wasted.
 
 Settings (``backend.settings``; ``Options`` below lists them with defaults) say *how* to run: model, dtype,
-device, attention, compile, scheduler, the model family and its rules (:mod:`.diffusers_families`), LoRA adapters
-(:mod:`.diffusers_adapters`), speed and memory options (:mod:`.diffusers_speedups`). *What* to make — ``steps``, ``guidance_scale``, ``strength``, ``width``,
-``height`` — comes from each manifest row (the recipe's values and the config's ``generator`` section), and the
-micro-batch size is the run's one ``batch_size``. Rows with different settings go to separate pipeline calls, so
+device, attention, compile, scheduler, the model family and its rules (:mod:`.diffusers_families`), LoRA
+adapters (:mod:`.diffusers_adapters`), speed and memory options (:mod:`.diffusers_speedups`). *What* to make —
+``steps``, ``guidance_scale``, ``strength``, ``width``, ``height``, ``adapter`` — comes from each manifest row
+(the recipe's values and the config's ``generator`` section), and the micro-batch size is the run's one
+``batch_size``. Rows with different settings go to separate pipeline calls, so
 one shard may mix them; so do rows with different adapters. A row without ``width``/``height`` gets the model's
 default size. A configured safety checker is kept: the pipeline blacks out flagged images and the black-image
 filter records them. Every image's record says how it was made (``generator_settings``: the effective dtype,
@@ -121,7 +122,7 @@ class DiffusersOptions(Options):
     vae_slicing: bool = Field(False, description="decode one image of a batch at a time (less peak memory)")
     vae_tiling: bool = Field(False, description="decode in overlapping tiles (large images)")
     offload: Literal[speedups.OFFLOADS] = Field(
-        "none", description="none | model | sequential | group: keep weights on the CPU until needed")
+        "none", description="none | model | group: keep weights on the CPU until needed (large models, small GPUs)")
     cache: Literal[speedups.CACHES] = Field(
         "none", description="first-block | pyramid-attention | taylorseer (transformers) | deepcache (UNets)")
     cache_threshold: float = Field(0.05, gt=0, description="first-block: residual change that forces a full step")
@@ -264,7 +265,7 @@ class DiffusersBackend(GeneratorBackend):
         kwargs: dict[str, Any] = {"dtype": self.dtype}
         if o.variant:
             kwargs["variant"] = o.variant
-        quantization = speedups.quantization_config(o.quantization, self.device)
+        quantization = speedups.quantization_config(o.quantization, self.model_path, self.device)
         if quantization is not None:
             kwargs["quantization_config"] = quantization
         try:

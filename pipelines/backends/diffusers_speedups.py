@@ -3,9 +3,11 @@
 - ``vae_slicing`` / ``vae_tiling``: decode a batch one image at a time / in overlapping tiles (diffusers'
   ``AutoencoderKL.enable_slicing`` / ``enable_tiling``): less peak memory at large batches or sizes; tiling can
   leave faint seams on large images.
-- ``offload``: ``model`` (whole components to the GPU only while they run: SDXL or FLUX on a 16–24 GB card),
-  ``sequential`` (layer by layer: least memory, slowest), ``group`` (blocks of layers, with CUDA streams that
-  prefetch the next block: close to ``model`` speed at close to ``sequential`` memory).
+- ``offload``: ``model`` (whole components to the GPU only while they run: SDXL or FLUX on a 16–24 GB card) or
+  ``group`` (layer by layer, each streamed in on a side CUDA stream while the previous one computes: the least
+  memory). diffusers' ``sequential`` offload is not offered: with accelerate 1.16 and the pinned torch 2.14 its
+  hooks fail after the first forward (``set_module_tensor_to_device`` to "meta"); ``group`` is diffusers' own
+  low-memory successor to it.
 - ``cache``: skip denoiser work that changes little between steps. Transformer pipelines (FLUX and the other
   models with diffusers' cache hooks): ``first-block`` (FirstBlockCache: recompute the rest of the blocks only
   when the first block's residual moved by more than ``cache_threshold``), ``pyramid-attention`` (reuse
@@ -38,16 +40,16 @@ CUDA_ONLY_QUANTIZATIONS = ("int4wo", "float8wo", "float8dq")
 TRANSFORMER_CACHES = ("first-block", "pyramid-attention", "taylorseer")
 UNET_CACHES = ("deepcache",)
 CACHES = ("none", *TRANSFORMER_CACHES, *UNET_CACHES)
-OFFLOADS = ("none", "model", "sequential", "group")
+OFFLOADS = ("none", "model", "group")
 
 
 def denoiser_name(pipe) -> str:
     return "unet" if getattr(pipe, "unet", None) is not None else "transformer"
 
 
-def quantization_config(name: str, device: torch.device):
+def quantization_config(name: str, model_path: str, device: torch.device):
     """diffusers' pipeline quantization config for ``from_pretrained``, or None for ``none``: the denoiser only
-    (whichever the pipeline has, UNet or transformer), which holds most of the weights and the time."""
+    (the UNet or the transformer, whichever model_index.json lists), which holds most of the weights and time."""
     if name == "none":
         return None
     if name in CUDA_ONLY_QUANTIZATIONS and device.type != "cuda":
@@ -56,10 +58,15 @@ def quantization_config(name: str, device: torch.device):
         import torchao.quantization as ao
     except ImportError:
         raise FFRError(f"quantization {name!r} needs torchao: pip install 'ffr-synth[torchao]'") from None
-    from diffusers import PipelineQuantizationConfig, TorchAoConfig
+    from diffusers import DiffusionPipeline, PipelineQuantizationConfig, TorchAoConfig
 
-    return PipelineQuantizationConfig(quant_mapping={denoiser: TorchAoConfig(getattr(ao, QUANTIZATIONS[name])())
-                                                     for denoiser in ("unet", "transformer")})
+    try:
+        components = DiffusionPipeline.load_config(model_path)
+    except (OSError, ValueError):
+        components = {"unet": None, "transformer": None}  # unreadable here: map both, diffusers skips the absent
+    names = [n for n in ("unet", "transformer") if n in components]
+    return PipelineQuantizationConfig(quant_mapping={n: TorchAoConfig(getattr(ao, QUANTIZATIONS[name])())
+                                                     for n in names})
 
 
 def apply_vae(pipe, slicing: bool, tiling: bool) -> None:
@@ -79,8 +86,6 @@ def apply_offload(pipe, offload: str, device: torch.device) -> None:
         pipe.to(device)
     elif offload == "model":
         pipe.enable_model_cpu_offload(device=device)
-    elif offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=device)
     else:  # group: leaf-level groups streamed in on a side CUDA stream
         pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="leaf_level",
                                   use_stream=device.type == "cuda")
@@ -99,7 +104,8 @@ def apply_cache(pipe, cache: str, threshold: float, interval: int, branch: int) 
         try:
             from DeepCache import DeepCacheSDHelper
         except ImportError:
-            raise FFRError("cache 'deepcache' needs the DeepCache package: pip install 'ffr-synth[deepcache]'") from None
+            raise FFRError("cache 'deepcache' needs the DeepCache package: "
+                           "pip install 'ffr-synth[deepcache]'") from None
         helper = DeepCacheSDHelper(pipe=pipe)
         helper.set_params(cache_interval=interval, cache_branch_id=branch)
         helper.enable()
