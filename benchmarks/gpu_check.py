@@ -141,9 +141,9 @@ def _ladder(check: Check, kind: str, variants: dict[str, dict], batch: int, step
             backend = create("diffusers", {"model": check.model(kind), **check.settings(**settings), **(extra or {})},
                              batch_size=batch)
         ips, peak = measure(backend, batch, repeats, steps, guidance, size=size)
-        base = base or ips
+        base = base or (name, ips)  # the first variant that ran is the ladder's baseline
         rows.append({"configuration": f"{name}, batch {batch}, {steps} steps, {size}²", "images_per_s": ips,
-                     "ratio": ips / base, "ratio_of": next(iter(variants)), "peak_gib": peak})
+                     "ratio": ips / base[1], "ratio_of": base[0], "peak_gib": peak})
         del backend
         _free()
     return rows
