@@ -42,9 +42,9 @@ def test_every_record_and_the_summary_name_the_generator(outputs):
 
 def test_a_run_result_carries_its_generator_and_the_report_groups_by_it(outputs, tmp_path, capsys):
     base = {"dataset": "colored-digits", "dataset_options": {"bias_ratio": 0.95}, "variant": "ffr",
-            "method": "erm", "stage1": {"epochs": 1}, "backbone": "small-cnn", "backbone_options": {"width": 8}, "pretrained": None,
-            "image_size": 32, "batch_size": 256, "epochs": 1, "executor": "local", "cache_in_memory": True,
-            "storage_path": str(tmp_path / "runs"), "mlflow": {"enabled": False}}
+            "method": "erm", "stage1": {"epochs": 1}, "backbone": "small-cnn", "backbone_options": {"width": 8},
+            "pretrained": None, "image_size": 32, "batch_size": 256, "epochs": 1, "executor": "local",
+            "cache_in_memory": True, "storage_path": str(tmp_path / "runs"), "mlflow": {"enabled": False}}
     from ffr.training.config import parse
 
     data = load_experiment_data(parse({**base, "synthetic_root": str(outputs["print"])}))
@@ -63,11 +63,11 @@ def test_a_run_result_carries_its_generator_and_the_report_groups_by_it(outputs,
 
 def test_outputs_written_before_the_record_are_named_from_their_identity(outputs, tmp_path):
     """An output without the ``generator`` column (written by an older ffr) is named from manifest.json."""
+    import shutil
+
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    import shutil
 
     old = tmp_path / "old"
     shutil.copytree(outputs["print"], old)
