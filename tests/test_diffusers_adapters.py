@@ -149,6 +149,8 @@ def test_bad_adapter_settings_fail_in_one_line(tiny, tmp_path, adapters, fuse, e
     config = _config(tiny, str(tmp_path / "out"), runner="local")
     config["backend"]["settings"] = {**config["backend"]["settings"], "adapters": adapters,
                                      **({} if fuse is None else {"fuse_adapters": fuse})}
+    if len(adapters) == 1:
+        config["generator"] = {**config["generator"], "adapter": adapters[0]["name"]}
     with pytest.raises(FFRError) as err:
         generate(config)
     assert expected in str(err.value) and "\n" not in str(err.value)
