@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-seeds d3s-demo test lint bench clean browser
+.PHONY: demo demo-seeds d3s-demo test lint bench gpu-check gpu-check-smoke clean browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -48,6 +48,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+# Every GPU number in one run (<= 8 min on one H100): writes benchmarks/results/gpu_check.{json,md} and the
+# table in docs/cluster.md. The smoke mode runs the same sections on tiny models on a CPU (CI: test_gpu_check.py).
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --out benchmarks/results --docs docs/cluster.md
+
+gpu-check-smoke: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --smoke --out /tmp/ffr-gpu-check-smoke
 
 clean:
 	rm -rf $(VENV) demo_out d3s_demo_out .pytest_cache

@@ -37,7 +37,8 @@ RUN_COLUMNS = ("run", "dataset", "variant", "method", "stage", "seed", "status",
                "test_wga", "test_mean_group_acc", "test_overall_acc")
 HEADERS = {"run": "run", "dataset": "dataset", "variant": "variant", "method": "method", "stage": "stage",
            "seed": "seed", "status": "status", "best_epoch": "best ep", "val_wga": "val WGA",
-           "test_wga": "test WGA", "test_mean_group_acc": "test mean-grp", "test_overall_acc": "test overall"}
+           "test_wga": "test WGA", "test_mean_group_acc": "test mean-grp", "test_overall_acc": "test overall",
+           "generator": "generator"}
 ACCURACY_COLUMNS = ("val_wga", "test_wga", "test_mean_group_acc", "test_overall_acc")
 
 
@@ -53,6 +54,7 @@ def run_row(record: RunRecord) -> dict[str, Any]:
            "test_mean_group_acc": number(test.get("mean_group_acc")),
            "test_overall_acc": number(test.get("overall_acc")), "path": record.path}
     row["bias_ratio"] = number((record.config.get("dataset_options") or {}).get("bias_ratio"))
+    row["generator"] = (record.result or {}).get("generator")  # what made the synthetic images, if any
     row["settings"] = record.setting_key()
     row.update({f"test_acc[{name}]": acc for name, acc in record.test_group_accuracies().items()})
     row.update({f"test_n[{name}]": n for name, n in record.test_group_sizes().items()})
@@ -208,6 +210,8 @@ def _dataset_sections(table: pd.DataFrame) -> list[tuple[str, list[str], list[li
     for dataset, part in table.groupby("dataset", sort=True):
         group_columns = [c for c in table.columns if c.startswith("test_acc[") and part[c].notna().any()]
         columns = [c for c in RUN_COLUMNS if c != "dataset"]
+        if "generator" in part and part["generator"].notna().any():
+            columns.append("generator")
         headers = [HEADERS[c] + (" (%)" if c in ACCURACY_COLUMNS else "") for c in columns]
         # group sizes beside the accuracies: in the header when every run tested the same groups, else per cell
         sizes = {c: part[f"test_n[{c[9:-1]}]"].dropna().unique() if f"test_n[{c[9:-1]}]" in part else []

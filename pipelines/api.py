@@ -63,15 +63,21 @@ def check_writable(root: str) -> None:
         raise FFRError(f"output {root!r} is not writable: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
-def check_before_ray(cfg: GenerateConfig, settings: WorkerSettings) -> None:
+def check_before_ray(cfg: GenerateConfig, settings: WorkerSettings, recipe) -> None:
     """Everything the driver can check, before Ray starts and before anything is written: the backend's name
-    and settings (and its model's existence), the CLIP model's existence. Otherwise each would fail only
-    inside the actors, after the manifest recorded the bad value."""
+    and settings (and its model's existence), what the rows make against how the backend runs (e.g. CFG on a
+    guidance-distilled model), the CLIP model's existence. Otherwise each would fail only inside the actors,
+    after the manifest recorded the bad value. Completes ``settings`` with what the backend decides for the
+    whole run (shipped to every actor, recorded in the output's identity) and the generator's label."""
     from pipelines.backends import BACKENDS
     from pipelines.model_source import check_model_source
 
-    BACKENDS.get(settings.backend).check(BACKENDS.options(settings.backend, settings.backend_settings,
-                                                          "backend.settings"))
+    backend = BACKENDS.get(settings.backend)
+    options = BACKENDS.options(settings.backend, settings.backend_settings, "backend.settings")
+    backend.check(options)
+    generator, _ = check_generator(recipe, cfg.generator)
+    settings.backend_settings = {**settings.backend_settings, **backend.check_run(options, generator)}
+    settings.generator = backend.generator_label(settings.backend_settings, generator)
     if settings.clip_model:
         check_model_source(settings.clip_model)
 
@@ -160,9 +166,8 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
         raise FFRError("the budget asks for 0 images in every group; expected at least one image")
     names = {g: spec.group_name(g) for g in range(spec.n_groups)}
     settings = _settings(cfg, recipe)
-    check_before_ray(cfg, settings)
+    check_before_ray(cfg, settings, recipe)
     identity = _identity(cfg, recipe, settings)
-    check_generator(recipe, cfg.generator)
     stored = {str(g): n for g, n in sorted(targets.items())}
     check_writable(cfg.output)  # one clear line for a bad bucket or missing credentials (only a probe is written)
     info = read_manifest_info(cfg.output)
@@ -215,6 +220,7 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
             accepted.update({int(g): n for g, n in stats.get("accepted_per_group", {}).items()})
     seconds = time.perf_counter() - start
     summary = summarize(cfg.output, spec, info, targets, run_stats, seconds, skipped=skipped)
+    summary["generator"] = settings.generator
     summary["contact_sheets"] = (contact_sheets(cfg.output, spec, cfg.contact_sheet_size, cfg.contact_sheet_groups)
                                  if summary["accepted"] else [])
     # every retried object-store request of this run: the actors' (per shard) and this driver's own; with the

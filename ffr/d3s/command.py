@@ -21,10 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--name", default=None, help="view name under DATA/splits/ (default: imagenet9-seed{SEED})")
     s.add_argument("--review", choices=["accepted"], default=None, help="only images accepted in review")
     e = sub.add_parser("eval", help="per-background top-1/top-5 of classifiers (Ray Data batch inference)")
-    e.add_argument("--data", required=True, help="a generation output root (local or s3://)")
-    e.add_argument("--model", action="append", required=True, dest="models",
-                   help="torchvision name[:weights|random|path], timm:NAME[:path] or checkpoint:PATH; repeatable")
-    e.add_argument("--out", required=True, help="output folder (local or s3://)")
+    e.add_argument("--data", help="a generation output root (local or s3://)")
+    e.add_argument("--model", action="append", dest="models",
+                   help="torchvision NAME[:weights|:random|:path], timm:NAME[:path|:random], clip:MODEL or "
+                        "checkpoint:PATH; repeatable (--list-models: every family)")
+    e.add_argument("--list-models", action="store_true", help="print the model families and their spec syntax")
+    e.add_argument("--clip-template", action="append", dest="clip_templates", default=None,
+                   help="CLIP zero-shot prompt with {class} (default 'a photo of a {class}.'); repeat to ensemble")
+    e.add_argument("--out", help="output folder (local or s3://)")
     e.add_argument("--split", default=None, help="a view: NAME/correlated or NAME/anti-correlated")
     e.add_argument("--reference", default=None, help="ImageNet-val-layout folder for the reference accuracy")
     e.add_argument("--class-table", default="imagenet", help="'imagenet', 'data/digit_classes.tsv' or a TSV")
@@ -50,12 +54,23 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(write_splits(args.data, args.seed, args.mapping, args.name, args.review), indent=2))
     elif args.d3s_command == "eval":
         from ffr.d3s.evaluate import EvalConfig, evaluate
+        from ffr.errors import FFRError
 
+        if args.list_models:
+            from ffr.d3s.models import list_families
+
+            print(list_families())
+            return 0
+        missing = [flag for flag, value in (("--data", args.data), ("--model", args.models), ("--out", args.out))
+                   if not value]
+        if missing:
+            raise FFRError(f"ffr d3s eval needs {', '.join(missing)}; see ffr d3s eval --help (or --list-models)")
         cfg = EvalConfig(data=args.data, models=args.models, output=args.out, split=args.split,
                          reference=args.reference, class_table=args.class_table, review=args.review,
                          batch_size=args.batch_size, min_actors=args.actors, max_actors=args.actors,
                          num_gpus_per_actor=args.gpus_per_actor, num_cpus_per_actor=args.cpus_per_actor,
-                         local=args.local, limit=args.limit)
+                         local=args.local, limit=args.limit,
+                         **({"clip_templates": args.clip_templates} if args.clip_templates else {}))
         result = evaluate(cfg)
         print(_read_text(args.out, "summary.md"), end="")
         print(json.dumps(result["timing"]))

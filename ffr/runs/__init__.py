@@ -315,11 +315,18 @@ class RunRecord:
 
     def settings(self) -> dict[str, Any]:
         """What this run computed, as flat keys: its config minus seeds, the paths that depend on the seed
-        (synthetic_root, init_checkpoint) and where/how it ran. Runs equal here differ only by seed."""
+        (synthetic_root, init_checkpoint) and where/how it ran, plus the generator of its synthetic images.
+        Runs equal here differ only by seed."""
         if not self.config:  # a run directory without config.json: only what the result says
-            return {k: self.get(k) for k in ("dataset", "variant", "method", "stage")}
-        return {k: v for k, v in _flatten(self.config).items()
-                if k.rsplit(".", 1)[-1] not in _SEED_KEYS and k.split(".", 1)[0] not in _NOT_SETTINGS}
+            out = {k: self.get(k) for k in ("dataset", "variant", "method", "stage")}
+        else:
+            out = {k: v for k, v in _flatten(self.config).items()
+                   if k.rsplit(".", 1)[-1] not in _SEED_KEYS and k.split(".", 1)[0] not in _NOT_SETTINGS}
+        # synthetic_root is left out above (it often follows the seed), but what made its images is not: runs on
+        # two generators' outputs are two settings, the generator a study axis (issue 23)
+        if (self.result or {}).get("generator"):
+            out["generator"] = self.result["generator"]
+        return out
 
     def setting_key(self) -> str:
         """:meth:`settings` as one comparable string."""

@@ -19,6 +19,7 @@ class ExperimentData:
     real: dict[str, GroupedSplit]
     stages: dict[int, StageData]
     skipped_images: list[str] = field(default_factory=list)  # keys dropped under bad_images: skip
+    generator: str | None = None  # the synthetic images' generator label(s), for results and report grouping
 
     @property
     def val(self) -> GroupedSplit:
@@ -55,7 +56,10 @@ def load_experiment_data(cfg: TrainConfig, stage: int | None = None) -> Experime
             raise FFRError(f"variant {cfg.variant!r} needs synthetic_root (a generation output directory)")
         synthetic = ffr.datasets.create("synthetic", root=cfg.synthetic_root, review=cfg.synthetic_review)["train"]
     by_stage = {s: variant.build(s, real["train"], synthetic, data_seed) for s in wanted}
-    return ExperimentData(real, by_stage, list(skipped))
+    generator = None
+    if synthetic is not None and "generator" in synthetic.table.columns:
+        generator = " | ".join(sorted(set(synthetic.table["generator"].astype(str)))) or None
+    return ExperimentData(real, by_stage, list(skipped), generator)
 
 
 _DECODE_THREADS = 16  # decoding is mostly waiting on storage (S3 latency); PIL releases the GIL while decoding

@@ -116,6 +116,9 @@ def _train_and_evaluate(cfg: TrainConfig, spec: StageSpec, data: ExperimentData,
               "group_names": {str(g): n for g, n in enumerate(data.val.spec.group_names())},
               "checkpoint": best, "init_checkpoint": spec.init_checkpoint, "storage_path": storage_path,
               "bad_images": cfg.bad_images, "bad_images_skipped": len(cfg.skipped_images or []),
+              # what made the synthetic images (read from their records): runs on another generator's output
+              # are another setting in `ffr report`, not another seed
+              **({"generator": data.generator} if data.generator else {}),
               **{k: v for k, v in evaluated.items() if k != "epoch"}}
     runs.write_result(directory, result)
     _log(f"[{spec.run_name}] done: best epoch {best_epoch}, val WGA {best_wga:.3f}, "

@@ -6,7 +6,8 @@ random stroke width and a random affine (rotation, scale, shear, shift), antiali
 and downsampling, then put on the row's ``background_rgb`` in ``ink_rgb`` with faint pixel noise. Every
 random choice comes from the row's ``seed``: the image is a pure function of (settings, row).
 
-Two styles, chosen per row (``style``):
+Two styles, chosen per row (``style``), or for every row by the ``style`` setting (a generator of its own: the
+embedded benchmark's two-generator study compares them, docs/generators.md):
 
 - ``print`` (default): the glyph antialiased at the output size, with faint pixel noise — a crisp
   printed look.
@@ -24,7 +25,7 @@ import glob
 import math
 import os
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -70,6 +71,8 @@ class ProceduralOptions(Options):
                                                       "default font plus the DejaVu faces found")
     max_rotation: float = Field(18.0, ge=0, le=180, description="largest random rotation, in degrees")
     noise: float = Field(4.0, ge=0, description="std of the pixel noise added to 'print' glyphs")
+    style: Literal["print", "optdigits"] | None = Field(
+        None, description="draw every row in this style; None: each row's own (the recipe's)")
 
 
 @BACKENDS.register("procedural")
@@ -94,7 +97,7 @@ class ProceduralBackend(GeneratorBackend):
         glyph = str(row.get("glyph") or int(row.get("y", 0)) % 10)
         bg = _rgb(row.get("background_rgb"), PALETTE[int(row.get("b", 0)) % len(PALETTE)])
         fg = _rgb(row.get("ink_rgb"), DEFAULT_INK)
-        style = row.get("style") or "print"
+        style = self.options.style or row.get("style") or "print"
         if style not in STYLES:
             raise FFRError(f"procedural backend: style {style!r} is unknown; expected one of {', '.join(STYLES)}")
         if style == "optdigits":
