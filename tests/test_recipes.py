@@ -112,7 +112,9 @@ def test_ffr_recipes_use_the_real_readers_group_indices():
     from ffr.datasets import spuco_animals, utk_face
 
     assert create("ffr-utkface").spec() == GroupSpec(utk_face.CLASS_NAMES, utk_face.BIAS_NAMES)
-    assert create("ffr-spuco-animals").spec() == GroupSpec(spuco_animals.CLASS_NAMES, spuco_animals.BIAS_NAMES)
+    assert create("ffr-spuco-animals").spec() == GroupSpec(spuco_animals.CLASS_NAMES, spuco_animals.BIAS_NAMES,
+                                                           populated=spuco_animals.POPULATED_GROUPS)
+    assert len(create("ffr-spuco-animals").spec().pairs()) == 8  # of 16 (class, background) pairs
     assert create("ffr-celeba").spec() == GroupSpec(("not Smiling", "Smiling"), ("Female", "Male"))  # celeba_hq
     assert create("colored-digits").spec() == colored_digits.SPEC
 

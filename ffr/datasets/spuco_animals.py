@@ -25,6 +25,11 @@ LAYOUT = (
     ("spuco_birds", {"landbirds": 0, "waterbirds": 1}, {"land": 0, "water": 1}),
     ("spuco_dogs", {"small_dogs": 2, "big_dogs": 3}, {"indoor": 2, "outdoor": 3}),
 )
+# The (class, background) pairs that exist: every bird on land or water, every dog indoors or outdoors. The
+# synthetic recipe (pipelines/recipes/ffr_recipes.py) reads it, so generation budgets cover these 8 groups only.
+POPULATED_GROUPS = tuple((y, b) for _, classes, backgrounds in LAYOUT for y in classes.values()
+                         for b in backgrounds.values())
+SPEC = GroupSpec(CLASS_NAMES, BIAS_NAMES, populated=POPULATED_GROUPS)
 
 
 @reader("spuco-animals", ReaderOptions)
@@ -41,5 +46,5 @@ def spuco_animals(options: ReaderOptions) -> dict[str, GroupedSplit]:
                     keys = data.list_files(folder)
                     frames.append(pd.DataFrame({"key": keys, "y": y, "b": b, "split": split}))
     table = pd.concat(frames, ignore_index=True)
-    return build_splits(data, table, GroupSpec(CLASS_NAMES, BIAS_NAMES), bias_ratio=options.bias_ratio,
+    return build_splits(data, table, SPEC, bias_ratio=options.bias_ratio,
                         seed=options.seed, verify=options.verify, check_files=False)

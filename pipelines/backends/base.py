@@ -35,6 +35,10 @@ class GeneratorBackend:
         ones override this."""
         cls(options)
 
+    def sampler(self) -> dict | None:
+        """What samples the images, for the output's record (shard stats, summary.json); None: no sampler."""
+        return None
+
     def generate(self, rows: list[dict], init_images: list[Image.Image] | None = None) -> list[Image.Image]:
         """rows: manifest rows (``prompt``, ``negative_prompt``, ``seed``, labels, generator settings).
 
