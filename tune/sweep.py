@@ -96,7 +96,9 @@ def base_train_config(cfg: SweepConfig) -> dict[str, Any]:
     base = load_config(cfg.train_config) if cfg.train_config else {}
     base.update(copy.deepcopy(cfg.train))
     base.setdefault("storage_path", join(cfg.storage_path, cfg.name))
-    parse(base)  # fail before starting Tune on a bad base config
+    from ffr.training.experiment import check_weights
+
+    check_weights(parse(base))  # fail before starting Tune on a bad base config or unreachable weights
     for key in cfg.search:
         probe = copy.deepcopy(base)
         set_dotted(probe, key, None)
