@@ -100,7 +100,7 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
     stage_data = data.stages[spec.stage]
     torch.manual_seed(cfg.seed)
     corrupt = None
-    if spec.corruption:  # FFR's stage 1 trains on synthetic images only: all of them are degraded
+    if spec.corruption:  # FFR's stage 1 trains on synthetic images only: all of them are degraded, at their own size
         from ffr.corruptions import Corrupt
 
         corrupt = Corrupt(spec.corruption, spec.corruption_severity, seed=cfg.seed)
@@ -140,7 +140,8 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
             extra_optimizer.load_state_dict(state["method_optimizers"][name])
 
     sampler = EpochSampler(len(train_set), method.sampling_weights(train_groups),
-                           method.draws_per_epoch(len(train_set)), cfg.seed, session.rank, session.world_size)
+                           method.draws_per_epoch(len(train_set)), cfg.seed, session.rank, session.world_size,
+                           tagged=corrupt is not None)  # a corrupted image draws new noise every epoch
     batches = loop.loader(train_set, -(-spec.batch_size // session.world_size), sampler=sampler,
                           workers=cfg.loader_workers)
     records = []
