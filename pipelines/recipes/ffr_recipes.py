@@ -34,7 +34,8 @@ class _RealGroups(Recipe):
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
         module = importlib.import_module(f"ffr.datasets.{self.reader}")
-        self.groups = GroupSpec(module.CLASS_NAMES, module.BIAS_NAMES, populated=getattr(module, "POPULATED_GROUPS", None))
+        self.groups = GroupSpec(module.CLASS_NAMES, module.BIAS_NAMES,
+                                populated=getattr(module, "POPULATED_GROUPS", None))
 
     def spec(self) -> GroupSpec:
         return self.groups
