@@ -130,6 +130,10 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
         start_epoch = attempt_start = int(state["epoch"]) + 1
     elif spec.init_checkpoint:
         model.load_state_dict(loop.load_state(spec.init_checkpoint)["model"])
+    if cfg.sync_batchnorm and session.world_size > 1:  # FFR's BatchNorm saw the whole batch (ffr/training/batchnorm.py)
+        from ffr.training import batchnorm
+
+        model = batchnorm.convert(model)
     model = session.prepare_model(model)
     method.modules = {name: session.prepare_model(module) for name, module in extra.items()}
     optimizer = loop.build_optimizer(spec.optimizer, model.parameters(), spec.lr, spec.weight_decay, spec.momentum)
