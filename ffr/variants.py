@@ -29,6 +29,8 @@ from ffr.groups import GroupSpec, group_counts
 from ffr.registry import Registry
 
 VARIANTS: Registry = Registry("data variant", plugins="ffr.variants")
+Counts = dict[tuple[int, int], int]
+SourceCounts = dict[tuple[int, int, int], int]  # (y, b, source) → examples; source 0 real, 1 synthetic
 PRETRAIN_STAGE, METHOD_STAGE = 1, 2
 # What a stage trains on.
 REAL, SYNTHETIC, REAL_AND_SYNTHETIC = "real", "synthetic", "real+synthetic"
@@ -91,6 +93,15 @@ class Variant:
     def build(self, stage: int, real_train: GroupedSplit, synthetic: GroupedSplit | None, seed: int) -> StageData:
         return StageData(stage, real_train, real_train.spec)
 
+    def stage_counts(self, stage: int, real: Counts) -> SourceCounts:
+        """How many examples ``build`` gives stage ``stage`` per (y, b, source), from the real training counts alone
+        (no data read: cost previews use it). A real-only stage counts the real set; a variant with synthetic
+        stages declares its own (tests/test_variants.py checks it against ``build``)."""
+        if self.stages[stage] != REAL:
+            raise FFRError(f"variant {self.name!r} does not say how many images stage {stage} trains on "
+                           "(Variant.stage_counts); cost previews need it")
+        return {(y, b, 0): n for (y, b), n in real.items()}
+
     def wanted_stages(self, stage: int | None = None, init_checkpoint: bool = False) -> list[int]:
         """The stages to build: ``stage`` alone (a worker), else all of them; a given init checkpoint replaces
         every stage before the method stage."""
@@ -114,6 +125,10 @@ class _Mixed(Variant):
 
     stages = {METHOD_STAGE: REAL_AND_SYNTHETIC}
 
+    def stage_counts(self, stage, real):
+        added = {(y, b, 1): n for (y, b), n in synthetic_counts(real, self.name).items() if n > 0}
+        return {**{(y, b, 0): n for (y, b), n in real.items()}, **added}
+
     def build(self, stage, real_train, synthetic, seed):
         synthetic = _check_specs(real_train, synthetic, self.name)
         mixed = GroupedSplit.concat([real_train, _synthetic_part(real_train, synthetic, self.name, seed)], "train")
@@ -136,6 +151,12 @@ class FFR(Variant):
 
     name = "ffr"
     stages = {PRETRAIN_STAGE: SYNTHETIC, METHOD_STAGE: REAL}
+
+    def stage_counts(self, stage, real):
+        if stage == PRETRAIN_STAGE:
+            counts = stage1_counts(synthetic_counts(real, self.name), self.stage1_per_group)
+            return {(y, b, 1): n for (y, b), n in counts.items() if n > 0}
+        return super().stage_counts(stage, real)
 
     def build(self, stage, real_train, synthetic, seed):
         if stage == PRETRAIN_STAGE:

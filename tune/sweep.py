@@ -96,9 +96,7 @@ def base_train_config(cfg: SweepConfig) -> dict[str, Any]:
     base = load_config(cfg.train_config) if cfg.train_config else {}
     base.update(copy.deepcopy(cfg.train))
     base.setdefault("storage_path", join(cfg.storage_path, cfg.name))
-    from ffr.training.experiment import check_weights
-
-    check_weights(parse(base))  # fail before starting Tune on a bad base config or unreachable weights
+    parse(base)  # fail before starting Tune on a bad base config
     for key in cfg.search:
         probe = copy.deepcopy(base)
         set_dotted(probe, key, None)
@@ -134,6 +132,29 @@ def trial_train_config(base: dict[str, Any], params: dict[str, Any], trial_id: s
     train["method_hparams"] = hparams
     train["run_name"] = trial_run_name(train, trial_id)
     return train
+
+
+def trial_configs(cfg: SweepConfig) -> tuple[list[dict[str, Any]], list[str]]:
+    """The training config of every trial the sweep would run, for cost previews (``ffr sweep --dry-run``): methods ×
+    seeds × the grid values × num_samples. Keys searched at random stay at the base config's values; the notes say
+    which."""
+    import itertools
+
+    base = base_train_config(cfg)
+    grid = {k: v[1] for k, v in cfg.search.items() if v[0] == "grid"}
+    sampled = [k for k, v in cfg.search.items() if v[0] != "grid"]
+    notes = []
+    if sampled or (cfg.search_method_hparams and any(method_space(m) for m in cfg.methods)):
+        notes.append(f"keys searched at random ({', '.join(sampled) or 'method hyperparameters'}) are counted at the "
+                     "base config's values")
+    if cfg.scheduler.type == "asha":
+        notes.append("ASHA stops weak trials early: every trial is counted with all its epochs (an upper bound)")
+    out = []
+    for method, seed, values, _sample in itertools.product(cfg.methods, cfg.seeds, itertools.product(*grid.values()),
+                                                          range(cfg.num_samples)):
+        params = {"method": method, "seed": seed, "train": dict(zip(grid, values))}
+        out.append(trial_train_config(base, params, f"dry-run-{len(out):05d}"))
+    return out, notes
 
 
 class FinishingASHA(ASHAScheduler):
@@ -244,8 +265,11 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
     that folder."""
     from ray.tune.schedulers import FIFOScheduler
 
+    from ffr.training.experiment import check_weights
+
     cfg = parse_sweep(config)
     base = base_train_config(cfg)
+    check_weights(parse(base))  # unreachable pretrained weights stop the sweep before Ray starts
     epochs = int(parse(base).epochs)
     check_scheduler(cfg, epochs)
     fs, inner = filesystem(cfg.storage_path)
