@@ -55,6 +55,10 @@ def estimate_generation(config: GenerateConfig | dict[str, Any], gpu: str | None
     est = CostEstimate(f"ffr generate --dry-run: recipe {recipe.name} ({how}, {settings['height']}×{settings['width']})"
                        f" → {cfg.output}; nothing is generated or written", device)
     est.groups = group_names(spec, budgets)
+    if backend == "diffusers":  # the sampler changes how images look: say which one runs
+        chosen = cfg.backend.settings.get("scheduler")
+        est.notes.append(f"sampler: {chosen}, set by backend.settings.scheduler" if chosen else
+                         "sampler: the model's own scheduler (backend.settings.scheduler unset)")
     jobs = [("images", est.images, settings)]
     extra = recipe.preparation_images()
     if extra is not None:

@@ -43,3 +43,15 @@ def test_missing_imagenet_weights_stop_a_paper_config_before_ray(config, no_weig
     assert err.count("\n") == 0, err
     assert "resnet50-0676ba61.pth" in err and "not in the torch hub cache" in err
     assert "s3:// copy" in err and "pretrained=null" in err
+
+
+@pytest.mark.parametrize("sweep", ["sweep-ablation-quality-celeba-hq.yaml", "sweep-ablation-size-celeba-hq.yaml"])
+def test_missing_imagenet_weights_stop_a_paper_sweep_before_ray(sweep, no_weights_and_no_ray, capsys):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    config = repo / "configs" / sweep
+    assert ffr_main(["sweep", "--config", str(config),
+                     f"train_config={repo / load_config(str(config))['train_config']}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "resnet50-0676ba61.pth" in err, err
