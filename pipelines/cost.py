@@ -82,7 +82,8 @@ def estimate_generation(config: GenerateConfig | dict[str, Any], gpu: str | None
         est.gpu_hours = hours(seconds)
         est.wall_hours = est.gpu_hours / max(1, actors)
         est.sources.append(rate.line())
-    est.sources.append(f"storage: {format_bytes(per_image)} per image ({cfg.image_format}: {bytes_source})")
+    guide = " and its img2img guide" if settings["mode"] == "img2img" else ""
+    est.sources.append(f"storage: {format_bytes(per_image)} per image{guide} ({cfg.image_format}: {bytes_source})")
     factor = cfg.budget.max_factor
     worst = "" if est.gpu_hours is None else f", {est.gpu_hours * factor:,.1f} hours"
     est.notes.append(f"budgets count ACCEPTED images: filter rejects are replaced, at most budget.max_factor = "

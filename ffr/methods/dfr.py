@@ -97,8 +97,9 @@ class DeepFeatureReweighting(Method):
                                    description="balanced-subsample fits averaged into the final head")
         c_grid: tuple[Annotated[float, Constraint(gt=0)], ...] = searchable(
             C_GRID, ("choice", [C_GRID]), min_length=1, description="inverse L1 strengths C tried, by WGA")
-        feature_norm: Literal["l2", "none"] = options.Field(
-            "l2", description="l2: unit-length features before standardizing (FFR's DFR); none: raw features")
+        feature_norm: Literal["l2", "none"] = searchable(
+            "l2", ("choice", ["l2"]), description="l2: unit-length features before standardizing (FFR's DFR); "
+                                                  "none: raw features")
 
     def fit_on_features(self, features: Mapping[str, Features], rng: np.random.Generator) -> FeatureFit:
         """A new last layer fit on the validation features (standardized like the training features)."""
