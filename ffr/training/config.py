@@ -199,6 +199,9 @@ def _digest(obj: Any) -> str:
 # their names: bad_images; sync_batchnorm (its default makes BatchNorm independent of num_workers, as the run name
 # already is); stage1.per_group (None = FFR's k).
 _NAMED_WHEN_SET = {"bad_images": "fail", "sync_batchnorm": True}
+# A corruption runs on the image at its generated size with new noise every draw (before: after the resize, the
+# same noise every epoch), so runs with a corruption are named apart from those trained the old way.
+CORRUPTION_AT = "generated size, new noise per draw"
 
 
 def experiment_fields(cfg: TrainConfig) -> dict[str, Any]:
@@ -206,6 +209,8 @@ def experiment_fields(cfg: TrainConfig) -> dict[str, Any]:
               if k not in INFRA_FIELDS and not (k in _NAMED_WHEN_SET and v == _NAMED_WHEN_SET[k])}
     if fields["stage1"].get("per_group") is None:
         fields["stage1"] = {k: v for k, v in fields["stage1"].items() if k != "per_group"}
+    if fields["stage1"].get("corruption"):
+        fields["corruption_at"] = CORRUPTION_AT
     return fields
 
 
@@ -234,7 +239,7 @@ def pretrain_stage(cfg: TrainConfig) -> StageSpec:
     if not cfg.sync_batchnorm:
         depends["sync_batchnorm"] = False
     if s1.corruption:  # the corruption now runs before the resize with new noise every epoch (older runs: after)
-        depends["corruption_at"] = "generated size, new noise per draw"
+        depends["corruption_at"] = CORRUPTION_AT
     skip = {"run_name", "preliminary", *(("synthetic_per_group",) if spec.synthetic_per_group is None else ())}
     depends.update({k: v for k, v in dataclasses.asdict(spec).items() if k not in skip})
     depends["error_set"] = None  # a StageSpec field of old (now ``preliminary``), kept so run names stay the same
