@@ -3,8 +3,11 @@
 Every backbone is a :class:`Classifier`: ``forward(x) -> logits`` and ``features(x)`` (the penultimate
 layer, what DFR retrains a last layer on). A backbone declares its options (``backbone_options``) as an
 ``Options`` model (ffr.options): typed, one line naming a bad key, listed by ``--show-config``.
-ImageNet weights come from a local file or the torchvision cache — never the network: with neither, the model
-starts from random init and says so with a warning.
+ImageNet weights (``pretrained: imagenet``) come from the torchvision hub cache, or ``pretrained`` names the file
+itself (a local path or an ``s3://`` copy) — never the network. Weights that cannot be found stop the run with one
+line naming the file and the ways to provide it (:func:`check_pretrained`, called on the driver before Ray starts,
+and again wherever a model is built): a paper run silently trained from random init would give numbers unrelated to
+the paper. ``pretrained: null`` is the explicit way to train from scratch.
 """
 
 from __future__ import annotations
@@ -56,18 +59,57 @@ def _read_state(path: str) -> dict:
     return state
 
 
-def _torchvision_weights(builder, weights_enum, pretrained: str | None) -> nn.Module:
-    """A torchvision model with ImageNet weights from ``pretrained`` (path), the hub cache, or random init."""
+def _cached(weights_enum) -> str:
+    """Where torchvision keeps ``weights_enum``'s file: ``$TORCH_HOME/hub/checkpoints/<file>``."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights_enum.url))
+
+
+def _missing_imagenet(name: str, weights_enum) -> FFRError:
+    file = os.path.basename(weights_enum.url)
+    return FFRError(
+        f"pretrained: imagenet needs {name}'s ImageNet weights file {file}, which is not in the torch hub cache "
+        f"({_cached(weights_enum)}), and ffr never downloads at run time; provide it: put the file there on every "
+        f"training node (torchvision's {type(weights_enum).__name__}.{weights_enum.name}, {weights_enum.url}), or set "
+        f"pretrained to a local path or an s3:// copy of it (e.g. pretrained=s3://my-bucket/weights/{file}), or "
+        "pretrained=null to train from scratch")
+
+
+def check_pretrained(name: str, pretrained: str | None) -> str | None:
+    """Where backbone ``name``'s weights for ``pretrained`` will come from (None: from scratch); FFRError in one
+    line when they cannot be reached. Cheap (a file lookup, one object-store HEAD): the driver calls it before
+    Ray starts, so a paper config never trains from random init by accident."""
+    if pretrained is None:
+        return None
+    builder = BACKBONES.get(name)
+    if pretrained == IMAGENET:
+        weights = getattr(builder, "imagenet_weights", None)
+        if weights is None:
+            raise FFRError(f"backbone {name!r} has no ImageNet weights; expected pretrained: null (train from "
+                           "scratch) or a weights file (local path or s3://)")
+        if not os.path.exists(_cached(weights)):
+            raise _missing_imagenet(name, weights)
+        return _cached(weights)
+    from ffr.storage import filesystem
+
+    fs, inner = filesystem(pretrained)
+    if not fs.exists(inner):
+        hint = getattr(builder, "imagenet_weights", None)
+        file = f" (ImageNet: {os.path.basename(hint.url)})" if hint is not None else ""
+        raise FFRError(f"pretrained weights file {pretrained!r} does not exist; expected a torch state_dict of "
+                       f"{name}{file} as a local path or s3:// URI, pretrained: imagenet (torch hub cache), or "
+                       "pretrained: null to train from scratch")
+    return pretrained
+
+
+def _torchvision_weights(name: str, builder, weights_enum, pretrained: str | None) -> nn.Module:
+    """A torchvision model with ImageNet weights from ``pretrained`` (a file) or the hub cache; None: random."""
     model = builder(weights=None)
     if pretrained is None:
         return model
     if pretrained == IMAGENET:
-        cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights_enum.url))
-        if not os.path.exists(cached):
-            warnings.warn(f"ImageNet weights not found at {cached}; starting {builder.__name__} from random init "
-                          "(put the file there or pass pretrained=<path>)", stacklevel=3)
-            return model
-        pretrained = cached
+        if not os.path.exists(_cached(weights_enum)):
+            raise _missing_imagenet(name, weights_enum)
+        pretrained = _cached(weights_enum)
     state = _read_state(pretrained)
     if not set(state) & set(model.state_dict()):
         raise FFRError(f"pretrained weights {pretrained!r} match no parameter of {builder.__name__}")
@@ -77,34 +119,34 @@ def _torchvision_weights(builder, weights_enum, pretrained: str | None) -> nn.Mo
     return model
 
 
-def backbone(name: str, options: type[Options] = NoOptions):
-    """Register ``fn(n_classes, pretrained, options) -> Classifier`` under ``name`` with its options model."""
+def backbone(name: str, options: type[Options] = NoOptions, imagenet_weights=None):
+    """Register ``fn(n_classes, pretrained, options) -> Classifier`` under ``name`` with its options model;
+    ``imagenet_weights`` (a torchvision weights enum) is what ``pretrained: imagenet`` loads, if it has any."""
 
     def decorator(fn):
         fn.Options = options
+        fn.imagenet_weights = imagenet_weights
         return BACKBONES.register(name)(fn)
 
     return decorator
 
 
-def _resnet(builder, weights_enum, n_classes: int, pretrained: str | None) -> Classifier:
-    model = _torchvision_weights(builder, weights_enum, pretrained)
+def _resnet(name: str, builder, weights_enum, n_classes: int, pretrained: str | None) -> Classifier:
+    model = _torchvision_weights(name, builder, weights_enum, pretrained)
     dim = model.fc.in_features
     trunk = nn.Sequential(*(child for name, child in model.named_children() if name != "fc"))  # ends in avgpool
     return Classifier(trunk, dim, n_classes)
 
 
-@backbone("resnet50")
+@backbone("resnet50", imagenet_weights=torchvision.models.ResNet50_Weights.IMAGENET1K_V1)
 def resnet50(n_classes: int, pretrained: str | None, options: NoOptions) -> Classifier:
     """torchvision ResNet-50 with ImageNet-1k V1 weights, as in the FFR paper; new head for n_classes."""
-    weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
-    return _resnet(torchvision.models.resnet50, weights, n_classes, pretrained)
+    return _resnet("resnet50", torchvision.models.resnet50, resnet50.imagenet_weights, n_classes, pretrained)
 
 
-@backbone("resnet18")
+@backbone("resnet18", imagenet_weights=torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
 def resnet18(n_classes: int, pretrained: str | None, options: NoOptions) -> Classifier:
-    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-    return _resnet(torchvision.models.resnet18, weights, n_classes, pretrained)
+    return _resnet("resnet18", torchvision.models.resnet18, resnet18.imagenet_weights, n_classes, pretrained)
 
 
 class SmallCNNOptions(Options):
@@ -123,7 +165,7 @@ def small_cnn(n_classes: int, pretrained: str | None, options: SmallCNNOptions) 
                           nn.AdaptiveAvgPool2d(1))
     model = Classifier(trunk, 4 * width, n_classes)
     if pretrained == IMAGENET:
-        warnings.warn("small-cnn has no ImageNet weights; starting from random init", stacklevel=2)
+        check_pretrained("small-cnn", pretrained)  # raises: it has none
     elif pretrained is not None:
         state = _read_state(pretrained)
         model.trunk.load_state_dict({k.removeprefix("trunk."): v for k, v in state.items() if k.startswith("trunk.")})

@@ -21,6 +21,7 @@ import json
 from typing import Any
 
 from ffr.config import add_show_config, format_config, load_config
+from ffr.cost import add_dry_run_arguments
 from ffr.errors import FFRError
 
 LISTED = 8  # groups / contact sheets listed one per line; more are summarized
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="show Ray Data's execution plan, banners and operator progress bars")
     parser.add_argument("--json", action="store_true", help="print the whole summary as JSON at the end")
     add_show_config(parser)
+    add_dry_run_arguments(parser, "images per group")
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -110,6 +112,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.config is None:
         raise FFRError("ffr generate needs --config FILE (see configs/generate-*.yaml)")
+    if args.dry_run:
+        from ffr.cost import Throughput
+        from pipelines.cost import estimate_generation
+
+        print(estimate_generation(data, args.gpu, Throughput.load(args.throughput)).render())
+        return 0
     if args.manifest_only:
         manifest = plan(data)
         counts = manifest.groupby("group_name", sort=False).size()

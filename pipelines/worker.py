@@ -96,6 +96,9 @@ class ShardWorker:
                         rejects[verdict.reason] += 1
             seconds = time.perf_counter() - start
             stats = {"seconds": round(seconds, 4), "rejects": dict(rejects), "accepted_per_group": dict(per_group)}
+            sampler = self.backend.sampler()
+            if sampler is not None:  # in the shard's marker too: the record of how its images were sampled
+                stats["sampler"] = sampler
             sink.finish(stats)
         # object-store retries this shard needed (its own writes; counted by ffr.storage) → summary.json
         return {"shard": shard, "n_rows": len(rows), "n_accepted": sink.n_images, **stats,

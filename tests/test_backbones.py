@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from ffr.backbones import BACKBONES, create_backbone
+from ffr.backbones import BACKBONES, check_pretrained, create_backbone
 from ffr.errors import FFRError
 
 
@@ -31,8 +31,12 @@ def test_weights_from_a_local_file_and_from_the_torchvision_cache(tmp_path, monk
 
     hub = tmp_path / "hub"
     monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
-    with pytest.warns(UserWarning, match="random init"):
+    # Never a silent random init: missing weights are one line naming the file and how to provide it
+    with pytest.raises(FFRError, match=r"resnet18's ImageNet weights file resnet18-f37072fd.pth, which is not in "
+                                       r"the torch hub cache .*s3:// copy of it .*pretrained=null"):
         create_backbone("resnet18", n_classes=2, pretrained="imagenet")
+    with pytest.raises(FFRError, match="resnet18-f37072fd.pth"):
+        check_pretrained("resnet18", "imagenet")
     cached = hub / "checkpoints" / "resnet18-f37072fd.pth"
     cached.parent.mkdir(parents=True)
     torch.save(source.state_dict(), cached)
@@ -40,6 +44,23 @@ def test_weights_from_a_local_file_and_from_the_torchvision_cache(tmp_path, monk
         warnings.simplefilter("error")
         model = create_backbone("resnet18", n_classes=2, pretrained="imagenet")
     assert torch.equal(model.trunk[0].weight, source.conv1.weight)
+    assert check_pretrained("resnet18", "imagenet") == str(cached)
+    assert check_pretrained("resnet18", str(path)) == str(path) and check_pretrained("resnet18", None) is None
+
+
+def test_weights_from_an_s3_mirror(s3_bucket, tmp_path):
+    source = torchvision.models.resnet18(weights=None)
+    from ffr.storage import filesystem
+
+    fs, _ = filesystem(s3_bucket)
+    uri = f"{s3_bucket}/weights/resnet18-f37072fd.pth"
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    fs.put(str(tmp_path / "w.pth"), uri.removeprefix("s3://"))
+    assert check_pretrained("resnet18", uri) == uri
+    assert torch.equal(create_backbone("resnet18", 2, pretrained=uri).trunk[0].weight, source.conv1.weight)
+    with pytest.raises(FFRError, match=r"pretrained weights file 's3://.*/other.pth' does not exist; .*ImageNet: "
+                                       r"resnet18-f37072fd.pth"):
+        check_pretrained("resnet18", f"{s3_bucket}/weights/other.pth")
 
 
 @pytest.mark.parametrize("name", BACKBONES.names())
@@ -57,6 +78,8 @@ def test_bad_backbone_requests_are_clear_errors(tmp_path):
         create_backbone("resnet18", 2, pretrained=str(tmp_path / "missing.pth"))
     with pytest.raises(FFRError, match="n_classes"):
         create_backbone("small-cnn", 1)
+    with pytest.raises(FFRError, match="backbone 'small-cnn' has no ImageNet weights; expected pretrained: null"):
+        create_backbone("small-cnn", 2, pretrained="imagenet")
     with pytest.raises(FFRError, match=r"unknown option 'backbone_options.depth' of backbone 'small-cnn'; "
                                        r"expected one of: width"):
         create_backbone("small-cnn", 2, depth=9)

@@ -62,6 +62,13 @@ def test_example_method_and_variant_train_end_to_end(example_plugins, tmp_path):
     table = _read_parquet(join(runs.run_dir(str(tmp_path), stage1["run_name"]), runs.SPLITS))
     train1 = table[table["split"] == "train"]
     assert train1.groupby(["y", "b"]).size().nunique() == 1 and (train1["source"] == 0).all()
+    # the dry run counts what the variant's build gave (its stage_counts; the preliminary run is a run of its own)
+    from ffr.training.cost import estimate_training
+
+    preview = estimate_training(config)
+    assert preview.runs[0].draws_per_epoch == len(train1) and set(preview.runs[0].groups.values()) == \
+        set(train1.groupby(["y", "b"]).size())
+    assert [r.what.split(":")[0] for r in preview.runs] == ["stage 1", "stage 2 example-warmup", "stage 2"]
 
     # The method's preliminary run: its own sub-run directory, config and marker file.
     main_dir = runs.run_dir(str(tmp_path), result["run_name"])

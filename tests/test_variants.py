@@ -36,6 +36,11 @@ def test_every_variant_builds_its_stages(variant, real_train):
     assert [s.stage for s in built] == list(declared)
     for s in built:
         assert set(s.train.source) == {REAL: {0}, SYNTHETIC: {1}, REAL_AND_SYNTHETIC: {0, 1}}[declared[s.stage]]
+        # what cost previews count without data is what build gives
+        got = pd.Series(1, index=pd.MultiIndex.from_arrays([s.train.y, s.train.b, s.train.source])).groupby(
+            level=[0, 1, 2]).sum()
+        assert {tuple(int(v) for v in k): int(n) for k, n in got.items()} == \
+            create_variant(variant).stage_counts(s.stage, real)
     if variant == "none":
         assert len(built) == 1 and final.train is real_train and not final.uses_synthetic
         return

@@ -10,12 +10,14 @@ import argparse
 import sys
 
 from ffr.config import add_show_config, load_config
+from ffr.cost import add_dry_run_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="sweep config YAML (see configs/sweep-*.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. num_samples=4 train.epochs=5")
     add_show_config(p)
+    add_dry_run_arguments(p, "the trials, their runs and epochs, per-group training counts")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +34,20 @@ def run(args: argparse.Namespace) -> int:
         print(format_config(SweepConfig, cfg))
         train = parse(base_train_config(cfg))
         print("\n" + format_config(TrainConfig, train, "train.", expand=option_rows(train, "train.")))
+        return 0
+    if args.dry_run:
+        from ffr.cost import Throughput
+        from ffr.training.cost import estimate_training
+        from tune.sweep import trial_configs
+
+        configs, notes = trial_configs(cfg)
+        title = f"ffr sweep --dry-run: {cfg.name}, {len(configs)} trials; nothing is started or written"
+        estimate = estimate_training(configs, args.gpu, Throughput.load(args.throughput), title)
+        estimate.notes += notes
+        if estimate.gpu_hours is not None:  # trials run max_concurrent_trials at a time
+            estimate.wall_hours = estimate.gpu_hours / max(1, cfg.max_concurrent_trials * configs[0].get(
+                "num_workers", 1))
+        print(estimate.render())
         return 0
     table = run_sweep(cfg)
     shown = [c for c in ("run_name", "status", "epochs_run", METRIC, "test_worst_group_acc") if c in table]

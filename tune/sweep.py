@@ -134,6 +134,29 @@ def trial_train_config(base: dict[str, Any], params: dict[str, Any], trial_id: s
     return train
 
 
+def trial_configs(cfg: SweepConfig) -> tuple[list[dict[str, Any]], list[str]]:
+    """The training config of every trial the sweep would run, for cost previews (``ffr sweep --dry-run``): methods ×
+    seeds × the grid values × num_samples. Keys searched at random stay at the base config's values; the notes say
+    which."""
+    import itertools
+
+    base = base_train_config(cfg)
+    grid = {k: v[1] for k, v in cfg.search.items() if v[0] == "grid"}
+    sampled = [k for k, v in cfg.search.items() if v[0] != "grid"]
+    notes = []
+    if sampled or (cfg.search_method_hparams and any(method_space(m) for m in cfg.methods)):
+        notes.append(f"keys searched at random ({', '.join(sampled) or 'method hyperparameters'}) are counted at the "
+                     "base config's values")
+    if cfg.scheduler.type == "asha":
+        notes.append("ASHA stops weak trials early: every trial is counted with all its epochs (an upper bound)")
+    out = []
+    for method, seed, values, _sample in itertools.product(cfg.methods, cfg.seeds, itertools.product(*grid.values()),
+                                                          range(cfg.num_samples)):
+        params = {"method": method, "seed": seed, "train": dict(zip(grid, values))}
+        out.append(trial_train_config(base, params, f"dry-run-{len(out):05d}"))
+    return out, notes
+
+
 class FinishingASHA(ASHAScheduler):
     """ASHA that never stops a trial once its last epoch is reported. Plain ASHA stops every trial at
     ``max_t``, i.e. right after the last epoch, which kills the trial before its test evaluation; a trial
@@ -242,8 +265,11 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
     that folder."""
     from ray.tune.schedulers import FIFOScheduler
 
+    from ffr.training.experiment import check_weights
+
     cfg = parse_sweep(config)
     base = base_train_config(cfg)
+    check_weights(parse(base))  # unreachable pretrained weights stop the sweep before Ray starts
     epochs = int(parse(base).epochs)
     check_scheduler(cfg, epochs)
     fs, inner = filesystem(cfg.storage_path)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ffr.datasets.base import GroupedSplit, reader
+from ffr.datasets.base import GroupedSplit, ReferenceCounts, reader
 from ffr.datasets.readers import DatasetRoot, ReaderOptions, build_splits
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
@@ -65,7 +65,21 @@ class CelebaHQOptions(ReaderOptions):
                                                 "per class); false keeps the natural correlation")
 
 
-@reader("celeba-hq", CelebaHQOptions)
+def _reference(options: CelebaHQOptions) -> ReferenceCounts | None:
+    """FFR's CelebA-HQ split (Smiling × Male) as its code ships it: train and val already cut to 0.9 in FFR's
+    forced direction, test as is."""
+    if (options.target, options.bias) != ("Smiling", "Male") or not options.oppose_bias:
+        return None
+    return ReferenceCounts(
+        "FFR's CelebA-HQ split (mqraitem/From-Fake-to-Real data/celeba_Smiling_*.pkl: train at 0.9, test; val's "
+        "minorities derived by the same 0.9 rule)", GroupSpec(CLASS_NAMES, BIAS_NAMES),
+        {"train": {(0, 0): 592, (0, 1): 5335, (1, 0): 7797, (1, 1): 866},
+         "val": {(0, 0): 74, (0, 1): 666, (1, 0): 989, (1, 1): 110},
+         "test": {(0, 0): 914, (0, 1): 693, (1, 0): 943, (1, 1): 450}},
+        pixels=1024 * 1024)
+
+
+@reader("celeba-hq", CelebaHQOptions, reference=_reference)
 def celeba_hq(options: CelebaHQOptions) -> dict[str, GroupedSplit]:
     """CelebA-HQ grouped by (target attribute, bias attribute)."""
     target, bias, bias_ratio = options.target, options.bias, options.bias_ratio

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ffr.datasets.base import GroupedSplit, reader
+from ffr.datasets.base import GroupedSplit, ReferenceCounts, reader
 from ffr.datasets.synthetic import ShardImages
 from ffr.groups import SYNTHETIC, GroupSpec
 from ffr.options import Field, Options
@@ -35,7 +35,48 @@ class D3SShiftOptions(Options):
     review: Literal["accepted"] | None = Field(None, description="'accepted': only images human review accepted")
 
 
-@reader("d3s-shift", D3SShiftOptions)
+D3S_PER_CELL = 12  # configs/generate-d3s-background.yaml: 1000 classes × 10 backgrounds × 12 = 120K
+
+
+def _background_labels() -> tuple[str, ...]:
+    """The D3S background labels, from the recipe's word list (a data file of the pipelines package, read, not
+    imported: datasets sit below generation)."""
+    import pathlib
+
+    from ffr.config import load_yaml
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "pipelines" / "recipes" / "data" / "d3s_shifts.yaml"
+    try:
+        return tuple(load_yaml(path.read_text())["background"]["values"])
+    except (OSError, KeyError, TypeError):
+        return tuple(f"background {i}" for i in range(10))
+
+
+def _reference(options: D3SShiftOptions) -> ReferenceCounts | None:
+    """The views ``ffr d3s splits`` makes of the shipped 120K D3S config (12 images per class × background),
+    for ImageNet-9 split names ``imagenet9-seed<N>``."""
+    import re
+
+    from ffr.datasets.d3s_splits import assign_backgrounds, load_mapping
+
+    match = re.fullmatch(r"imagenet9-seed(\d+)", options.split)
+    if match is None:
+        return None
+    mapping, labels = load_mapping(), _background_labels()
+    per_superclass = np.bincount(list(mapping["classes"].values()), minlength=len(mapping["names"])) * D3S_PER_CELL
+    assigned = assign_backgrounds(len(mapping["names"]), len(labels), int(match[1]))
+    unused = set(range(len(labels))) - {int(a) for a in assigned}
+    train = {(s, int(a)): int(per_superclass[s]) for s, a in enumerate(assigned)}
+    anti = {(s, b): int(per_superclass[s]) for s in range(len(assigned)) for b in range(len(labels))
+            if b != assigned[s] and b not in unused}
+    return ReferenceCounts(
+        f"the views of configs/generate-d3s-background.yaml's 120K images ({D3S_PER_CELL} per class × background, "
+        "ImageNet-9's 370 classes), split by `ffr d3s splits`", GroupSpec(tuple(mapping["names"]), labels),
+        {"train": train, "val": {g: round(n * options.val_fraction) for g, n in anti.items()},
+         "test": {g: n - round(n * options.val_fraction) for g, n in anti.items()}}, pixels=512 * 512)
+
+
+@reader("d3s-shift", D3SShiftOptions, reference=_reference)
 def d3s_shift(options: D3SShiftOptions) -> dict[str, GroupedSplit]:
     """Views ``split`` (a name under ``root/splits/``) of the D3S output ``root``."""
     from ffr.datasets.d3s_splits import read_view

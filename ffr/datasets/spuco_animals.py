@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ffr.datasets.base import SPLITS, GroupedSplit, reader
+from ffr.datasets.base import SPLITS, GroupedSplit, ReferenceCounts, reader
 from ffr.datasets.readers import DatasetRoot, ReaderOptions, build_splits
 from ffr.groups import GroupSpec
 
@@ -25,9 +25,27 @@ LAYOUT = (
     ("spuco_birds", {"landbirds": 0, "waterbirds": 1}, {"land": 0, "water": 1}),
     ("spuco_dogs", {"small_dogs": 2, "big_dogs": 3}, {"indoor": 2, "outdoor": 3}),
 )
+# The (class, background) pairs that exist: every bird on land or water, every dog indoors or outdoors. The
+# synthetic recipe (pipelines/recipes/ffr_recipes.py) reads it, so generation budgets cover these 8 groups only.
+POPULATED_GROUPS = tuple((y, b) for _, classes, backgrounds in LAYOUT for y in classes.values()
+                         for b in backgrounds.values())
+SPEC = GroupSpec(CLASS_NAMES, BIAS_NAMES, populated=POPULATED_GROUPS)
 
 
-@reader("spuco-animals", ReaderOptions)
+MAJORITY = {(0, 0), (1, 1), (2, 2), (3, 3)}  # landbird/land, waterbird/water, small dog/indoors, big dog/outdoors
+
+
+def _reference(options: ReaderOptions) -> ReferenceCounts:
+    def sizes(majority: int, minority: int) -> dict[tuple[int, int], int]:
+        return {g: majority if g in MAJORITY else minority for g in POPULATED_GROUPS}
+
+    return ReferenceCounts("SpuCo Animals' native splits (SpuCo; FFR's datasets/spuco_animals.py): 10,000/500 train, "
+                           "500/25 val, 500/500 test per majority/minority group; image size a guess",
+                           SPEC, {"train": sizes(10000, 500), "val": sizes(500, 25), "test": sizes(500, 500)},
+                           pixels=256 * 256)
+
+
+@reader("spuco-animals", ReaderOptions, reference=_reference)
 def spuco_animals(options: ReaderOptions) -> dict[str, GroupedSplit]:
     """SpuCo Animals with its native train/val/test folders."""
     data = DatasetRoot(options.root, "spuco-animals")
@@ -41,5 +59,5 @@ def spuco_animals(options: ReaderOptions) -> dict[str, GroupedSplit]:
                     keys = data.list_files(folder)
                     frames.append(pd.DataFrame({"key": keys, "y": y, "b": b, "split": split}))
     table = pd.concat(frames, ignore_index=True)
-    return build_splits(data, table, GroupSpec(CLASS_NAMES, BIAS_NAMES), bias_ratio=options.bias_ratio,
+    return build_splits(data, table, SPEC, bias_ratio=options.bias_ratio,
                         seed=options.seed, verify=options.verify, check_files=False)

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ffr.config import add_show_config, build, format_config, load_config
+from ffr.cost import add_dry_run_arguments
 from ffr.training.config import TrainConfig, option_rows
 
 
@@ -14,12 +15,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. method=groupdro epochs=5 stage1.lr=1e-4")
     add_show_config(parser)
+    add_dry_run_arguments(parser, "per-group training counts, the runs and their epochs")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = build(TrainConfig, load_config(args.config, args.overrides))
     if args.show_config:
         print(format_config(TrainConfig, cfg, expand=option_rows(cfg)))
+        return 0
+    if args.dry_run:
+        from ffr.cost import Throughput
+        from ffr.training.cost import estimate_training
+        from ffr.training.experiment import check_weights
+
+        print(estimate_training(cfg, args.gpu, Throughput.load(args.throughput)).render())
+        try:  # what the real run would stop on before Ray starts
+            check_weights(cfg)
+        except Exception as e:  # noqa: BLE001 - reported, not raised: a preview still shows the cost
+            print(f"warning: the run would stop before Ray starts: {e}")
         return 0
     from ffr.tracking import tracking_uri, ui_line
     from ffr.training import run_experiment

@@ -31,8 +31,14 @@ EXECUTORS = ("ray-train", "local")  # local: in this process, no Ray Train start
 class StageOptions:
     """Settings for FFR's stage 1 (ERM on synthetic) that differ from the stage-2 ones; None = same.
 
-    ``corruption`` (stage 1 only; FFR's synthetic-quality ablation): degrade every synthetic training image
-    with ``ffr.corruptions`` (pixelate, defocus-blur, gaussian-noise) at ``corruption_severity`` 1–5."""
+    FFR's two stage-1 ablations:
+
+    - ``corruption`` (synthetic quality): degrade every synthetic training image with ``ffr.corruptions`` at
+      ``corruption_severity`` 1–5, at its generated size before the resize, with new noise every epoch.
+      ``ffr-stacked`` is FFR's (pixelate + defocus blur + Gaussian noise); ``pixelate``, ``defocus-blur`` and
+      ``gaussian-noise`` apply one alone.
+    - ``per_group`` (synthetic budget): images per group in stage 1, an integer (e.g. 1000) or a fraction of FFR's
+      k = ⌊S / G⌋ (e.g. 0.25; 2.0 needs twice k generated); None = k, FFR's default."""
 
     epochs: int | None = None
     lr: float | None = None
@@ -41,6 +47,7 @@ class StageOptions:
     optimizer: str | None = None
     corruption: str | None = None
     corruption_severity: int = 3  # ignored (reset to 3) without a corruption, so such configs name one run
+    per_group: int | float | None = None
 
 
 @dataclass
@@ -84,6 +91,10 @@ class TrainConfig:
     # stage 2 (FFR's --freeze_bn ablation): BatchNorm layers keep the running statistics they start with
     # (stage 1's, or ImageNet's) and normalize with them; their affine weights still train
     freeze_bn: bool = False
+    # BatchNorm statistics over the whole global batch when num_workers > 1 (ffr/training/batchnorm.py): FFR trained
+    # batch 128 on one GPU, so its BatchNorm saw 128 images; without this, each of 4 DDP workers normalizes by its
+    # own 32. false: per-worker statistics (cheaper; then the number of workers changes the experiment).
+    sync_batchnorm: bool = True
     # stage 2 starts from: a checkpoint dir, a run dir, or "best:<sweep dir>" (best stage-1 run by mean val WGA)
     init_checkpoint: str | None = None
     # execution
@@ -125,16 +136,32 @@ class TrainConfig:
         if self.stage1.corruption is None:
             self.stage1.corruption_severity = StageOptions.corruption_severity
         else:
-            from ffr import corruptions, variants
+            from ffr import corruptions
 
             corruptions.create(self.stage1.corruption)
             corruptions.check_severity(self.stage1.corruption_severity)
-            stages = sorted(variants.create(self.variant).stages)
-            if variants.PRETRAIN_STAGE not in stages:
-                raise FFRError(f"stage1.corruption degrades the stage-1 training images; variant {self.variant!r} "
-                               f"has no stage 1 (its stages: {stages}; expected a variant with a stage 1)")
+            self._need_stage1("stage1.corruption degrades the stage-1 training images")
+        if self.stage1.per_group is not None:
+            check_stage1_size(self.stage1.per_group)
+            self._need_stage1("stage1.per_group sizes the stage-1 synthetic set")
         if self.lr <= 0:
             raise FFRError(f"lr = {self.lr!r} must be > 0")
+
+    def _need_stage1(self, what: str) -> None:
+        from ffr import variants
+
+        stages = sorted(variants.create(self.variant).stages)
+        if variants.PRETRAIN_STAGE not in stages:
+            raise FFRError(f"{what}; variant {self.variant!r} has no stage 1 (its stages: {stages}; expected a "
+                           "variant with a stage 1)")
+
+
+def check_stage1_size(value: Any) -> int | float:
+    """``stage1.per_group``: an integer >= 1 (images per group) or a float > 0 (a fraction of k)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise FFRError(f"stage1.per_group = {value!r}; expected images per group (an integer >= 1, e.g. 1000) or a "
+                       "fraction of FFR's k (a number > 0 with a decimal point, e.g. 0.25 or 1.0)")
+    return value
 
 
 @dataclass
@@ -157,6 +184,7 @@ class StageSpec:
     corruption: str | None = None  # stage 1 only: ffr.corruptions name applied to the training images
     corruption_severity: int | None = None
     freeze_bn: bool = False  # BatchNorm running statistics frozen while training (stage 2 only)
+    synthetic_per_group: int | float | None = None  # stage 1 only: images per group, or a fraction of k (None: k)
 
 
 def parse(config: TrainConfig | dict) -> TrainConfig:
@@ -167,10 +195,23 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+# Keys that enter a run's name only when they differ from their default, so runs named before they existed keep
+# their names: bad_images; sync_batchnorm (its default makes BatchNorm independent of num_workers, as the run name
+# already is); stage1.per_group (None = FFR's k).
+_NAMED_WHEN_SET = {"bad_images": "fail", "sync_batchnorm": True}
+# A corruption runs on the image at its generated size with new noise every draw (before: after the resize, the
+# same noise every epoch), so runs with a corruption are named apart from those trained the old way.
+CORRUPTION_AT = "generated size, new noise per draw"
+
+
 def experiment_fields(cfg: TrainConfig) -> dict[str, Any]:
-    # bad_images only enters the digest when it is not the default, so runs named before it existed keep names
-    return {k: v for k, v in to_dict(cfg).items()
-            if k not in INFRA_FIELDS and not (k == "bad_images" and v == "fail")}
+    fields = {k: v for k, v in to_dict(cfg).items()
+              if k not in INFRA_FIELDS and not (k in _NAMED_WHEN_SET and v == _NAMED_WHEN_SET[k])}
+    if fields["stage1"].get("per_group") is None:
+        fields["stage1"] = {k: v for k, v in fields["stage1"].items() if k != "per_group"}
+    if fields["stage1"].get("corruption"):
+        fields["corruption_at"] = CORRUPTION_AT
+    return fields
 
 
 def method_stage(cfg: TrainConfig, init_checkpoint: str | None = None) -> StageSpec:
@@ -188,12 +229,19 @@ def pretrain_stage(cfg: TrainConfig) -> StageSpec:
     spec = StageSpec(1, "", method, {}, s1.optimizer or cfg.optimizer, s1.lr if s1.lr is not None else cfg.lr,
                      s1.weight_decay if s1.weight_decay is not None else cfg.weight_decay, cfg.momentum,
                      s1.epochs if s1.epochs is not None else cfg.epochs, s1.batch_size or cfg.batch_size,
-                     corruption=s1.corruption, corruption_severity=s1.corruption_severity if s1.corruption else None)
+                     corruption=s1.corruption, corruption_severity=s1.corruption_severity if s1.corruption else None,
+                     synthetic_per_group=s1.per_group)
     depends = {k: getattr(cfg, k) for k in ("dataset", "dataset_options", "synthetic_root", "seed", "backbone",
                                             "backbone_options", "pretrained", "image_size")}
-    if cfg.synthetic_review:  # only when set, so existing stage-1 run names stay the same
+    # Only when set, so existing stage-1 run names stay the same:
+    if cfg.synthetic_review:
         depends["synthetic_review"] = cfg.synthetic_review
-    depends.update({k: v for k, v in dataclasses.asdict(spec).items() if k not in ("run_name", "preliminary")})
+    if not cfg.sync_batchnorm:
+        depends["sync_batchnorm"] = False
+    if s1.corruption:  # the corruption now runs before the resize with new noise every epoch (older runs: after)
+        depends["corruption_at"] = CORRUPTION_AT
+    skip = {"run_name", "preliminary", *(("synthetic_per_group",) if spec.synthetic_per_group is None else ())}
+    depends.update({k: v for k, v in dataclasses.asdict(spec).items() if k not in skip})
     depends["error_set"] = None  # a StageSpec field of old (now ``preliminary``), kept so run names stay the same
     spec.run_name = f"{cfg.dataset}-{cfg.variant}-stage1-s{cfg.seed}-{_digest(depends)}"
     return spec

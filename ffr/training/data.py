@@ -49,7 +49,7 @@ def load_experiment_data(cfg: TrainConfig, stage: int | None = None) -> Experime
     synthetic = None
     # The variant says which stages to build and what they train on: synthetic data is read only when a
     # wanted stage trains on it (not by a real-only stage's workers, nor when a given checkpoint replaces it).
-    variant = variants.create(cfg.variant)
+    variant = variants.create(cfg.variant, cfg.stage1.per_group)
     wanted = variant.wanted_stages(stage, cfg.init_checkpoint is not None)
     if variant.needs_synthetic(wanted):
         if not cfg.synthetic_root:

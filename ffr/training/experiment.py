@@ -37,6 +37,14 @@ def _check_names(cfg: TrainConfig) -> None:
     variants.VARIANTS.get(cfg.variant)
     backbones.create_backbone(cfg.backbone, 2, pretrained=None, **cfg.backbone_options)  # name and options
     ffr.methods.create(cfg.method, **cfg.method_hparams)  # also validates the hyperparameters
+    check_weights(cfg)
+
+
+def check_weights(cfg: TrainConfig) -> None:
+    """The pretrained weights a stage starts from are reachable (FFRError naming the file otherwise). With an
+    init_checkpoint every trained stage starts from it, so ``pretrained`` is not read."""
+    if cfg.init_checkpoint is None:
+        backbones.check_pretrained(cfg.backbone, cfg.pretrained)
 
 
 def _log(message: str) -> None:

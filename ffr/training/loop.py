@@ -30,11 +30,10 @@ def device(use_gpu: bool) -> torch.device:
     return torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
-def make_transform(image_size: int, corrupt: Callable | None = None) -> Callable:
-    """FFR's preprocessing for train and eval alike: resize (no crop, no flip) and ImageNet normalization.
-    ``corrupt`` (PIL → PIL, e.g. ``ffr.corruptions.Corrupt``) runs after the resize, at the training size."""
-    return transforms.Compose([transforms.Resize((image_size, image_size)), *([corrupt] if corrupt else []),
-                               transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+def make_transform(image_size: int) -> Callable:
+    """FFR's preprocessing for train and eval alike: resize (no crop, no flip) and ImageNet normalization."""
+    return transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
+                               transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 class InMemoryDataset(torch.utils.data.Dataset):
@@ -54,9 +53,46 @@ class InMemoryDataset(torch.utils.data.Dataset):
         return self.images[i], y, b, source, g, i
 
 
+class CorruptedImageDataset(torch.utils.data.Dataset):
+    """Training images degraded as FFR's quality ablation does it: the corruption runs on the image at its own
+    (generated) size, *before* the resize, with fresh randomness for every draw.
+
+    Indexed by ``(epoch, position, index)`` — what :class:`ffr.training.sampling.EpochSampler` yields with
+    ``tagged=True`` — so draw ``position`` of ``epoch`` gets its own generator (``Corrupt.rng``): other noise every
+    epoch, the same in a rerun and under any number of DDP or loader workers. A plain index (evaluation) gets a
+    fixed generator per image. ``in_memory`` keeps the decoded images at their own size; the corruption and the
+    resize still run on every draw."""
+
+    def __init__(self, split: GroupedSplit, image_size: int, corrupt: Callable, group_spec: GroupSpec | None = None,
+                 in_memory: bool = False) -> None:
+        self.base = GroupedImageDataset(split, make_transform(image_size), group_spec)
+        self.corrupt = corrupt
+        self.groups = self.base.groups
+        self.decoded = [self._decode(i) for i in range(len(self.base))] if in_memory else None
+
+    def _decode(self, i: int) -> np.ndarray:
+        return np.asarray(self.base.split.load_image(self.base.keys[i]).convert("RGB"))
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item):
+        epoch, position, i = item if isinstance(item, tuple) else (-1, int(item), int(item))
+        from PIL import Image
+
+        pixels = self.decoded[i] if self.decoded is not None else self._decode(i)
+        corrupted = self.corrupt(Image.fromarray(pixels), self.corrupt.rng(epoch, position))
+        b = self.base
+        return b.transform(corrupted), int(b.y[i]), int(b.b[i]), int(b.source[i]), int(b.groups[i]), i
+
+
 def image_dataset(split: GroupedSplit, image_size: int, group_spec: GroupSpec | None = None,
                   in_memory: bool = False, corrupt: Callable | None = None) -> torch.utils.data.Dataset:
-    ds = GroupedImageDataset(split, make_transform(image_size, corrupt), group_spec)
+    """A split's images as tensors; ``corrupt`` (an ``ffr.corruptions.Corrupt``) degrades them before the resize,
+    anew on every draw (index the dataset with a tagged EpochSampler)."""
+    if corrupt is not None:
+        return CorruptedImageDataset(split, image_size, corrupt, group_spec, in_memory)
+    ds = GroupedImageDataset(split, make_transform(image_size), group_spec)
     return InMemoryDataset(ds) if in_memory else ds
 
 

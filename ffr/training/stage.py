@@ -100,7 +100,7 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
     stage_data = data.stages[spec.stage]
     torch.manual_seed(cfg.seed)
     corrupt = None
-    if spec.corruption:  # FFR's stage 1 trains on synthetic images only: all of them are degraded
+    if spec.corruption:  # FFR's stage 1 trains on synthetic images only: all of them are degraded, at their own size
         from ffr.corruptions import Corrupt
 
         corrupt = Corrupt(spec.corruption, spec.corruption_severity, seed=cfg.seed)
@@ -130,6 +130,10 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
         start_epoch = attempt_start = int(state["epoch"]) + 1
     elif spec.init_checkpoint:
         model.load_state_dict(loop.load_state(spec.init_checkpoint)["model"])
+    if cfg.sync_batchnorm and session.world_size > 1:  # FFR's BatchNorm saw the whole batch (ffr/training/batchnorm.py)
+        from ffr.training import batchnorm
+
+        model = batchnorm.convert(model)
     model = session.prepare_model(model)
     method.modules = {name: session.prepare_model(module) for name, module in extra.items()}
     optimizer = loop.build_optimizer(spec.optimizer, model.parameters(), spec.lr, spec.weight_decay, spec.momentum)
@@ -140,7 +144,8 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
             extra_optimizer.load_state_dict(state["method_optimizers"][name])
 
     sampler = EpochSampler(len(train_set), method.sampling_weights(train_groups),
-                           method.draws_per_epoch(len(train_set)), cfg.seed, session.rank, session.world_size)
+                           method.draws_per_epoch(len(train_set)), cfg.seed, session.rank, session.world_size,
+                           tagged=corrupt is not None)  # a corrupted image draws new noise every epoch
     batches = loop.loader(train_set, -(-spec.batch_size // session.world_size), sampler=sampler,
                           workers=cfg.loader_workers)
     records = []

@@ -71,6 +71,10 @@ class GeneratorBackend:
         """Columns added to this image's record in the shard (how it was made, beyond the manifest row)."""
         return {}
 
+    def sampler(self) -> dict | None:
+        """What samples the images, for the output's record (shard stats, summary.json); None: no sampler."""
+        return None
+
     def generate(self, rows: list[dict], init_images: list[Image.Image] | None = None) -> list[Image.Image]:
         """rows: manifest rows (``prompt``, ``negative_prompt``, ``seed``, labels, generator settings).
 

@@ -321,6 +321,12 @@ class DiffusersBackend(GeneratorBackend):
         return {"generator_settings": self._settings_record,
                 "adapters": json.dumps(self.adapters.record(self.adapters.selection(row)), sort_keys=True)}
 
+    def sampler(self) -> dict:
+        """The scheduler that ran: the model's own (FFR's and D3S's setting), or a study's explicit choice."""
+        chosen = self.options.scheduler
+        return {"scheduler": type(self.text2image.scheduler).__name__,
+                "source": f"backend.settings.scheduler={chosen}" if chosen else "the model's own"}
+
     @property
     def image2image(self):
         """The img2img pipeline over the same modules (no second copy of the weights), built on first use."""

@@ -119,6 +119,12 @@ class _D3S(Recipe):
             out.update({(y, b): int(counts[b]) for b in range(n_bias)})
         return out
 
+    def preparation_images(self) -> tuple[str, int, dict[str, Any]] | None:
+        n = self.options.background_templates
+        if not n:
+            return None
+        return ("background templates", n * len(self.axis["values"]), D3SBackgroundTemplates.generator)
+
     def prepare(self, cfg: Any) -> dict[str, Any] | None:
         if not self.options.background_templates:
             return None
