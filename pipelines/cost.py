@@ -19,9 +19,11 @@ from pipelines.manifest import check_generator
 def _seconds_per_image(settings: dict[str, Any], rate: dict[str, float], family: dict[str, Any]) -> float:
     if "images_per_s" in rate:  # renderers without denoising steps (procedural)
         return 1.0 / rate["images_per_s"]
-    steps = int(settings["steps"])
+    steps: float = int(settings["steps"])
     if settings.get("mode") == "img2img":
         steps = max(1, int(steps * float(settings.get("strength") or 1.0)))  # diffusers runs int(steps × strength)
+    if family.get("cfg_in_rate") and float(settings.get("guidance_scale") or 0.0) <= 1.0:
+        steps *= 0.5  # diffusers skips the unconditional pass without CFG: one denoiser call a step, not two
     pixels = int(settings.get("height") or 512) * int(settings.get("width") or 512)
     scale = pixels / float(family.get("pixels", 512**2))
     return (steps + float(family.get("extra_steps_per_image", 0))) * scale / rate["image_steps_per_s"]

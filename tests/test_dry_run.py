@@ -123,6 +123,20 @@ def test_estimates_follow_the_table_and_the_gpu(tmp_path):
                 assert numbers["source"].split(":")[0] in ("measured", "published", "guess"), numbers
 
 
+def test_a_step_without_cfg_costs_one_denoiser_pass():
+    """Rates measured with classifier-free guidance (cfg_in_rate) count a guidance <= 1 step at half the cost:
+    LCM-LoRA at 4 steps and guidance 1 is 2 + 3 step-equivalents an image on SD1.x, not 4 + 3."""
+    from pipelines.cost import estimate_generation
+
+    config = load_config(str(REPO / "configs/generate-custom-lcm-lora.yaml"))
+    table = Throughput.load()
+    no_cfg = estimate_generation(config, "a100", table)
+    assert no_cfg.gpu_hours == pytest.approx(no_cfg.images * (4 * 0.5 + 3) / 48.6 / 3600)
+    config["generator"]["guidance_scale"] = 1.5  # CFG on: both passes a step (the family refuses > 2)
+    with_cfg = estimate_generation(config, "a100", table)
+    assert with_cfg.gpu_hours == pytest.approx(with_cfg.images * (4 + 3) / 48.6 / 3600)
+
+
 def test_training_estimates_of_a_grid_count_a_shared_stage1_once():
     """One call for a list of configs (a sweep, a paper grid): FFR's stage 1 is shared by the methods of a seed."""
     from ffr.training.cost import estimate_training
