@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import yaml
 
 from ffr.errors import FFRError
+from ffr.options import suggest
 from ffr.secrets import configured_secrets, is_secret_name, scrub
 
 T = TypeVar("T")
@@ -98,6 +99,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     return data
 
 
+_SCALARS = (int, float, str, bool)
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
@@ -113,11 +117,32 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return float(value)
     if tp is int and isinstance(value, float) and value.is_integer():
         return int(value)
-    if tp in (int, float, str, bool) and not isinstance(value, tp):
+    if tp in _SCALARS and not isinstance(value, tp):
         raise FFRError(f"config key {where!r} = {value!r}; expected {tp.__name__}")
-    if origin in (tuple, list) and isinstance(value, (list, tuple)):
-        return origin(value)
+    if origin in (tuple, list):
+        return _sequence(origin, typing.get_args(tp), value, where)
     return value
+
+
+def _sequence(origin: type, args: tuple, value: Any, where: str) -> Any:
+    """A list (or tuple) key: a list as given, a scalar as a one-item list (``seeds=3`` → ``[3]``,
+    ``methods=erm`` → ``["erm"]``: a string is never iterated letter by letter), items of a declared scalar
+    type checked; anything else is one line saying a list was expected."""
+    item = args[0] if args and args[0] in _SCALARS else None
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    elif isinstance(value, _SCALARS):
+        items = [value]
+    else:
+        kind = f"a list of {item.__name__}" if item else "a list"
+        raise FFRError(f"config key {where!r} = {value!r}; expected {kind}, e.g. [{_example(item)}]")
+    if item is not None:
+        items = [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(items)]
+    return origin(items)
+
+
+def _example(item: type | None) -> str:
+    return {int: "0, 1", float: "0.1, 0.2", str: "a, b", bool: "true, false"}.get(item, "a, b")
 
 
 def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
@@ -129,7 +154,8 @@ def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise FFRError(f"unknown config key {key!r}; expected one of: {', '.join(sorted(fields))}")
+        raise FFRError(f"unknown config key {key!r}; {suggest(unknown[0], set(fields))} "
+                       "(--show-config lists every key)")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)

@@ -11,17 +11,63 @@ import errno
 import os
 import posixpath
 import threading
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any
 
 import fsspec
 
 from ffr.errors import FFRError
+from ffr.options import Options, looks_like_path, path_options
 
 _BUCKETS_SEEN: set[tuple[int, str]] = set()  # (filesystem id, bucket) known to exist: checked once per process
 
 
 def is_remote(path: str) -> bool:
     return "://" in str(path) and not str(path).startswith("file://")
+
+
+def absolute(path: str | None, base: str | None = None) -> str | None:
+    """A path a user gave, resolved against ``base`` (default: this process's working directory, i.e. where
+    the command was started). URIs (``s3://...``) are returned as they are, ``~`` is expanded, ``file://`` is
+    kept as a prefix; None and "" stay as they are.
+
+    Called once, on the driver, before Ray starts: Ray Train workers, Tune trials and Ray Data actors run in
+    other working directories, where a relative path names another place (or nothing)."""
+    if path is None or path == "" or not isinstance(path, str):
+        return path
+    if is_remote(path):
+        return path
+    scheme = "file://" if path.startswith("file://") else ""
+    local = os.path.expanduser(path[len(scheme):])
+    return scheme + os.path.normpath(os.path.join(base or os.getcwd(), local))
+
+
+def _resolve_one(value: Any, marker: dict, base: str | None) -> Any:
+    if not isinstance(value, str) or not value or value in marker.get("keep", ()):
+        return value
+    here = os.path.join(base or os.getcwd(), os.path.expanduser(value))
+    if any(value.startswith(p) for p in marker.get("keep_prefixes", ())) and not os.path.exists(here):
+        return value
+    if marker.get("model") and not (os.path.exists(here) or looks_like_path(value)):
+        return value  # a hub id
+    return absolute(value, base)
+
+
+def resolve_option_paths(cls: type[Options], values: Mapping[str, Any] | None,
+                         base: str | None = None) -> dict[str, Any]:
+    """``values`` (a raw options mapping) with every path option of ``cls`` made absolute (see ``ffr.options.PathField``);
+    other keys, and values that are not mappings, are returned unchanged (validation says what is wrong)."""
+    if not isinstance(values, Mapping):
+        return values  # type: ignore[return-value]
+    out = dict(values)
+    for name, marker in path_options(cls).items():
+        value = out.get(name)
+        if isinstance(value, (list, tuple)):
+            out[name] = [_resolve_one(v, marker, base) for v in value]
+        elif value is not None:
+            out[name] = _resolve_one(value, marker, base)
+    return out
 
 
 def s3_endpoint() -> str | None:

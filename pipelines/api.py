@@ -24,7 +24,7 @@ from ffr.errors import FFRError, unwrap_user_errors
 from ffr.shards import complete_shards, read_stats, write_groups
 from ffr.storage import ensure_dir, filesystem, join, storage_retries
 from pipelines.budget import extra_rows, group_budgets
-from pipelines.config import GenerateConfig, identity_diff, run_identity, to_config
+from pipelines.config import GenerateConfig, identity_diff, resolve_paths, run_identity, to_config
 from pipelines.manifest import (
     append_round,
     build_manifest,
@@ -125,7 +125,7 @@ def _targets(cfg: GenerateConfig, recipe) -> dict[int, int]:
 
 def plan(config: GenerateConfig | dict[str, Any]) -> pd.DataFrame:
     """The first round's manifest a config would generate into a new output (nothing is written)."""
-    cfg = to_config(config)
+    cfg = to_config(resolve_paths(config))
     recipe = create_recipe(cfg.recipe.name, cfg.recipe.options)
     manifest = build_manifest(recipe, _budgets(cfg, recipe), cfg.seed, cfg.shard_size, cfg.generator)
     if manifest.empty:
@@ -149,7 +149,7 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
     Returns the summary also written to ``{output}/summary.json``. Round after round (pipelines/budget.py):
     run the planned shards not yet complete; when all are, plan the extra rows short groups need.
     """
-    cfg = to_config(config)
+    cfg = to_config(resolve_paths(config))  # paths against the launch directory, before Ray starts
     retries_before = storage_retries()  # this run's driver-side retries: from its very first storage request
     if cfg.s3_endpoint:  # before any S3 access; Ray workers get it through the job's runtime_env
         os.environ["FFR_S3_ENDPOINT"] = cfg.s3_endpoint

@@ -27,6 +27,8 @@ from ffr.training.config import (
     parse,
     preliminary_stage,
     pretrain_stage,
+    resolve_executor,
+    resolve_paths,
     resolved,
 )
 from ffr.training.data import ExperimentData, load_experiment_data
@@ -53,8 +55,9 @@ def _tracker(cfg: TrainConfig, spec: StageSpec) -> tracking.RunTracker | None:
 
 
 def _executor(cfg: TrainConfig):
-    """The module that trains and evaluates a stage: Ray Train (default) or this process (``executor: local``)."""
-    if cfg.executor == "local":
+    """The module that trains and evaluates a stage: Ray Train or this process (``executor: local``); ``auto`` is
+    resolved by :func:`run_experiment` before any stage runs."""
+    if resolve_executor(cfg)[0] == "local":
         from ffr.training import local
 
         return local
@@ -152,12 +155,20 @@ def _preliminary(cfg: TrainConfig, main: StageSpec, data: ExperimentData) -> dic
 
 
 @unwrap_user_errors
-def run_experiment(config: TrainConfig | dict, callbacks: list | None = None) -> dict:
+def run_experiment(config: TrainConfig | dict, callbacks: list | None = None, log_executor: bool = True) -> dict:
     """Run every stage of one experiment; returns the final (stage-2) result, plus ``stage1`` (None without).
 
-    ``callbacks`` (Ray Train UserCallbacks, e.g. Tune's TuneReportCallback) see the stage-2 run only."""
-    cfg = parse(config)
+    ``callbacks`` (Ray Train UserCallbacks, e.g. Tune's TuneReportCallback) see the stage-2 run only.
+    ``log_executor``: print the executor ``auto`` chose (a sweep prints it once for all its trials)."""
+    # Every path against the directory the command was started in, once, here on the driver: Ray Train
+    # workers and Tune trials run elsewhere (a no-op for the absolute paths a sweep's trial receives).
+    cfg = parse(resolve_paths(config))
     _check_names(cfg)
+    if cfg.executor == "auto":
+        executor, why = resolve_executor(cfg)
+        cfg = dataclasses.replace(cfg, executor=executor)
+        if log_executor:
+            _log(f"executor: {executor} ({why})")
     # Before Ray starts: the storage bucket (Ray Train's storage layer would create a missing one), the
     # init checkpoint, then the data (roots, files, bad-image policy).
     fs, inner = filesystem(cfg.storage_path)

@@ -35,7 +35,7 @@ from PIL import Image
 from pydantic import AfterValidator
 
 from ffr.errors import FFRError
-from ffr.options import Field, Options
+from ffr.options import Field, Options, PathField
 from ffr.registry import Registry
 from pipelines.backends.base import BACKENDS, GeneratorBackend
 from pipelines.model_source import check_model_source, resolve_model
@@ -80,8 +80,8 @@ def _known_scheduler(name: str | None) -> str | None:
 class DiffusersOptions(Options):
     """``backend.settings`` of the diffusers backend: how to run (what to make comes from the manifest rows)."""
 
-    model: str = Field(min_length=1, description="a hub id, a local directory or an s3:// prefix")
-    cache_dir: str | None = Field(None, description="where s3:// models are synced (default $FFR_MODEL_CACHE "
+    model: str = PathField(model=True, min_length=1, description="a hub id, a local directory or an s3:// prefix")
+    cache_dir: str | None = PathField(None, description="where s3:// models are synced (default $FFR_MODEL_CACHE "
                                                     "or ~/.cache/ffr/models)")
     variant: str | None = Field(None, description="weight file variant on the hub, e.g. fp16")
     dtype: Literal["fp32", "float32", "fp16", "float16", "bf16", "bfloat16"] = Field(

@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ffr import colored_digits
 from ffr.errors import FFRError
-from ffr.options import Field, Options
+from ffr.options import Field, Options, PathField
 from pipelines.backends.base import BACKENDS, GeneratorBackend
 
 SUPERSAMPLE = 4
@@ -66,7 +66,7 @@ def _rgb(value: Any, fallback: tuple[int, int, int]) -> np.ndarray:
 
 
 class ProceduralOptions(Options):
-    fonts: list[str] | None = Field(None, description="font files (.ttf/.otf) or 'default'; None = Pillow's "
+    fonts: list[str] | None = PathField(None, keep=("default",), description="font files (.ttf/.otf) or 'default'; None = Pillow's "
                                                       "default font plus the DejaVu faces found")
     max_rotation: float = Field(18.0, ge=0, le=180, description="largest random rotation, in degrees")
     noise: float = Field(4.0, ge=0, description="std of the pixel noise added to 'print' glyphs")
