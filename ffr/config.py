@@ -203,22 +203,25 @@ def _field_default(f: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
-def config_rows(cls: type, resolved: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+def config_rows(cls: type, resolved: Any, prefix: str = "", defaults: Any = None) -> list[tuple[str, Any, Any]]:
     """(dotted key, default, resolved value) for every field of dataclass ``cls``, nested sections flattened.
 
-    Defaults come from the dataclass fields themselves, so a new field shows up without any edit here.
-    Free-form mappings (``recipe.options``, ``method_hparams``) are one row each: their keys have no defaults.
+    Defaults come from the dataclass fields themselves, so a new field shows up without any edit here; a
+    section whose default is an instance (``stage1: StageOptions(lr=1e-4)``) gives its own values as the
+    defaults of its keys. Free-form mappings (``recipe.options``, ``method_hparams``) are one row each: their
+    keys have no defaults.
     """
     hints = typing.get_type_hints(cls)
     rows: list[tuple[str, Any, Any]] = []
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
-        default = _field_default(f)
+        default = getattr(defaults, f.name) if defaults is not None else _field_default(f)
         value = getattr(resolved, f.name) if resolved is not None else dataclasses.MISSING
         section = next((t for t in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(t)),
                        None)
         if section is not None and (dataclasses.is_dataclass(default) or dataclasses.is_dataclass(value)):
-            rows += config_rows(section, value if dataclasses.is_dataclass(value) else None, key + ".")
+            rows += config_rows(section, value if dataclasses.is_dataclass(value) else None, key + ".",
+                                default if dataclasses.is_dataclass(default) else None)
             continue
         rows.append((key, default, value))
     return rows

@@ -167,6 +167,7 @@ def run_demo(out: str, bias_ratio: float = 0.95, seeds: tuple[int, ...] = (0,), 
     started = time.perf_counter()
     out = out if "://" in out else os.path.abspath(out)
     runs_root = join(out, "runs")
+    ensure_dir(*filesystem(out))  # S3 credentials and the bucket, in one line, before Ray starts
     ensure_ray()
     configs: dict[tuple[int, str, str], dict] = {}
     for seed in seeds:

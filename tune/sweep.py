@@ -310,14 +310,17 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
                               train_config=absolute(cfg.train_config))
     base = resolve_paths(base_train_config(cfg))
     epochs = int(parse(base).epochs)
+    chosen = None
     if parse(base).executor == "auto" and not {"executor", "num_workers", "use_gpu"} & set(cfg.search):
         executor, why = resolve_executor(parse(base))
-        base["executor"] = executor  # chosen once for every trial, and said once
-        print(f"executor: {executor} for every trial ({why})", flush=True)
+        base["executor"] = executor  # chosen once for every trial, and said once (after the checks)
+        chosen = f"executor: {executor} for every trial ({why})"
     check_scheduler(cfg, epochs)
     fs, inner = filesystem(cfg.storage_path)
     require_bucket(fs, inner)  # before Ray: Tune's storage layer would create a missing bucket
     _check_inputs(parse(base), cfg.seeds)
+    if chosen:
+        print(chosen, flush=True)
     uri = tracking_uri_for(cfg)
     experiment = cfg.mlflow.experiment_name or cfg.name
     base["mlflow"] = {"enabled": uri is not None, "tracking_uri": uri, "experiment_name": experiment,

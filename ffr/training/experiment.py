@@ -164,11 +164,9 @@ def run_experiment(config: TrainConfig | dict, callbacks: list | None = None, lo
     # workers and Tune trials run elsewhere (a no-op for the absolute paths a sweep's trial receives).
     cfg = parse(resolve_paths(config))
     _check_names(cfg)
-    if cfg.executor == "auto":
-        executor, why = resolve_executor(cfg)
-        cfg = dataclasses.replace(cfg, executor=executor)
-        if log_executor:
-            _log(f"executor: {executor} ({why})")
+    chose = cfg.executor == "auto"
+    executor, why = resolve_executor(cfg)
+    cfg = dataclasses.replace(cfg, executor=executor)
     # Before Ray starts: the storage bucket (Ray Train's storage layer would create a missing one), the
     # init checkpoint, then the data (roots, files, bad-image policy).
     fs, inner = filesystem(cfg.storage_path)
@@ -180,6 +178,8 @@ def run_experiment(config: TrainConfig | dict, callbacks: list | None = None, lo
         if data.skipped_images:
             _log(f"skipped {len(data.skipped_images)} unreadable image(s) (bad_images: skip), e.g. "
                  f"{data.skipped_images[0]!r}")
+    if chose and log_executor:  # after the checks: a bad config says only its one line
+        _log(f"executor: {executor} ({why})")
     if cfg.executor != "local":
         from ffr.ray_session import ensure_ray
 

@@ -25,6 +25,7 @@ checker is kept: the pipeline blacks out flagged images and the black-image filt
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -38,7 +39,7 @@ from ffr.errors import FFRError
 from ffr.options import Field, Options, PathField
 from ffr.registry import Registry
 from pipelines.backends.base import BACKENDS, GeneratorBackend
-from pipelines.model_source import check_model_source, resolve_model
+from pipelines.model_source import check_hub_cached, check_model_source, resolve_model
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -152,6 +153,8 @@ class DiffusersBackend(GeneratorBackend):
         if options.attention == "xformers":  # checked before the (slow) model load
             _require_xformers(self.device)
         self.model_path = resolve_model(options.model, options.cache_dir)
+        if not os.path.isdir(self.model_path):  # a hub id: offline, it must be cached (one line, no retries)
+            check_hub_cached(self.model_path)
         self.text2image = self._load()
         self._image2image = None
 
