@@ -94,17 +94,17 @@ def test_a_method_with_a_critic_steps_checkpoints_and_resumes_it(example_plugins
     directory = str(tmp_path / "run")
     stage_plan = plan.write_plan(directory, load_experiment_data(cfg), spec.stage)
     local.fit_stage(cfg, dataclasses.replace(spec, epochs=1), str(tmp_path), directory, plan=stage_plan)
-    first = loop.load_state(runs.checkpoint_dir(directory, 0))
+    first = loop.load_state(runs.checkpoint_dir(directory, 1))
     batches = int(first["metrics"]["train_draws"] // -cfg.batch_size * -1)
     assert first["method_optimizers"]["critic"]["state"][0]["step"] == batches  # one critic step per batch
     assert first["method_modules"]["critic"]["weight"].shape == (4, first["model"]["head.weight"].shape[1])
 
-    # resumes: epoch 1 only, critic and its optimiser restored
+    # resumes: epoch 2 only, critic and its optimiser restored
     local.fit_stage(cfg, spec, str(tmp_path), directory, plan=stage_plan)
-    second = loop.load_state(runs.checkpoint_dir(directory, 1))
+    second = loop.load_state(runs.checkpoint_dir(directory, 2))
     assert second["method_optimizers"]["critic"]["state"][0]["step"] == 2 * batches
     assert not torch.equal(second["method_modules"]["critic"]["weight"], first["method_modules"]["critic"]["weight"])
-    assert [r["attempt_start_epoch"] for r in runs.read_metrics(directory)] == [0, 1]
+    assert [r["attempt_start_epoch"] for r in runs.read_metrics(directory)] == [1, 2]
 
 
 def _install_plugins(site) -> None:

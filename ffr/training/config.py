@@ -48,7 +48,8 @@ class StageOptions:
 @dataclass
 class FaultInjection:
     """For tests of failure recovery: worker ``rank`` kills its own process (``os._exit``) once, after
-    ``after_batches`` batches of epoch ``kill_at_epoch``, if ``marker`` does not exist (it creates it first).
+    ``after_batches`` batches of epoch ``kill_at_epoch`` (numbered from 1, as on the console), if ``marker``
+    does not exist (it creates it first).
     It waits ``delay_s`` first: Ray Train's controller collects reports (and so registers the previous
     epoch's checkpoint) by polling workers every 2 s, and a real failure does not strike within a second."""
 

@@ -17,6 +17,7 @@ import ffr.methods
 from ffr import backbones, runs, tracking, variants
 from ffr.datasets import DATASETS
 from ffr.errors import FFRError, unwrap_user_errors
+from ffr.groups import SOURCE_NAMES
 from ffr.runs.plots import run_artifacts
 from ffr.storage import filesystem, join, require_bucket
 from ffr.training import plan
@@ -85,11 +86,10 @@ def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, stora
     from ffr.training import ray_train
 
     tracker.start(resolved(cfg, spec))
-    group_names = data.val.spec.group_names()
+    epochs = ray_train.MLflowEpochs(tracker.uri, tracker.run_id, data.val.spec.group_names(),
+                                    training_group_names(data, spec.stage))
     try:
-        result = _train_and_evaluate(cfg, spec, data, storage_path, directory,
-                                     [*(callbacks or []), ray_train.MLflowEpochs(tracker.uri, tracker.run_id,
-                                                                                 group_names)])
+        result = _train_and_evaluate(cfg, spec, data, storage_path, directory, [*(callbacks or []), epochs])
     except BaseException:
         tracker.fail()
         raise
@@ -98,6 +98,18 @@ def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, stora
     except Exception as e:  # noqa: BLE001 - the run itself is done and written; tracking is secondary
         _log(f"[{spec.run_name}] warning: could not finish the MLflow run ({e.__class__.__name__}: {e})")
     return result
+
+
+def training_group_names(data: ExperimentData, stage: int) -> list[str]:
+    """Names of a stage's training groups, the ones its draws are counted by: (class, bias, source) for USB/ASB;
+    a stage that trains on one source only (FFR's stage 1: synthetic) says which."""
+    stage_data = data.stages[stage]
+    names = stage_data.train_spec.group_names()
+    sources = set(stage_data.train.source.tolist())
+    if stage_data.train_spec.with_source or len(sources) != 1:
+        return names
+    source = SOURCE_NAMES[sources.pop()]
+    return [f"{name}/{source}" for name in names]
 
 
 def _train_and_evaluate(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, storage_path: str,
