@@ -11,6 +11,18 @@ import sys
 
 from ffr.config import add_show_config, load_config
 
+EXAMPLES = """\
+Every trial is one ffr run under STORAGE_PATH/NAME/ (ffr report reads that folder), tracked in MLflow; ASHA
+stops weak trials early, and a trial that trains all its epochs is test-evaluated. Exits 0 when no trial
+failed, 1 when one did, 2 on a bad config (before Ray starts).
+
+examples:
+  ffr sweep --config configs/sweep-colored-digits.yaml                            # offline, CPU
+  ffr sweep --config configs/sweep-colored-digits.yaml 'methods=[erm, groupdro]' 'seeds=[0, 1]' train.epochs=4
+  ffr sweep --config configs/sweep-ablation-colored-digits.yaml train.synthetic_root=demo_out/synthetic/seed-0
+  ffr sweep --config configs/sweep-colored-digits.yaml --show-config
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="sweep config YAML (see configs/sweep-*.yaml)")

@@ -12,6 +12,15 @@ import argparse
 import json
 
 
+EXAMPLES = """\
+examples:
+  ffr d3s demo                                                    # offline, CPU: writes ./d3s_demo_out
+  ffr d3s splits s3://bucket/d3s --seed 0                         # ImageNet-9 correlated / anti-correlated views
+  ffr d3s eval --data s3://bucket/d3s --model resnet50 --model timm:vit_base_patch16_224 \\
+      --reference s3://bucket/imagenet/val --out s3://bucket/d3s-eval --gpus-per-actor 1 --actors 8
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="d3s_command", metavar="{splits,eval,demo}", required=True)
     s = sub.add_parser("splits", help="write correlated / anti-correlated Parquet views over a D3S output")
@@ -29,17 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--reference", default=None, help="ImageNet-val-layout folder for the reference accuracy")
     e.add_argument("--class-table", default="imagenet", help="'imagenet', 'data/digit_classes.tsv' or a TSV")
     e.add_argument("--review", choices=["accepted"], default=None, help="only images accepted in review")
-    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--batch-size", type=int, default=64, help="images per model call")
     e.add_argument("--actors", type=int, default=1, help="actor pool size (one per GPU on a GPU cluster)")
-    e.add_argument("--gpus-per-actor", type=float, default=0.0)
-    e.add_argument("--cpus-per-actor", type=float, default=1.0)
+    e.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (0 on a CPU machine)")
+    e.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor")
     e.add_argument("--local", action="store_true", help="run in this process without Ray")
     e.add_argument("--limit", type=int, default=None, help="first N images only (smoke runs)")
     d = sub.add_parser("demo", help="the embedded offline D3S end to end (CPU)")
-    d.add_argument("--out", default="d3s_demo_out")
+    d.add_argument("--out", default="d3s_demo_out", help="output folder (relative to where the command runs)")
     d.add_argument("--per-group", type=int, default=8, help="images per (digit, background)")
-    d.add_argument("--epochs", type=int, default=12)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--epochs", type=int, default=12, help="epochs of the plain-background classifier")
+    d.add_argument("--seed", type=int, default=0, help="seed of the images, the split views and the classifier")
     d.add_argument("--local", action="store_true", help="generate and evaluate without Ray")
 
 
