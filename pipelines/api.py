@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -161,6 +162,11 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
     names = {g: spec.group_name(g) for g in range(spec.n_groups)}
     settings = _settings(cfg, recipe)
     check_before_ray(cfg, settings)
+    from pipelines.backends import BACKENDS
+
+    note = BACKENDS.get(settings.backend).prompt_warning(recipe)
+    if note:
+        print(f"warning: {note}", file=sys.stderr, flush=True)
     identity = _identity(cfg, recipe, settings)
     check_generator(recipe, cfg.generator)
     stored = {str(g): n for g, n in sorted(targets.items())}

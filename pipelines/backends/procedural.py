@@ -85,6 +85,14 @@ class ProceduralBackend(GeneratorBackend):
         self.max_rotation = float(options.max_rotation)
         self.noise = float(options.noise)
 
+    @classmethod
+    def prompt_warning(cls, recipe) -> str | None:
+        if recipe.default_backend == cls.name:  # written for it (colored-digits): its rows carry the glyphs
+            return None
+        return (f"backend 'procedural' ignores the prompts and generator settings (steps, guidance) of recipe "
+                f"{recipe.name!r}: it draws each row's class index as a digit on a color per bias; backend "
+                "diffusers makes images of the prompts")
+
     def generate(self, rows: list[dict], init_images: list[Image.Image] | None = None) -> list[Image.Image]:
         return [self.render(row) for row in rows]
 
