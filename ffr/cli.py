@@ -48,7 +48,7 @@ def _document(parser: argparse.ArgumentParser, description: str, examples: str |
         if isinstance(action, argparse._SubParsersAction):
             helps = {a.dest: a.help for a in action._choices_actions}
             for name, sub in action.choices.items():
-                _document(sub, helps.get(name) or description, getattr(sub, "_examples", None) or examples)
+                _document(sub, helps.get(name) or description, parser.epilog)
 
 
 def _load(command: str):

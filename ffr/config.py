@@ -154,8 +154,7 @@ def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise FFRError(f"unknown config key {key!r}; {suggest(unknown[0], set(fields))} "
-                       "(--show-config lists every key)")
+        raise FFRError(f"unknown config key {key!r}; {suggest(unknown[0], set(fields))} (--show-config lists all)")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)

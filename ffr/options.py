@@ -68,13 +68,14 @@ def path_options(cls: type[Options]) -> dict[str, dict]:
             if isinstance(f.json_schema_extra, dict) and PATH in f.json_schema_extra}
 
 
-def suggest(key: str, known: list[str] | set[str] | tuple[str, ...], shown: int = 8) -> str:
+def suggest(key: str, known: list[str] | set[str] | tuple[str, ...], shown: int = 6) -> str:
     """What to say after "unknown key 'lrr'": a close match (``did you mean 'lr'?``), else a few of the known
     keys, shortened (``expected one of: a, b, … (+32 more)``)."""
     import difflib
 
     names = sorted(known)
-    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    within = [n for n in names if len(key) >= 3 and key.lower() in n.lower()]  # 'dro' → 'groupdro'
+    close = list(dict.fromkeys([*within, *difflib.get_close_matches(key, names, n=3, cutoff=0.6)]))[:3]
     if close:
         return "did you mean " + " or ".join(repr(c) for c in close) + "?"
     if len(names) <= shown:

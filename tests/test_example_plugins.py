@@ -126,7 +126,7 @@ def test_an_installed_plugin_is_found_by_name_in_the_cli_and_in_ray_train_worker
     env.pop("MLFLOW_TRACKING_URI", None)
     args = ["dataset=colored-digits", "backbone=small-cnn", "backbone_options={width: 8}", "pretrained=null",
             "image_size=16", "cache_in_memory=true", "epochs=1", "batch_size=256", f"storage_path={tmp_path / 'runs'}",
-            "max_failures=0", "mlflow.enabled=false", "variant=example-balanced-pretrain",
+            "max_failures=0", "mlflow.enabled=false", "executor=ray-train", "variant=example-balanced-pretrain",
             "method=example-group-errors", "method_hparams={boost: 9.0}"]
 
     shown = subprocess.run([sys.executable, "-m", "ffr.cli", "train", "--show-config", *args], env=env,

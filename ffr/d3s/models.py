@@ -138,6 +138,23 @@ def _checkpoint(path: str) -> LoadedClassifier:
     return LoadedClassifier(display_name(f"checkpoint:{path}"), module, transform, n)
 
 
+def resolve_spec(spec: str, base: str | None = None) -> str:
+    """A model spec with its weights path (``checkpoint:PATH``, ``timm:NAME:PATH``, ``resnet50:PATH``) made
+    absolute against ``base`` (default: where the command runs), on the driver: the evaluation actors run in
+    another working directory. Names and weight-enum names stay as they are."""
+    from ffr.storage import absolute
+
+    kind, _, rest = str(spec).partition(":")
+    if kind == "checkpoint" and rest:
+        return f"checkpoint:{absolute(rest, base)}"
+    if kind == "timm":
+        name, sep, path = rest.partition(":")
+        return f"timm:{name}:{absolute(path, base)}" if sep and path else spec
+    if rest and ("/" in rest or rest.endswith((".pt", ".pth"))):
+        return f"{kind}:{absolute(rest, base)}"
+    return spec
+
+
 def load_classifier(spec: str) -> LoadedClassifier:
     """The classifier a spec names, in eval mode on the CPU (the caller moves it)."""
     kind, _, rest = str(spec).partition(":")
