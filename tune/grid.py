@@ -15,7 +15,7 @@ from typing import Any
 from ray import tune
 
 from ffr.errors import FFRError
-from ffr.ray_session import ensure_ray
+from ffr.ray_session import ensure_ray, quiet_tune_console
 from ffr.storage import pyarrow_filesystem
 
 
@@ -57,7 +57,8 @@ def run_grid(chains: list[list[dict[str, Any]]], name: str, storage_path: str, m
         run_config=tune.RunConfig(name=name, storage_path=tune_path, storage_filesystem=pa_fs, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
-    results = tuner.fit()
+    with quiet_tune_console():
+        results = tuner.fit()
     failed = [f"{r.path.rstrip('/').rsplit('/', 1)[-1]}: {str(r.error).splitlines()[0][:160]}"
               for r in results if r.error is not None]
     if failed:

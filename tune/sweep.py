@@ -29,7 +29,7 @@ from ffr import runs, tracking
 from ffr.config import build, load_config, redact, set_dotted, to_dict
 from ffr.errors import FFRError, unwrap_user_errors, user_error
 from ffr.methods import METHODS
-from ffr.ray_session import ensure_ray
+from ffr.ray_session import ensure_ray, quiet_tune_console
 from ffr.storage import absolute, ensure_dir, filesystem, join, require_bucket
 from ffr.tracking import MLflowConfig
 from ffr.training.config import TrainConfig, parse, resolve_executor, resolve_paths
@@ -350,7 +350,8 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
                                   callbacks=[_trial_lines(base, epochs, cfg.scheduler.type)],
                                   failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),
     )
-    results = tuner.fit()
+    with quiet_tune_console():
+        results = tuner.fit()
     table = pd.DataFrame([_trial_row(r, base, epochs, uri, experiment) for r in results])
     fs, inner = filesystem(join(cfg.storage_path, cfg.name))
     ensure_dir(fs, inner)
