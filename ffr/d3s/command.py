@@ -96,19 +96,25 @@ def run(args: argparse.Namespace) -> int:
 
 def demo_text(out: str, result: dict, per_group: int) -> str:
     """What ``ffr d3s demo`` prints: where everything went, the split views' sizes and the evaluation, as
-    tables a person reads (not Python dicts or raw CSV)."""
+    tables a person reads (not Python dicts, wide markdown or raw CSV)."""
     import pandas as pd
 
-    views = pd.Series(result["splits"], name="images").rename_axis("split view (digits)")
+    views = pd.DataFrame({"split view": list(result["splits"]), "images": list(result["splits"].values())})
+    summary = pd.read_csv(io.StringIO(_read_text(f"{out}/eval", "summary.csv")))
     per_background = pd.read_csv(io.StringIO(_read_text(f"{out}/eval", "per_background.csv")))
     shown = [c for c in ("background", "n", "top1", "top5", "drop_top1") if c in per_background.columns]
+    models = []
+    for row in summary.to_dict("records"):
+        reference = (f"; on plain backgrounds {row['reference_top1']:.3f}, a drop of {row['drop_top1']:.3f}"
+                     if pd.notna(row.get("reference_top1")) else "")
+        models.append(f"{row['model']}: top-1 {row['top1']:.3f}, top-5 {row['top5']:.3f} over {row['n_images']} "
+                      f"images{reference}; worst background {row['worst_background']} ({row['worst_top1']:.3f})")
     return "\n".join([
-        f"generated {result['generation']['accepted']} images ({per_group} per digit and background): {out}/d3s",
-        f"split views: {out}/d3s/splits/digits", views.to_frame().to_string(), "",
-        _read_text(f"{out}/eval", "summary.md").rstrip(), "",
-        "per background (top-1 / top-5 accuracy; drop = reference top-1 minus this):",
+        f"generated {result['generation']['accepted']} images ({per_group} per digit and background) in {out}/d3s",
+        f"split views (in {out}/d3s/splits/digits):", views.to_string(index=False), "",
+        *models, "", "per background (accuracy; drop = plain-background top-1 minus this one):",
         per_background[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}"), "",
-        f"written under {out}: d3s/ (images, shards), d3s/splits/digits/, eval/ (predictions.parquet, "
+        f"written under {out}: d3s/ (shards, contact sheets), d3s/splits/digits/, eval/ (predictions.parquet, "
         "per_background.csv, summary.md, heatmaps/), models/"])
 
 
