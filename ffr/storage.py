@@ -56,8 +56,9 @@ def _resolve_one(value: Any, marker: dict, base: str | None) -> Any:
 
 def resolve_option_paths(cls: type[Options], values: Mapping[str, Any] | None,
                          base: str | None = None) -> dict[str, Any]:
-    """``values`` (a raw options mapping) with every path option of ``cls`` made absolute (see ``ffr.options.PathField``);
-    other keys, and values that are not mappings, are returned unchanged (validation says what is wrong)."""
+    """``values`` (a raw options mapping) with every path option of ``cls`` made absolute (see
+    ``ffr.options.PathField``); other keys, and values that are not mappings, are returned unchanged (validation
+    says what is wrong)."""
     if not isinstance(values, Mapping):
         return values  # type: ignore[return-value]
     out = dict(values)

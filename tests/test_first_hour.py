@@ -183,9 +183,8 @@ def test_refused_credentials_are_one_line_naming_their_source(user_dir, fresh_s3
 # -- config parsing ------------------------------------------------------------------------------------------
 
 def test_scalars_where_lists_go_are_one_item_lists_or_one_line(user_dir, capsys, monkeypatch):
-    from tune.sweep import parse_sweep
-
     from ffr.config import load_config
+    from tune.sweep import parse_sweep
 
     cfg = parse_sweep(load_config("configs/sweep-colored-digits.yaml", ["seeds=3", "methods=erm"]))
     assert (cfg.seeds, cfg.methods) == ([3], ["erm"])  # not [3] → TypeError, not 'e', 'r', 'm'
@@ -254,7 +253,7 @@ def test_a_backend_that_ignores_the_recipes_prompts_says_so_once(user_dir, capsy
 def test_paths_are_resolved_against_the_launch_directory(user_dir):
     from ffr.storage import absolute
     from ffr.training.config import resolve_paths
-    from pipelines.config import resolve_paths as resolve_generation_paths
+    from pipelines.api import resolve_paths as resolve_generation_paths
 
     here = str(user_dir)
     train = resolve_paths({"dataset": "folder", "dataset_options": {"root": "data/mine", "metadata": "m.csv"},

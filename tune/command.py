@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ffr.storage import join
+    from ffr.storage import absolute, join
     from ffr.tracking import ui_line
     from tune.sweep import METRIC, parse_sweep, run_sweep, tracking_uri_for
 
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     counts = table["status"].value_counts().to_dict()
     print(f"\n{len(table)} trials: {counts.get('finished', 0)} finished, {counts.get('stopped', 0)} stopped early "
           f"by {cfg.scheduler.type.upper()}, {counts.get('error', 0)} failed")
-    print(f"report: ffr report {join(cfg.storage_path, cfg.name)}")
+    print(f"report: ffr report {join(absolute(cfg.storage_path), cfg.name)}")
     print(ui_line(tracking_uri_for(cfg)))
     failed = table[table["status"] == "error"]
     if not failed.empty:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from ffr import runs, tracking
@@ -158,26 +159,23 @@ class FinishingASHA(ASHAScheduler):
         return action
 
 
-def _epoch_reports(last_epoch: int):
+class EpochReports(TuneReportCallback):
     """Tune's ``TuneReportCallback`` for every epoch but the last: the trial's own final report carries the
     last epoch's record together with the test numbers, so Tune counts one iteration per epoch (its
-    ``training_iteration`` is the epoch number, as on the console, in the results and in MLflow)."""
-    from ray.tune.integration.ray_train import TuneReportCallback
+    ``training_iteration`` is the epoch number, as on the console, in the results and in MLflow). Runs in Ray
+    Train's controller, or in the trial itself under ``executor: local`` (ffr.training.local asks ``forwards``)."""
 
-    class EpochReports(TuneReportCallback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.last_epoch = last_epoch
+    def __init__(self, last_epoch: int) -> None:
+        super().__init__()
+        self.last_epoch = last_epoch
 
-        def forwards(self, record: dict) -> bool:
-            return int(record.get("epoch", 0)) < self.last_epoch
+    def forwards(self, record: dict) -> bool:
+        return int(record.get("epoch", 0)) < self.last_epoch
 
-        def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-            if metrics and not self.forwards(metrics[0]):
-                return
-            super().after_report(run_context, metrics, checkpoint)
-
-    return EpochReports()
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        if metrics and not self.forwards(metrics[0]):
+            return
+        super().after_report(run_context, metrics, checkpoint)
 
 
 def _trainable(params: dict[str, Any], base: dict[str, Any], launch_dir: str) -> None:
@@ -188,7 +186,7 @@ def _trainable(params: dict[str, Any], base: dict[str, Any], launch_dir: str) ->
     # this trial's working directory (Tune's trial folder).
     train = resolve_paths(trial_train_config(base, params, tune.get_context().get_trial_id()), launch_dir)
     epochs = int(parse(train).epochs)
-    result = run_experiment(train, callbacks=[_epoch_reports(epochs)], log_executor=False)
+    result = run_experiment(train, callbacks=[EpochReports(epochs)], log_executor=False)
     # The last epoch's record with the test numbers, once (FinishingASHA lets it through). A restored sweep
     # re-entering a finished trial reports only this.
     directory = runs.run_dir(result["storage_path"], result["run_name"])
@@ -199,31 +197,31 @@ def _trainable(params: dict[str, Any], base: dict[str, Any], launch_dir: str) ->
                  "finished": True})
 
 
-def _trial_lines(base: dict[str, Any], epochs: int, scheduler: str):
+class TrialLines(tune.Callback):
     """One console line per trial when it starts, finishes, is stopped early or fails (Tune's own progress
     output is off): what a person watching a sweep needs, with the trial's ffr run name."""
 
-    class TrialLines(tune.Callback):
-        def _line(self, trial, what: str) -> None:
-            print(f"[sweep] {_trial_name(trial, base)}: {what}", flush=True)
+    def __init__(self, base: dict[str, Any], epochs: int, scheduler: str) -> None:
+        self.base, self.epochs, self.scheduler = base, epochs, scheduler
 
-        def on_trial_start(self, iteration, trials, trial, **info) -> None:
-            self._line(trial, "started")
+    def _line(self, trial, what: str) -> None:
+        print(f"[sweep] {_trial_name(trial, self.base)}: {what}", flush=True)
 
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            result = trial.last_result or {}
-            if result.get("finished"):
-                test = result.get("test_worst_group_acc")
-                self._line(trial, f"finished {epochs} epochs, best epoch {result.get('best_epoch')}, "
-                                  f"val WGA {result.get(METRIC, float('nan')):.3f}, test WGA {test:.3f}")
-            else:
-                self._line(trial, f"stopped early by {scheduler.upper()} after epoch "
-                                  f"{result.get('training_iteration', 0)} of {epochs}")
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._line(trial, "started")
 
-        def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            self._line(trial, "failed (its error is in the summary below)")
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result or {}
+        if result.get("finished"):
+            self._line(trial, f"finished {self.epochs} epochs, best epoch {result.get('best_epoch')}, val WGA "
+                              f"{result.get(METRIC, float('nan')):.3f}, test WGA "
+                              f"{result.get('test_worst_group_acc', float('nan')):.3f}")
+        else:
+            self._line(trial, f"stopped early by {self.scheduler.upper()} after epoch "
+                              f"{result.get('training_iteration', 0)} of {self.epochs}")
 
-    return TrialLines()
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._line(trial, "failed (its error is in the summary below)")
 
 
 def tracking_uri_for(cfg: SweepConfig) -> str | None:
@@ -347,7 +345,7 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
         # verbose=0: Tune's status tables (every 30 s), trial config boxes and TensorBoard hint made a 4-trial
         # sweep print ~220 lines; the trials' epoch lines and one line per trial event (TrialLines) remain.
         run_config=tune.RunConfig(name=cfg.name, storage_path=tune_path, storage_filesystem=pa_fs, verbose=0,
-                                  callbacks=[_trial_lines(base, epochs, cfg.scheduler.type)],
+                                  callbacks=[TrialLines(base, epochs, cfg.scheduler.type)],
                                   failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),
     )
     with quiet_tune_console():

@@ -13,7 +13,6 @@ import io
 import json
 import os
 
-
 EXAMPLES = """\
 examples:
   ffr d3s demo                                                    # offline, CPU: writes ./d3s_demo_out

@@ -44,10 +44,12 @@ class LocalSession(Session):
         for callback in self.callbacks:
             if _is_tune_report(callback):
                 # TuneReportCallback hands records to the trial through a queue that the trial's own
-                # thread must not feed; here the trial process *is* the trainer, so report directly.
+                # thread must not feed; here the trial process *is* the trainer, so report directly — the
+                # records it forwards (a sweep holds the last epoch's back for its final report).
                 from ray import tune
 
-                tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+                if getattr(callback, "forwards", lambda record: True)(metrics):
+                    tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
             else:  # as Ray Train's controller would, with rank 0's record
                 callback.after_report(None, [metrics], None)
 

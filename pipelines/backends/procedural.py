@@ -66,8 +66,8 @@ def _rgb(value: Any, fallback: tuple[int, int, int]) -> np.ndarray:
 
 
 class ProceduralOptions(Options):
-    fonts: list[str] | None = PathField(None, keep=("default",), description="font files (.ttf/.otf) or 'default'; None = Pillow's "
-                                                      "default font plus the DejaVu faces found")
+    fonts: list[str] | None = PathField(None, keep=("default",), description="font files (.ttf/.otf) or 'default'; "
+                                        "None = Pillow's default font plus the DejaVu faces found")
     max_rotation: float = Field(18.0, ge=0, le=180, description="largest random rotation, in degrees")
     noise: float = Field(4.0, ge=0, description="std of the pixel noise added to 'print' glyphs")
 
