@@ -212,3 +212,16 @@ def test_sweep_exits_1_naming_the_trials_that_failed(ray_cluster, tmp_path, caps
     assert "colored-digits-none-erm-s1-" in summary and "batch_size = 0" in summary
     table = pd.read_csv(tmp_path / "colored-digits-stage2" / "sweep_results.csv")
     assert list(table["status"]) == ["error", "error"]
+
+
+def test_a_finished_trial_whose_run_is_elsewhere_is_an_error_not_stopped(tmp_path):
+    """Before paths were resolved on the driver, a trial with a relative storage_path trained into Tune's trial
+    folder and the sweep called it "stopped early by ASHA" with no test number; now that is an error row."""
+    from tune.sweep import _trial_row
+
+    base = {"dataset": "colored-digits", "storage_path": str(tmp_path / "sweep")}
+    result = SimpleNamespace(config={"method": "erm", "seed": 0, "train": {}}, error=None,
+                             metrics={METRIC: 0.5, "finished": True}, path=str(tmp_path / "tune-abc_00001"))
+    row = _trial_row(result, base, 2, None, "sweep")
+    assert row["status"] == "error" and "holds no ffr_result.json" in row["error"], row
+    assert not (tmp_path / "sweep").exists()  # no stopped.json written anywhere

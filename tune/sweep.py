@@ -253,7 +253,13 @@ def _trial_row(result, base: dict[str, Any], epochs: int, uri: str | None, exper
     record = runs.read_run(directory) if directory else None
     finished = record is not None and record.finished
     epochs_run = len({r.get("epoch") for r in record.metrics if r.get("stage") == 2}) if record else 0
-    if result.error is not None:
+    lost = None
+    if result.error is None and not finished and metrics.get("finished"):
+        # The trial trained and tested its run, but the run is not where the sweep keeps it: written elsewhere
+        # (e.g. a path resolved in the trial's own working directory). Never report that as stopped.
+        lost = (f"trial finished, but its run directory {directory!r} holds no {runs.RESULT}; its run was "
+                "written somewhere else")
+    if result.error is not None or lost:
         status = "error"
     elif finished:
         status = "finished"
@@ -271,7 +277,7 @@ def _trial_row(result, base: dict[str, Any], epochs: int, uri: str | None, exper
             METRIC: (result_file or {}).get("best_val_worst_group_acc", metrics.get(METRIC)),
             "test_worst_group_acc": ((result_file or {}).get("test") or {}).get("worst_group_acc"),
             "epochs_run": epochs_run,
-            "error": None if result.error is None else _error_line(result.error),
+            "error": lost if result.error is None else _error_line(result.error),
             "user_error": result.error is not None and user_error(result.error) is not None}
 
 
