@@ -197,11 +197,6 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
     names = {g: spec.group_name(g) for g in range(spec.n_groups)}
     settings = _settings(cfg, recipe)
     check_before_ray(cfg, settings)
-    from pipelines.backends import BACKENDS
-
-    note = BACKENDS.get(settings.backend).prompt_warning(recipe)
-    if note:
-        print(f"warning: {note}", file=sys.stderr, flush=True)
     identity = _identity(cfg, recipe, settings)
     check_generator(recipe, cfg.generator)
     stored = {str(g): n for g, n in sorted(targets.items())}
@@ -219,6 +214,11 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
             write_info(cfg.output, info)
     else:  # manifest.json appears with the first round's shards
         info = {**new_info(recipe.name, identity), "targets": stored}
+    from pipelines.backends import BACKENDS
+
+    note = BACKENDS.get(settings.backend).prompt_warning(recipe)  # after every check: a bad config says one line
+    if note:
+        print(f"warning: {note}", file=sys.stderr, flush=True)
     recipe.prepare(cfg)  # e.g. D3S background templates, generated once beside the output
     write_groups(cfg.output, spec)
     write_json(cfg.output, "config.json", json.loads(dump_config(cfg)))  # secrets redacted
