@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ffr.errors import user_error
@@ -61,7 +62,14 @@ def _load(command: str):
         raise
 
 
+# ffr's own console lines start with "[<run name>] " ("[sweep] ", "[demo] "). Ray deduplicates lines from its
+# workers that differ only in words holding digits, which every run name and metric does: it held back trial
+# epoch lines (some were never printed). Never deduplicate ours; read by Ray when it is imported, so set here.
+NEVER_DEDUPLICATE = r"^\[[A-Za-z][^\]]*\] |__ray_testing_never_deduplicate__"
+
+
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", NEVER_DEDUPLICATE)
     parser = argparse.ArgumentParser(
         prog="ffr", description="Balanced synthetic data from diffusion models, and FFR two-stage training, on Ray.",
         epilog="'ffr COMMAND --help' describes a command, with examples. Start with: ffr demo (README.md).")
