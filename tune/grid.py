@@ -46,6 +46,10 @@ def run_grid(chains: list[list[dict[str, Any]]], name: str, storage_path: str, m
     """Run every chain as one Tune trial, ``max_concurrent`` at a time; raises FFRError naming failed trials."""
     if not chains or not all(chains):
         raise FFRError("a grid needs at least one chain, and every chain at least one training config")
+    from ffr.training.config import resolve_paths
+
+    # Paths against the directory the grid was started in, here: each trial runs in its own trial folder.
+    chains = [[resolve_paths(config) for config in chain] for chain in chains]
     _create_tracking_stores([config for chain in chains for config in chain])
     ensure_ray()
     pa_fs, tune_path = pyarrow_filesystem(storage_path)
