@@ -40,12 +40,16 @@ def _one_line(capsys, rc: int, *needles: str) -> str:
 
 
 def _no_ray(monkeypatch) -> None:
+    """Fail the test if the code under test starts Ray. The sweep module binds ensure_ray when it is imported:
+    it is imported here first (so it never keeps the refusing stand-in) and patched where it looks it up."""
     import ffr.ray_session
+    import tune.sweep
 
     def refuse() -> None:
         raise AssertionError("Ray was started before the input was checked")
 
-    monkeypatch.setattr(ffr.ray_session, "ensure_ray", refuse)
+    for module in (ffr.ray_session, tune.sweep):
+        monkeypatch.setattr(module, "ensure_ray", refuse)
 
 
 @pytest.fixture()
