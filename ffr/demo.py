@@ -167,6 +167,7 @@ def run_demo(out: str, bias_ratio: float = 0.95, seeds: tuple[int, ...] = (0,), 
     started = time.perf_counter()
     out = out if "://" in out else os.path.abspath(out)
     runs_root = join(out, "runs")
+    ensure_dir(*filesystem(out))  # S3 credentials and the bucket, in one line, before Ray starts
     ensure_ray()
     configs: dict[tuple[int, str, str], dict] = {}
     for seed in seeds:
@@ -222,14 +223,26 @@ def _ints(text: str) -> tuple[int, ...]:
         raise FFRError(f"--seeds {text!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
 
 
+EXAMPLES = """\
+Generates the synthetic side (procedural digits, Ray Data), trains variants none / USB / ASB / FFR × ERM /
+GroupDRO as Ray Tune trials, and writes --out/report/ (grid.md, report.md, plots). Offline, CPU only; a rerun
+resumes (finished runs are not trained again).
+
+examples:
+  ffr demo                                   # one seed, about 3 minutes on 2 cores → demo_out/
+  ffr demo --seeds 0,1,2,3,4                 # the README's table (make demo-seeds), about 10 minutes
+  ffr demo --variants none,ffr --methods erm --epochs 2 --stage1-epochs 4 --out /tmp/quick
+"""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (local path or s3://)")
-    p.add_argument("--bias-ratio", type=float, default=0.95)
+    p.add_argument("--bias-ratio", type=float, default=0.95, help="share of each class's majority color kept")
     p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2,3,4 (the paper-style table)")
     p.add_argument("--epochs", type=int, default=8, help="stage-2 (and single-stage) epochs")
     p.add_argument("--stage1-epochs", type=int, default=30, help="FFR stage-1 epochs on synthetic data")
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated data variants")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated stage-2 methods")
     p.add_argument("--max-concurrent", type=int, default=max(1, math.floor(os.cpu_count() or 1)),
                    help="grid trials trained side by side (one CPU each)")
 

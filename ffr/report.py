@@ -365,6 +365,17 @@ def write_report(records: list[RunRecord], paths: list[str], out: str) -> list[s
 # --- CLI --------------------------------------------------------------------------------------------------
 
 
+EXAMPLES = """\
+Per dataset: the paper table (method × variant, test worst-group accuracy mean ± std over seeds, n), then one
+row per run and its settings. Runs that differ only in their seed are averaged; nothing else is.
+
+examples:
+  ffr report runs                                    # every run under ./runs (train's default storage_path)
+  ffr report runs/sweeps/colored-digits-stage2 --out report/
+  ffr report demo_out/runs s3://my-bucket/runs --out s3://my-bucket/report
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="RUNS_ROOT",
                         help="run directories or folders holding them (searched recursively; local or s3://)")

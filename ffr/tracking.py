@@ -121,16 +121,21 @@ def metric_key(name: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^A-Za-z0-9_\-.:/ ]", "_", name)).strip()
 
 
-def epoch_metrics(record: dict, group_names: list[str]) -> dict[str, float]:
-    """One epoch's record (ffr.training.stage) → MLflow metrics; ``val_acc_group_3`` becomes ``val_acc/<name>``."""
+def epoch_metrics(record: dict, group_names: list[str], train_group_names: list[str] | None = None
+                  ) -> dict[str, float]:
+    """One epoch's record (ffr.training.stage) → MLflow metrics, each per-group one keyed by the groups it is
+    about: ``val_acc_group_3`` by the (real) validation groups (``val_acc/<name>``), ``train_draws_group_5`` by
+    the stage's *training* groups (``train_draws/<class>/<bias>/<source>``: USB/ASB train on 8 (class, bias,
+    source) groups, FFR's stage 1 on synthetic images only), ``train_group_names`` (default: ``group_names``)."""
+    names = {"val_acc": group_names, "train_draws": group_names if train_group_names is None else train_group_names}
     out = {}
     for key, value in record.items():
         if key in ("stage", "epoch", "attempt_start_epoch") or not isinstance(value, (int, float)):
             continue
         match = re.fullmatch(r"(val_acc|train_draws)_group_(\d+)", key)
         if match:
-            g = int(match.group(2))
-            key = f"{match.group(1)}/{metric_key(group_names[g]) if g < len(group_names) else f'group {g}'}"
+            kind, g = match.group(1), int(match.group(2))
+            key = f"{kind}/{metric_key(names[kind][g]) if g < len(names[kind]) else f'group {g}'}"
         out[key] = float(value)
     return out
 

@@ -81,7 +81,7 @@ def test_bad_backbone_requests_are_clear_errors(tmp_path):
     with pytest.raises(FFRError, match="backbone 'small-cnn' has no ImageNet weights; expected pretrained: null"):
         create_backbone("small-cnn", 2, pretrained="imagenet")
     with pytest.raises(FFRError, match=r"unknown option 'backbone_options.depth' of backbone 'small-cnn'; "
-                                       r"expected one of: width"):
+                                       r"did you mean 'width'\?"):
         create_backbone("small-cnn", 2, depth=9)
     with pytest.raises(FFRError, match=r"option 'backbone_options.width' of backbone 'small-cnn' = 0"):
         create_backbone("small-cnn", 2, width=0)

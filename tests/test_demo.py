@@ -21,7 +21,7 @@ def test_local_executor_keeps_best_and_latest_and_resumes(tmp_path):
     directory = runs.run_dir(str(tmp_path), result["run_name"])
     epochs = runs.saved_epochs(directory)
     assert result["checkpoint"] == runs.checkpoint_dir(directory, result["best_epoch"])
-    assert set(epochs) == {result["best_epoch"], 2}  # keep_checkpoints=1: the best, plus the latest
+    assert set(epochs) == {result["best_epoch"], 3}  # keep_checkpoints=1: the best, plus the latest (epoch 3 of 3)
     assert ray.is_initialized() == ray_was_up  # no Ray needed
 
     # An interrupted run: no result, and its last epoch's checkpoint lost. Rerunning redoes only what is missing.
@@ -32,8 +32,8 @@ def test_local_executor_keeps_best_and_latest_and_resumes(tmp_path):
 
         shutil.rmtree(runs.checkpoint_dir(directory, epochs[-1]))
     again = run_experiment(cfg)
-    assert [r["epoch"] for r in runs.read_metrics(directory)] == [0, 1, 2]
-    assert again["best_val_worst_group_acc"] >= 0 and runs.saved_epochs(directory)[-1] == 2
+    assert [r["epoch"] for r in runs.read_metrics(directory)] == [1, 2, 3]
+    assert again["best_val_worst_group_acc"] >= 0 and runs.saved_epochs(directory)[-1] == 3
 
 
 def test_grid_table_and_paired_comparison_report_what_exceeds_the_seed_spread():

@@ -95,7 +95,7 @@ def test_a_run_lists_and_indexes_its_s3_data_once(ray_cluster, s3_bucket, s3_req
     synthetic = _generate(f"{s3_bucket}/synthetic")
     bucket = s3_bucket.removeprefix("s3://")
     config = {**TINY, "variant": "usb", "method": "jtt", "method_hparams": {"identification_epochs": 1},
-              "synthetic_root": synthetic, "storage_path": str(tmp_path / "runs")}
+              "synthetic_root": synthetic, "storage_path": str(tmp_path / "runs"), "executor": "ray-train"}
     s3_requests.clear()
     result = run_experiment(config)
     whole_run = _counts(s3_requests, bucket)

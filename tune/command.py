@@ -12,6 +12,18 @@ import sys
 from ffr.config import add_show_config, load_config
 from ffr.cost import add_dry_run_arguments
 
+EXAMPLES = """\
+Every trial is one ffr run under STORAGE_PATH/NAME/ (ffr report reads that folder), tracked in MLflow; ASHA
+stops weak trials early, and a trial that trains all its epochs is test-evaluated. Exits 0 when no trial
+failed, 1 when one did, 2 on a bad config (before Ray starts).
+
+examples:
+  ffr sweep --config configs/sweep-colored-digits.yaml                            # offline, CPU
+  ffr sweep --config configs/sweep-colored-digits.yaml 'methods=[erm, groupdro]' 'seeds=[0, 1]' train.epochs=4
+  ffr sweep --config configs/sweep-ablation-colored-digits.yaml train.synthetic_root=demo_out/synthetic/seed-0
+  ffr sweep --config configs/sweep-colored-digits.yaml --show-config
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="sweep config YAML (see configs/sweep-*.yaml)")
@@ -21,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ffr.storage import join
+    from ffr.storage import absolute, join
     from ffr.tracking import ui_line
     from tune.sweep import METRIC, parse_sweep, run_sweep, tracking_uri_for
 
@@ -60,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     counts = table["status"].value_counts().to_dict()
     print(f"\n{len(table)} trials: {counts.get('finished', 0)} finished, {counts.get('stopped', 0)} stopped early "
           f"by {cfg.scheduler.type.upper()}, {counts.get('error', 0)} failed")
-    print(f"report: ffr report {join(cfg.storage_path, cfg.name)}")
+    print(f"report: ffr report {join(absolute(cfg.storage_path), cfg.name)}")
     print(ui_line(tracking_uri_for(cfg)))
     failed = table[table["status"] == "error"]
     if not failed.empty:

@@ -17,21 +17,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from ffr import runs, tracking
 from ffr.config import build, load_config, redact, set_dotted, to_dict
 from ffr.errors import FFRError, unwrap_user_errors, user_error
 from ffr.methods import METHODS
-from ffr.ray_session import ensure_ray
-from ffr.storage import ensure_dir, filesystem, join, require_bucket
+from ffr.ray_session import ensure_ray, quiet_tune_console
+from ffr.storage import absolute, ensure_dir, filesystem, join, require_bucket
 from ffr.tracking import MLflowConfig
-from ffr.training.config import TrainConfig, parse
+from ffr.training.config import TrainConfig, parse, resolve_executor, resolve_paths
 from tune.spaces import method_space, to_domain
 
 METRIC = "val_worst_group_acc"
@@ -67,6 +69,11 @@ def parse_sweep(config: SweepConfig | dict) -> SweepConfig:
     cfg = config if isinstance(config, SweepConfig) else build(SweepConfig, dict(config))
     for m in cfg.methods:
         METHODS.get(m)
+    if not isinstance(cfg.search, dict):
+        raise FFRError(f"config key 'search' = {cfg.search!r}; expected a mapping of training-config key → "
+                       "[kind, ...]")
+    for key, space in cfg.search.items():  # the kinds, before Ray starts (Tune would find them after)
+        to_domain(space, key)
     if not cfg.methods or not cfg.seeds:
         raise FFRError("a sweep needs at least one method and one seed")
     if cfg.scheduler.type not in ("asha", "fifo"):
@@ -175,17 +182,69 @@ class FinishingASHA(ASHAScheduler):
         return action
 
 
-def _trainable(params: dict[str, Any], base: dict[str, Any]) -> None:
-    from ray.tune.integration.ray_train import TuneReportCallback
+class EpochReports(TuneReportCallback):
+    """Tune's ``TuneReportCallback`` for every epoch but the last: the trial's own final report carries the
+    last epoch's record together with the test numbers, so Tune counts one iteration per epoch (its
+    ``training_iteration`` is the epoch number, as on the console, in the results and in MLflow). Runs in Ray
+    Train's controller, or in the trial itself under ``executor: local`` (ffr.training.local asks ``forwards``)."""
 
+    def __init__(self, last_epoch: int) -> None:
+        super().__init__()
+        self.last_epoch = last_epoch
+
+    def forwards(self, record: dict) -> bool:
+        return int(record.get("epoch", 0)) < self.last_epoch
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        if metrics and not self.forwards(metrics[0]):
+            return
+        super().after_report(run_context, metrics, checkpoint)
+
+
+def _trainable(params: dict[str, Any], base: dict[str, Any], launch_dir: str) -> None:
     from ffr.training import run_experiment
+    from ffr.training.config import resolve_paths
 
-    train = trial_train_config(base, params, tune.get_context().get_trial_id())
-    result = run_experiment(train, callbacks=[TuneReportCallback()])
-    # The test numbers, once, after the last epoch (FinishingASHA lets this report through). A restored
-    # sweep re-entering a finished trial reports only this.
-    tune.report({METRIC: result["best_val_worst_group_acc"], "best_epoch": result.get("best_epoch") or 0,
-                 "test_worst_group_acc": result["test"]["worst_group_acc"], "finished": True})
+    # A sampled path (search over synthetic_root, ...) is relative to where `ffr sweep` was started, not to
+    # this trial's working directory (Tune's trial folder).
+    train = resolve_paths(trial_train_config(base, params, tune.get_context().get_trial_id()), launch_dir)
+    epochs = int(parse(train).epochs)
+    result = run_experiment(train, callbacks=[EpochReports(epochs)], log_executor=False)
+    # The last epoch's record with the test numbers, once (FinishingASHA lets it through). A restored sweep
+    # re-entering a finished trial reports only this.
+    directory = runs.run_dir(result["storage_path"], result["run_name"])
+    last = next((r for r in reversed(runs.read_metrics(directory)) if r.get("stage") == result["stage"]), {})
+    record = {k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tune.report({**record, "last_val_worst_group_acc": record.get(METRIC), METRIC: result["best_val_worst_group_acc"],
+                 "best_epoch": result.get("best_epoch") or 0, "test_worst_group_acc": result["test"]["worst_group_acc"],
+                 "finished": True})
+
+
+class TrialLines(tune.Callback):
+    """One console line per trial when it starts, finishes, is stopped early or fails (Tune's own progress
+    output is off): what a person watching a sweep needs, with the trial's ffr run name."""
+
+    def __init__(self, base: dict[str, Any], epochs: int, scheduler: str) -> None:
+        self.base, self.epochs, self.scheduler = base, epochs, scheduler
+
+    def _line(self, trial, what: str) -> None:
+        print(f"[sweep] {_trial_name(trial, self.base)}: {what}", flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._line(trial, "started")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result or {}
+        if result.get("finished"):
+            self._line(trial, f"finished {self.epochs} epochs, best epoch {result.get('best_epoch')}, val WGA "
+                              f"{result.get(METRIC, float('nan')):.3f}, test WGA "
+                              f"{result.get('test_worst_group_acc', float('nan')):.3f}")
+        else:
+            self._line(trial, f"stopped early by {self.scheduler.upper()} after epoch "
+                              f"{result.get('training_iteration', 0)} of {self.epochs}")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._line(trial, "failed (its error is in the summary below)")
 
 
 def tracking_uri_for(cfg: SweepConfig) -> str | None:
@@ -217,7 +276,13 @@ def _trial_row(result, base: dict[str, Any], epochs: int, uri: str | None, exper
     record = runs.read_run(directory) if directory else None
     finished = record is not None and record.finished
     epochs_run = len({r.get("epoch") for r in record.metrics if r.get("stage") == 2}) if record else 0
-    if result.error is not None:
+    lost = None
+    if result.error is None and not finished and metrics.get("finished"):
+        # The trial trained and tested its run, but the run is not where the sweep keeps it: written elsewhere
+        # (e.g. a path resolved in the trial's own working directory). Never report that as stopped.
+        lost = (f"trial finished, but its run directory {directory!r} holds no {runs.RESULT}; its run was "
+                "written somewhere else")
+    if result.error is not None or lost:
         status = "error"
     elif finished:
         status = "finished"
@@ -235,7 +300,7 @@ def _trial_row(result, base: dict[str, Any], epochs: int, uri: str | None, exper
             METRIC: (result_file or {}).get("best_val_worst_group_acc", metrics.get(METRIC)),
             "test_worst_group_acc": ((result_file or {}).get("test") or {}).get("worst_group_acc"),
             "epochs_run": epochs_run,
-            "error": None if result.error is None else _error_line(result.error),
+            "error": lost if result.error is None else _error_line(result.error),
             "user_error": result.error is not None and user_error(result.error) is not None}
 
 
@@ -268,13 +333,24 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
     from ffr.training.experiment import check_weights
 
     cfg = parse_sweep(config)
-    base = base_train_config(cfg)
+    # Every path against the directory the sweep was started in, once, here: trials run in Tune's trial folders.
+    launch_dir = os.getcwd()
+    cfg = dataclasses.replace(cfg, storage_path=absolute(cfg.storage_path),
+                              train_config=absolute(cfg.train_config))
+    base = resolve_paths(base_train_config(cfg))
     check_weights(parse(base))  # unreachable pretrained weights stop the sweep before Ray starts
     epochs = int(parse(base).epochs)
+    chosen = None
+    if parse(base).executor == "auto" and not {"executor", "num_workers", "use_gpu"} & set(cfg.search):
+        executor, why = resolve_executor(parse(base))
+        base["executor"] = executor  # chosen once for every trial, and said once (after the checks)
+        chosen = f"executor: {executor} for every trial ({why})"
     check_scheduler(cfg, epochs)
     fs, inner = filesystem(cfg.storage_path)
     require_bucket(fs, inner)  # before Ray: Tune's storage layer would create a missing bucket
     _check_inputs(parse(base), cfg.seeds)
+    if chosen:
+        print(chosen, flush=True)
     uri = tracking_uri_for(cfg)
     experiment = cfg.mlflow.experiment_name or cfg.name
     base["mlflow"] = {"enabled": uri is not None, "tracking_uri": uri, "experiment_name": experiment,
@@ -292,16 +368,20 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
 
     pa_fs, tune_path = pyarrow_filesystem(cfg.storage_path)
     tuner = tune.Tuner(
-        tune.with_parameters(_trainable, base=base),
+        tune.with_parameters(_trainable, base=base, launch_dir=launch_dir),
         param_space=param_space(cfg),
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, num_samples=cfg.num_samples,
                                     max_concurrent_trials=cfg.max_concurrent_trials,
                                     trial_name_creator=lambda trial: _trial_name(trial, base),
                                     trial_dirname_creator=lambda trial: f"{TRIAL_PREFIX}{trial.trial_id}"),
-        run_config=tune.RunConfig(name=cfg.name, storage_path=tune_path, storage_filesystem=pa_fs,
+        # verbose=0: Tune's status tables (every 30 s), trial config boxes and TensorBoard hint made a 4-trial
+        # sweep print ~220 lines; the trials' epoch lines and one line per trial event (TrialLines) remain.
+        run_config=tune.RunConfig(name=cfg.name, storage_path=tune_path, storage_filesystem=pa_fs, verbose=0,
+                                  callbacks=[TrialLines(base, epochs, cfg.scheduler.type)],
                                   failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),
     )
-    results = tuner.fit()
+    with quiet_tune_console():
+        results = tuner.fit()
     table = pd.DataFrame([_trial_row(r, base, epochs, uri, experiment) for r in results])
     fs, inner = filesystem(join(cfg.storage_path, cfg.name))
     ensure_dir(fs, inner)

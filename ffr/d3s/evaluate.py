@@ -52,6 +52,7 @@ class EvalConfig:
     num_gpus_per_actor: float = 0.0
     num_cpus_per_actor: float = 1.0
     local: bool = False  # run the same Predictor in this process, without Ray
+    verbose: bool = False  # Ray Data's execution banners and progress bars (off: ffr prints its own tables)
     limit: int | None = None  # first N plan rows (smoke runs)
     # CLIP zero-shot prompts, one text embedding per class averaged over them; {class} = the class table's name
     clip_templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
@@ -121,6 +122,7 @@ def _predict_ray(plan: pd.DataFrame, spec: str, cfg: EvalConfig) -> pd.DataFrame
 
     from ffr.d3s.predict import Predictor
     from ffr.ray_session import ensure_ray
+    from pipelines.job import ray_data_console
 
     ensure_ray()
     # blocks of a few batches each, in tar order: the pool streams through the plan, bounded in memory
@@ -131,12 +133,13 @@ def _predict_ray(plan: pd.DataFrame, spec: str, cfg: EvalConfig) -> pd.DataFrame
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
         num_gpus=cfg.num_gpus_per_actor, num_cpus=cfg.num_cpus_per_actor)
     parts = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):  # streamed; only small arrays return
-        if not parts:
-            first = (time.perf_counter(), len(batch["id"]))
-        parts.append(pd.DataFrame({"id": batch["id"], "model": batch["model"], "y": batch["y"].astype(np.int64),
-                                   "background": batch["background"], "top5": list(batch["top5"]),
-                                   "top5_scores": list(batch["top5_scores"])}))
+    with ray_data_console(cfg.verbose):
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):  # streamed; only small arrays return
+            if not parts:
+                first = (time.perf_counter(), len(batch["id"]))
+            parts.append(pd.DataFrame({"id": batch["id"], "model": batch["model"],
+                                       "y": batch["y"].astype(np.int64), "background": batch["background"],
+                                       "top5": list(batch["top5"]), "top5_scores": list(batch["top5_scores"])}))
     span = time.perf_counter() - first[0]
     out = pd.concat(parts, ignore_index=True)
     # after the pool is up and the first batch is back: the rate a long run settles at

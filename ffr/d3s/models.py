@@ -259,6 +259,25 @@ def list_families() -> str:
     return "\n".join(f"{n.ljust(width[0])}  {s.ljust(width[1])}  {d}" for n, s, d in rows)
 
 
+def resolve_spec(spec: str, base: str | None = None) -> str:
+    """A model spec with its weights path (``checkpoint:PATH``, ``timm:NAME:PATH``, ``resnet50:PATH``) made
+    absolute against ``base`` (default: where the command runs), on the driver: the evaluation actors run in
+    another working directory. Names and weight-enum names stay as they are."""
+    from ffr.storage import absolute
+
+    kind, _, rest = str(spec).partition(":")
+    if kind == "checkpoint" and rest:
+        return f"checkpoint:{absolute(rest, base)}"
+    if kind == "clip":  # a hub id (org/name) stays; a local directory is made absolute
+        return f"clip:{absolute(rest, base)}" if rest and os.path.isdir(absolute(rest, base)) else spec
+    if kind == "timm":
+        name, sep, path = rest.partition(":")
+        return f"timm:{name}:{absolute(path, base)}" if sep and path else spec
+    if rest and ("/" in rest or rest.endswith((".pt", ".pth"))):
+        return f"{kind}:{absolute(rest, base)}"
+    return spec
+
+
 def load_classifier(spec: str, class_names: tuple[str, ...] = (),
                     templates: tuple[str, ...] = ()) -> LoadedClassifier:
     """The classifier a spec names, in eval mode on the CPU (the caller moves it). ``class_names`` (the class

@@ -17,7 +17,7 @@ import pandas as pd
 from ffr.datasets.base import GroupedSplit, ReferenceCounts, reader
 from ffr.datasets.synthetic import ShardImages
 from ffr.groups import SYNTHETIC, GroupSpec
-from ffr.options import Field, Options
+from ffr.options import Field, Options, PathField
 from ffr.shards import ShardReader
 
 
@@ -27,7 +27,7 @@ def _table(view: pd.DataFrame) -> pd.DataFrame:
 
 
 class D3SShiftOptions(Options):
-    root: str = Field(description="a D3S generation output (local or s3://)")
+    root: str = PathField(description="a D3S generation output (local or s3://)")
     split: str = Field(description="the split views' name under root/splits/ (ffr d3s splits --name)")
     bias_ratio: float | None = Field(None, description="ignored: the views fix the correlation")
     seed: int = Field(0, ge=0, strict=True, description="seed of the val/test split of the anti-correlated view")

@@ -124,7 +124,7 @@ class ImageLoader:
 class ReaderOptions(options.Options):
     """What every real-world reader takes; validated before any storage is touched."""
 
-    root: str = options.Field(description="the dataset's directory: a local path or an s3:// prefix")
+    root: str = options.PathField(description="the dataset's directory: a local path or an s3:// prefix")
     bias_ratio: float | None = options.Field(
         None, gt=0.5, lt=1.0, description="share of each class's majority bias kept in train and val (FFR's "
                                           "downsampling; null keeps the data as found)")

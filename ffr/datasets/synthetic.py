@@ -17,7 +17,7 @@ from ffr.datasets.reviewed import filter_reviewed
 from ffr.datasets.splitting import random_split
 from ffr.errors import FFRError
 from ffr.groups import SYNTHETIC
-from ffr.options import Field, Options, group_keyed
+from ffr.options import Field, Options, PathField, group_keyed
 from ffr.shards import ShardReader
 from ffr.storage import filesystem, join
 
@@ -91,7 +91,7 @@ class ShardImages:
 
 
 class SyntheticOptions(Options):
-    root: str = Field(description="a generation output (local or s3://)")
+    root: str = PathField(description="a generation output (local or s3://)")
     bias_ratio: float | None = Field(None, description="ignored: synthetic data is selected per group")
     seed: int = Field(0, ge=0, strict=True, description="seed of the per-group selection and of the split")
     counts: dict[str | tuple[int, int], int] | None = Field(

@@ -1,4 +1,4 @@
-"""Two-stage FFR training on Ray Train.
+"""Two-stage FFR training, in this process or on Ray Train.
 
 Core (no Ray): ``config`` (typed config), ``sampling`` (DDP-correct resampling), ``loop`` (one epoch,
 prediction, features), ``stage`` (one run, epoch by epoch), ``evaluation`` (final metrics, the method's
@@ -12,13 +12,14 @@ from __future__ import annotations
 from ffr.training.config import TrainConfig
 
 
-def run_experiment(config: TrainConfig | dict, callbacks: list | None = None) -> dict:
+def run_experiment(config: TrainConfig | dict, callbacks: list | None = None, log_executor: bool = True) -> dict:
     """Run every stage of one experiment (see :mod:`ffr.training.experiment`); returns the final result.
 
-    ``callbacks``: Ray Train ``UserCallback`` objects for the stage-2 run (e.g. Tune's TuneReportCallback)."""
+    ``callbacks``: Ray Train ``UserCallback`` objects for the stage-2 run (e.g. Tune's TuneReportCallback);
+    ``log_executor``: print the executor ``executor: auto`` chose."""
     from ffr.training.experiment import run_experiment as _run
 
-    return _run(config, callbacks)
+    return _run(config, callbacks, log_executor=log_executor)
 
 
 __all__ = ["TrainConfig", "run_experiment"]

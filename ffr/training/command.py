@@ -9,6 +9,19 @@ from ffr.config import add_show_config, build, format_config, load_config
 from ffr.cost import add_dry_run_arguments
 from ffr.training.config import TrainConfig, option_rows
 
+EXAMPLES = """\
+Trains every stage of one experiment (FFR: stage 1 on balanced synthetic images, then stage 2 on the real,
+biased set) and tests the best checkpoint by validation worst-group accuracy. Paths are relative to where the
+command runs; rerunning the same command resumes, or reports a finished run. executor: auto (the default)
+trains in this process when the run has one CPU worker and no GPU, on Ray Train otherwise.
+
+examples:
+  ffr train --config configs/train-colored-digits-none.yaml                 # offline, CPU, about a minute
+  ffr train --config configs/train-colored-digits-ffr.yaml method=groupdro seed=1
+  ffr train --config configs/train-waterbirds-ffr.yaml num_workers=8 use_gpu=true executor=ray-train
+  ffr train --config configs/train-colored-digits-none.yaml --show-config   # every key: default, value
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML training config (see configs/train-*.yaml)")

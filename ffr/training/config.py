@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
 OPTIMIZERS = ("adam", "sgd")
 BAD_IMAGE_POLICIES = ("fail", "skip")
-EXECUTORS = ("ray-train", "local")  # local: in this process, no Ray Train start-up (ffr/training/local.py)
+# auto: local when the run has one CPU worker and no GPU, else ray-train (resolve_executor);
+# local: in this process, no Ray Train start-up (ffr/training/local.py)
+EXECUTORS = ("auto", "ray-train", "local")
 
 
 @dataclass
@@ -53,7 +55,8 @@ class StageOptions:
 @dataclass
 class FaultInjection:
     """For tests of failure recovery: worker ``rank`` kills its own process (``os._exit``) once, after
-    ``after_batches`` batches of epoch ``kill_at_epoch``, if ``marker`` does not exist (it creates it first).
+    ``after_batches`` batches of epoch ``kill_at_epoch`` (numbered from 1, as on the console), if ``marker``
+    does not exist (it creates it first).
     It waits ``delay_s`` first: Ray Train's controller collects reports (and so registers the previous
     epoch's checkpoint) by polling workers every 2 s, and a real failure does not strike within a second."""
 
@@ -98,7 +101,9 @@ class TrainConfig:
     # stage 2 starts from: a checkpoint dir, a run dir, or "best:<sweep dir>" (best stage-1 run by mean val WGA)
     init_checkpoint: str | None = None
     # execution
-    executor: str = "ray-train"  # or "local": train in the calling process (one worker; small runs, Tune trials)
+    # "auto": in this process (local) for one CPU worker without a GPU, else Ray Train; "ray-train" or "local"
+    # (train in the calling process: one worker; small runs, Tune trials) force one
+    executor: str = "auto"
     storage_path: str = "runs"  # local dir or s3://bucket/prefix
     run_name: str | None = None  # default: derived from the config's content
     num_workers: int = 1
@@ -185,6 +190,53 @@ class StageSpec:
     corruption_severity: int | None = None
     freeze_bn: bool = False  # BatchNorm running statistics frozen while training (stage 2 only)
     synthetic_per_group: int | float | None = None  # stage 1 only: images per group, or a fraction of k (None: k)
+
+
+def resolve_paths(config: TrainConfig | dict, base: str | None = None) -> dict[str, Any]:
+    """The config as a dict with every path a user gave made absolute against ``base`` (default: the directory
+    the command was started in): ``storage_path``, ``synthetic_root``, ``init_checkpoint`` (also after
+    ``best:``), a ``pretrained`` weights file, the dataset's path options (its ``root``), a fault-injection
+    marker and a relative ``sqlite:///`` tracking URI. Done once, on the driver, before Ray starts: Ray Train
+    workers and Tune trials run in other working directories. URIs stay as they are."""
+    import copy
+
+    from ffr.storage import absolute, resolve_option_paths
+
+    data = copy.deepcopy(to_dict(config) if isinstance(config, TrainConfig) else dict(config))
+    data["storage_path"] = absolute(data.get("storage_path", TrainConfig.storage_path), base)  # default too
+    if isinstance(data.get("synthetic_root"), str):
+        data["synthetic_root"] = absolute(data["synthetic_root"], base)
+    if isinstance(data.get("init_checkpoint"), str):
+        prefix = "best:" if data["init_checkpoint"].startswith("best:") else ""
+        data["init_checkpoint"] = prefix + absolute(data["init_checkpoint"][len(prefix):], base)
+    if isinstance(data.get("pretrained"), str) and data["pretrained"] != "imagenet":
+        data["pretrained"] = absolute(data["pretrained"], base)
+    if isinstance(data.get("fault_injection"), dict) and isinstance(data["fault_injection"].get("marker"), str):
+        data["fault_injection"]["marker"] = absolute(data["fault_injection"]["marker"], base)
+    mlflow = data.get("mlflow")
+    uri = mlflow.get("tracking_uri") if isinstance(mlflow, dict) else None
+    if isinstance(uri, str) and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        mlflow["tracking_uri"] = "sqlite:///" + absolute(uri[len("sqlite:///"):], base)
+    dataset = data.get("dataset", TrainConfig.dataset)
+    if isinstance(data.get("dataset_options"), dict) and isinstance(dataset, str):
+        from ffr.datasets import DATASETS
+
+        if dataset in DATASETS:
+            reader = DATASETS.get(dataset)
+            if hasattr(reader, "Options"):
+                data["dataset_options"] = resolve_option_paths(reader.Options, data["dataset_options"], base)
+    return data
+
+
+def resolve_executor(cfg: TrainConfig) -> tuple[str, str]:
+    """(executor, why) for ``executor: auto``: one CPU worker without a GPU trains in this process (Ray Train's
+    controller and worker group cost ~20 s per run for no gain there), anything else on Ray Train. An explicit
+    executor is kept. The run name never depends on it (an infrastructure field)."""
+    if cfg.executor != "auto":
+        return cfg.executor, "set in the config"
+    if cfg.num_workers == 1 and not cfg.use_gpu:
+        return "local", "auto: one CPU worker, no GPU; executor=ray-train trains on Ray Train"
+    return "ray-train", f"auto: num_workers = {cfg.num_workers}, use_gpu = {str(cfg.use_gpu).lower()}"
 
 
 def parse(config: TrainConfig | dict) -> TrainConfig:

@@ -17,6 +17,7 @@ import ffr.methods
 from ffr import backbones, runs, tracking, variants
 from ffr.datasets import DATASETS
 from ffr.errors import FFRError, unwrap_user_errors
+from ffr.groups import SOURCE_NAMES
 from ffr.runs.plots import run_artifacts
 from ffr.storage import filesystem, join, require_bucket
 from ffr.training import plan
@@ -27,6 +28,8 @@ from ffr.training.config import (
     parse,
     preliminary_stage,
     pretrain_stage,
+    resolve_executor,
+    resolve_paths,
     resolved,
 )
 from ffr.training.data import ExperimentData, load_experiment_data
@@ -61,8 +64,9 @@ def _tracker(cfg: TrainConfig, spec: StageSpec) -> tracking.RunTracker | None:
 
 
 def _executor(cfg: TrainConfig):
-    """The module that trains and evaluates a stage: Ray Train (default) or this process (``executor: local``)."""
-    if cfg.executor == "local":
+    """The module that trains and evaluates a stage: Ray Train or this process (``executor: local``); ``auto`` is
+    resolved by :func:`run_experiment` before any stage runs."""
+    if resolve_executor(cfg)[0] == "local":
         from ffr.training import local
 
         return local
@@ -90,11 +94,10 @@ def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, stora
     from ffr.training import ray_train
 
     tracker.start(resolved(cfg, spec))
-    group_names = data.val.spec.group_names()
+    epochs = ray_train.MLflowEpochs(tracker.uri, tracker.run_id, data.val.spec.group_names(),
+                                    training_group_names(data, spec.stage))
     try:
-        result = _train_and_evaluate(cfg, spec, data, storage_path, directory,
-                                     [*(callbacks or []), ray_train.MLflowEpochs(tracker.uri, tracker.run_id,
-                                                                                 group_names)])
+        result = _train_and_evaluate(cfg, spec, data, storage_path, directory, [*(callbacks or []), epochs])
     except BaseException:
         tracker.fail()
         raise
@@ -103,6 +106,18 @@ def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, stora
     except Exception as e:  # noqa: BLE001 - the run itself is done and written; tracking is secondary
         _log(f"[{spec.run_name}] warning: could not finish the MLflow run ({e.__class__.__name__}: {e})")
     return result
+
+
+def training_group_names(data: ExperimentData, stage: int) -> list[str]:
+    """Names of a stage's training groups, the ones its draws are counted by: (class, bias, source) for USB/ASB;
+    a stage that trains on one source only (FFR's stage 1: synthetic) says which."""
+    stage_data = data.stages[stage]
+    names = stage_data.train_spec.group_names()
+    sources = set(stage_data.train.source.tolist())
+    if stage_data.train_spec.with_source or len(sources) != 1:
+        return names
+    source = SOURCE_NAMES[sources.pop()]
+    return [f"{name}/{source}" for name in names]
 
 
 def _train_and_evaluate(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, storage_path: str,
@@ -163,12 +178,18 @@ def _preliminary(cfg: TrainConfig, main: StageSpec, data: ExperimentData) -> dic
 
 
 @unwrap_user_errors
-def run_experiment(config: TrainConfig | dict, callbacks: list | None = None) -> dict:
+def run_experiment(config: TrainConfig | dict, callbacks: list | None = None, log_executor: bool = True) -> dict:
     """Run every stage of one experiment; returns the final (stage-2) result, plus ``stage1`` (None without).
 
-    ``callbacks`` (Ray Train UserCallbacks, e.g. Tune's TuneReportCallback) see the stage-2 run only."""
-    cfg = parse(config)
+    ``callbacks`` (Ray Train UserCallbacks, e.g. Tune's TuneReportCallback) see the stage-2 run only.
+    ``log_executor``: print the executor ``auto`` chose (a sweep prints it once for all its trials)."""
+    # Every path against the directory the command was started in, once, here on the driver: Ray Train
+    # workers and Tune trials run elsewhere (a no-op for the absolute paths a sweep's trial receives).
+    cfg = parse(resolve_paths(config))
     _check_names(cfg)
+    chose = cfg.executor == "auto"
+    executor, why = resolve_executor(cfg)
+    cfg = dataclasses.replace(cfg, executor=executor)
     # Before Ray starts: the storage bucket (Ray Train's storage layer would create a missing one), the
     # init checkpoint, then the data (roots, files, bad-image policy).
     fs, inner = filesystem(cfg.storage_path)
@@ -180,6 +201,8 @@ def run_experiment(config: TrainConfig | dict, callbacks: list | None = None) ->
         if data.skipped_images:
             _log(f"skipped {len(data.skipped_images)} unreadable image(s) (bad_images: skip), e.g. "
                  f"{data.skipped_images[0]!r}")
+    if chose and log_executor:  # after the checks: a bad config says only its one line
+        _log(f"executor: {executor} ({why})")
     if cfg.executor != "local":
         from ffr.ray_session import ensure_ray
 

@@ -156,8 +156,9 @@ class MLflowEpochs(ray.train.UserCallback):
     """Logs each epoch's record (rank 0's report) to the run's MLflow run, live, from the Train controller;
     group metrics are keyed by group name. A tracking hiccup warns once and never stops training."""
 
-    def __init__(self, uri: str, run_id: str, group_names: list[str]) -> None:
-        self.uri, self.run_id, self.group_names, self._warned = uri, run_id, list(group_names), False
+    def __init__(self, uri: str, run_id: str, group_names: list[str], train_group_names: list[str]) -> None:
+        self.uri, self.run_id, self._warned = uri, run_id, False
+        self.group_names, self.train_group_names = list(group_names), list(train_group_names)
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         from ffr import tracking
@@ -166,7 +167,8 @@ class MLflowEpochs(ray.train.UserCallback):
             return
         record = metrics[0]
         try:
-            tracking.log_metrics(self.uri, self.run_id, tracking.epoch_metrics(record, self.group_names),
+            tracking.log_metrics(self.uri, self.run_id, tracking.epoch_metrics(record, self.group_names,
+                                                                                     self.train_group_names),
                                  step=int(record.get("epoch", 0)))
         except Exception as e:  # noqa: BLE001 - tracking must not kill a training run
             if not self._warned:

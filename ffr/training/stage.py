@@ -60,14 +60,22 @@ class Session:
 
 
 def epoch_line(spec: StageSpec, record: dict, group_names: list[str]) -> str:
+    """The console line of one epoch; its number is the record's (1-based, as everywhere)."""
     groups = "  ".join(f"{name} {record[f'val_acc_group_{g}']:.3f}" for g, name in enumerate(group_names)
                        if f"val_acc_group_{g}" in record)
-    return (f"[{spec.run_name}] stage {spec.stage} epoch {record['epoch'] + 1}/{spec.epochs}  "
+    return (f"[{spec.run_name}] stage {spec.stage} epoch {record['epoch']}/{spec.epochs}  "
             f"loss {record['train_loss']:.4f}  val WGA {record['val_worst_group_acc']:.3f}  "
             f"mean {record['val_mean_group_acc']:.3f} | {groups}")
 
 
+def epochs_done(state: dict) -> int:
+    """How many epochs a checkpoint's state has trained. ``epochs_done`` is written since epochs are numbered
+    from 1; a checkpoint written before held only ``epoch``, the 0-based index of its last epoch."""
+    return int(state["epochs_done"]) if "epochs_done" in state else int(state["epoch"]) + 1
+
+
 def _fault_hook(cfg: TrainConfig, epoch: int, rank: int):
+    """``epoch``: the epoch's number (1-based, as ``kill_at_epoch`` counts)."""
     fi = cfg.fault_injection
     if fi is None or fi.kill_at_epoch != epoch or fi.rank != rank:
         return None
@@ -121,13 +129,13 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
                             pretrained=None if spec.init_checkpoint else cfg.pretrained, **cfg.backbone_options)
     extra = method.extra_modules(model)  # e.g. critics: trained, wrapped and checkpointed like the model
     state = session.restore()
-    start_epoch, attempt_start = 0, 0
+    done = 0  # epochs already trained (a resumed run's latest checkpoint says how many)
     if state is not None:
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
         for name, module in extra.items():
             module.load_state_dict(state["method_modules"][name])
-        start_epoch = attempt_start = int(state["epoch"]) + 1
+        done = epochs_done(state)
     elif spec.init_checkpoint:
         model.load_state_dict(loop.load_state(spec.init_checkpoint)["model"])
     if cfg.sync_batchnorm and session.world_size > 1:  # FFR's BatchNorm saw the whole batch (ffr/training/batchnorm.py)
@@ -149,8 +157,11 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
     batches = loop.loader(train_set, -(-spec.batch_size // session.world_size), sampler=sampler,
                           workers=cfg.loader_workers)
     records = []
-    for epoch in range(start_epoch, spec.epochs):
-        sampler.set_epoch(epoch)
+    # Epochs are numbered from 1 wherever a person or a tool sees them (console, metrics.jsonl, the result's
+    # best_epoch, MLflow steps, checkpoint_epochNNNN, Tune iterations); ``index`` (from 0) only seeds sampling.
+    for index in range(done, spec.epochs):
+        epoch = index + 1
+        sampler.set_epoch(index)
         n_groups = stage_data.train_spec.n_groups
         started = time.perf_counter()
         totals = session.all_reduce(loop.train_one_epoch(model, batches, method, optimizer, session.device, n_groups,
@@ -161,7 +172,7 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
         val = summarize(gather_predictions(model, val_set, session), val_y, val_groups)
         totals = totals.cpu()
         record = {"stage": spec.stage, "epoch": epoch, "train_loss": float(totals[0] / totals[1].clamp(min=1)),
-                  **{f"val_{k}": v for k, v in val.items()}, "attempt_start_epoch": attempt_start,
+                  **{f"val_{k}": v for k, v in val.items()}, "attempt_start_epoch": done + 1,
                   "train_draws": int(totals[1]),  # all workers together: the method's draws (+ < world padding)
                   **{f"train_draws_group_{g}": int(totals[2 + g]) for g in range(n_groups)},
                   "train_seconds": train_seconds, "train_samples_per_s": float(totals[1]) / max(train_seconds, 1e-9)}
@@ -172,7 +183,8 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
                 append_metrics(run_directory, record)
             session.log(epoch_line(spec, record, group_names))
             checkpoint = {"model": loop.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                          "epoch": epoch, "method": method.state_dict(), "config": resolved(cfg, spec),
+                          "epoch": epoch, "epochs_done": epoch, "method": method.state_dict(),
+                          "config": resolved(cfg, spec),
                           "metrics": record}
             if method.modules:  # only then, so checkpoints of methods without extra modules keep their keys
                 checkpoint["method_modules"] = {k: loop.unwrap(m).state_dict() for k, m in method.modules.items()}

@@ -75,6 +75,14 @@ class GeneratorBackend:
         """What samples the images, for the output's record (shard stats, summary.json); None: no sampler."""
         return None
 
+    @classmethod
+    def prompt_warning(cls, recipe) -> str | None:
+        """One line for a run whose images will not be what ``recipe``'s rows ask for (prompts, steps, guidance),
+        saying what this backend makes instead; None when it makes what they ask. ``ffr generate`` prints it
+        once, before anything runs. The CPU stand-ins (procedural, compositing) say so outside the recipes they
+        were written for."""
+        return None
+
     def generate(self, rows: list[dict], init_images: list[Image.Image] | None = None) -> list[Image.Image]:
         """rows: manifest rows (``prompt``, ``negative_prompt``, ``seed``, labels, generator settings).
 

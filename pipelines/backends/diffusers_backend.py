@@ -41,7 +41,7 @@ from PIL import Image
 from pydantic import AfterValidator
 
 from ffr.errors import FFRError
-from ffr.options import Field, Options
+from ffr.options import Field, Options, PathField
 from ffr.registry import Registry
 from pipelines.backends import diffusers_speedups as speedups
 from pipelines.backends.base import BACKENDS, GeneratorBackend
@@ -53,7 +53,7 @@ from pipelines.backends.diffusers_adapters import (
     run_selections,
 )
 from pipelines.backends.diffusers_families import FAMILIES, Family, known_family
-from pipelines.model_source import check_model_source, resolve_model
+from pipelines.model_source import check_hub_cached, check_model_source, resolve_model
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -99,8 +99,8 @@ def _known_scheduler(name: str | None) -> str | None:
 class DiffusersOptions(Options):
     """``backend.settings`` of the diffusers backend: how to run (what to make comes from the manifest rows)."""
 
-    model: str = Field(min_length=1, description="a hub id, a local directory or an s3:// prefix")
-    cache_dir: str | None = Field(None, description="where s3:// models are synced (default $FFR_MODEL_CACHE "
+    model: str = PathField(model=True, min_length=1, description="a hub id, a local directory or an s3:// prefix")
+    cache_dir: str | None = PathField(None, description="where s3:// models are synced (default $FFR_MODEL_CACHE "
                                                     "or ~/.cache/ffr/models)")
     variant: str | None = Field(None, description="weight file variant on the hub, e.g. fp16")
     dtype: Literal["fp32", "float32", "fp16", "float16", "bf16", "bfloat16"] = Field(
@@ -220,6 +220,8 @@ class DiffusersBackend(GeneratorBackend):
             _require_xformers(self.device)
         self.family: Family | None = FAMILIES.get(options.family) if options.family else None
         self.model_path = resolve_model(options.model, options.cache_dir)
+        if not os.path.isdir(self.model_path):  # a hub id: offline, it must be cached (one line, no retries)
+            check_hub_cached(self.model_path)
         self.text2image = self._load()
         self._image2image = None
 

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ffr import colored_digits
 from ffr.errors import FFRError
-from ffr.options import Field, Options
+from ffr.options import Field, Options, PathField
 from pipelines.backends.base import BACKENDS, GeneratorBackend
 
 SUPERSAMPLE = 4
@@ -67,8 +67,8 @@ def _rgb(value: Any, fallback: tuple[int, int, int]) -> np.ndarray:
 
 
 class ProceduralOptions(Options):
-    fonts: list[str] | None = Field(None, description="font files (.ttf/.otf) or 'default'; None = Pillow's "
-                                                      "default font plus the DejaVu faces found")
+    fonts: list[str] | None = PathField(None, keep=("default",), description="font files (.ttf/.otf) or 'default'; "
+                                        "None = Pillow's default font plus the DejaVu faces found")
     max_rotation: float = Field(18.0, ge=0, le=180, description="largest random rotation, in degrees")
     noise: float = Field(4.0, ge=0, description="std of the pixel noise added to 'print' glyphs")
     style: Literal["print", "optdigits"] | None = Field(
@@ -87,6 +87,14 @@ class ProceduralBackend(GeneratorBackend):
             _font(f, 16)  # fail now, not in the middle of a shard
         self.max_rotation = float(options.max_rotation)
         self.noise = float(options.noise)
+
+    @classmethod
+    def prompt_warning(cls, recipe) -> str | None:
+        if recipe.default_backend == cls.name:  # written for it (colored-digits): its rows carry the glyphs
+            return None
+        return (f"backend 'procedural' ignores the prompts and generator settings (steps, guidance) of recipe "
+                f"{recipe.name!r}: it draws each row's class index as a digit on a color per bias; backend "
+                "diffusers makes images of the prompts")
 
     def generate(self, rows: list[dict], init_images: list[Image.Image] | None = None) -> list[Image.Image]:
         return [self.render(row) for row in rows]
