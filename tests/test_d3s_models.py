@@ -16,7 +16,7 @@ from tiny_diffusers import build_tiny_clip
 import pipelines
 from ffr.cli import main
 from ffr.d3s.embedded import CLASS_TABLE, generation_config, write_foregrounds
-from ffr.d3s.models import MODEL_FAMILIES, load_classifier
+from ffr.d3s.models import MODEL_FAMILIES, load_classifier, resolve_spec
 from ffr.errors import FFRError
 from pipelines.recipes.class_table import load_class_table
 
@@ -91,6 +91,20 @@ def test_bad_model_specs_fail_in_one_line(spec, expected):
     with pytest.raises(FFRError) as err:
         load_classifier(spec, ("zero", "one"))
     assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("spec, resolved", [
+    ("timm:vit_small_patch16_224:random", "timm:vit_small_patch16_224:random"),  # a keyword, not a file
+    ("timm:resnet50", "timm:resnet50"),
+    ("timm:resnet50:w/r50.pth", "timm:resnet50:/base/w/r50.pth"),
+    ("resnet50:random", "resnet50:random"),
+    ("resnet50:IMAGENET1K_V2", "resnet50:IMAGENET1K_V2"),
+    ("resnet50:w/r50.pth", "resnet50:/base/w/r50.pth"),
+    ("checkpoint:runs/a/best.pt", "checkpoint:/base/runs/a/best.pt"),
+    ("clip:openai/clip-vit-base-patch32", "clip:openai/clip-vit-base-patch32"),  # a hub id, not a folder here
+])
+def test_model_specs_resolve_only_their_paths_on_the_driver(spec, resolved):
+    assert resolve_spec(spec, "/base") == resolved
 
 
 def test_ffr_d3s_eval_runs_a_tiny_timm_and_a_tiny_clip_zero_shot_through_ray_data(d3s_output, tiny_clip, ray_cluster,

@@ -140,8 +140,9 @@ def test_bad_adapter_choices_fail_in_one_line_before_anything_is_written(tiny, t
     ([{"name": "a", "path": "A"}, {"name": "a", "path": "B"}], None, "declared twice"),
     ([{"name": "a b", "path": "A"}], None, "backend.settings.adapters.name"),
     ([{"name": "a", "path": "TINY_A"}, {"name": "b", "path": "TINY_B"}], True, "fuse_adapters"),
-    # a hub adapter that is not in the HF cache (offline): the actor's load says so, in one line
-    ([{"name": "a", "path": "no-such-org/no-such-lora"}], None, "adapter 'a' ('no-such-org/no-such-lora')"),
+    # a hub adapter that is not in the HF cache (offline): checked on the driver, before any actor starts
+    ([{"name": "a", "path": "no-such-org/no-such-lora"}], None,
+     "adapter 'a': model 'no-such-org/no-such-lora' is not in the local Hugging Face cache"),
 ])
 def test_bad_adapter_settings_fail_in_one_line(tiny, tmp_path, adapters, fuse, expected):
     adapters = [{**a, "path": tiny.get(a["path"][5:].lower(), a["path"]) if a["path"].startswith("TINY_")

@@ -35,7 +35,7 @@ def test_sync_batchnorm_makes_two_workers_train_the_one_process_model(ray_cluste
                                         "storage_path": str(tmp_path / "per-worker")}))
     same, control = _max_difference(synced, one), _max_difference(per_worker, one)
     # 16 steps with statistics of 64 images each, against per-worker statistics of 32 images (the control);
-    # measured: 7e-7 and 0.16
-    assert same < 1e-5 and control > 1000 * same, (same, control)
+    # measured: 7e-7 here and 5.7e-5 on CI's machine (float order of the gloo all-reduce), against 0.16
+    assert same < 1e-3 and control > 100 * same, (same, control)
     bn = [k for k in one if k.endswith("running_var")]
-    assert bn and all(torch.allclose(synced[k], one[k], atol=1e-5) for k in bn)
+    assert bn and all(torch.allclose(synced[k], one[k], atol=1e-3) for k in bn)

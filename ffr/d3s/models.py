@@ -272,8 +272,8 @@ def resolve_spec(spec: str, base: str | None = None) -> str:
         return f"clip:{absolute(rest, base)}" if rest and os.path.isdir(absolute(rest, base)) else spec
     if kind == "timm":
         name, sep, path = rest.partition(":")
-        return f"timm:{name}:{absolute(path, base)}" if sep and path else spec
-    if rest and ("/" in rest or rest.endswith((".pt", ".pth"))):
+        return f"timm:{name}:{absolute(path, base)}" if sep and path and path != "random" else spec
+    if rest and rest != "random" and ("/" in rest or rest.endswith((".pt", ".pth"))):
         return f"{kind}:{absolute(rest, base)}"
     return spec
 

@@ -36,7 +36,7 @@ from ffr.training.data import ExperimentData, load_experiment_data
 
 
 def _check_names(cfg: TrainConfig) -> None:
-    DATASETS.get(cfg.dataset)
+    DATASETS.options(cfg.dataset, cfg.dataset_options, "dataset_options")  # name and options, before the weights
     variants.VARIANTS.get(cfg.variant)
     backbones.create_backbone(cfg.backbone, 2, pretrained=None, **cfg.backbone_options)  # name and options
     ffr.methods.create(cfg.method, **cfg.method_hparams)  # also validates the hyperparameters
