@@ -159,6 +159,7 @@ def run_demo(out: str, bias_ratio: float = 0.95, seeds: tuple[int, ...] = (0,), 
     from ffr import datasets
     from ffr.ray_session import ensure_ray
     from ffr.report import collect, render_text, runs_table, write_report
+    from ffr.runs.protocol import DEFAULT_SELECTION, select
     from ffr.storage import ensure_dir, filesystem, join
     from tune.grid import run_grid
 
@@ -191,7 +192,7 @@ def run_demo(out: str, bias_ratio: float = 0.95, seeds: tuple[int, ...] = (0,), 
     trained = time.perf_counter()
 
     records = collect([runs_root])
-    print(render_text(runs_table(records)), flush=True)
+    print(render_text(runs_table(records), select(records, DEFAULT_SELECTION), DEFAULT_SELECTION), flush=True)
     write_report(records, [runs_root], join(out, "report"))
     wga = collect_wga(configs)
     table = grid_table(wga, variants, methods)

@@ -4,6 +4,11 @@ An experiment is one (dataset, variant, method, seed, hyperparameters). Its stag
 their own directories; their names are derived from the config's content, so rerunning the same command
 finds the same run (and resumes it, or skips it when ``ffr_result.json`` says it is done), and FFR's stage 1
 is shared by every stage-2 method trained on top of it.
+
+The content is the *resolved* config: a config is built with every registry entry's options filled with
+their defaults (``dataset_options``, ``backbone_options``, ``method_hparams``), so writing a default out
+(``method_hparams: {step_size: 0.01}``) names the same run as leaving it out, and ``config.json`` records the
+hyperparameters the run actually used.
 """
 
 from __future__ import annotations
@@ -135,6 +140,18 @@ class TrainConfig:
                                f"has no stage 1 (its stages: {stages}; expected a variant with a stage 1)")
         if self.lr <= 0:
             raise FFRError(f"lr = {self.lr!r} must be > 0")
+        self._fill_option_defaults()
+
+    def _fill_option_defaults(self) -> None:
+        """Each entry's options, validated and with every default written out (see the module docstring)."""
+        from ffr.backbones import BACKBONES
+        from ffr.datasets import DATASETS
+        from ffr.methods import METHODS
+
+        for registry, name, key in ((DATASETS, self.dataset, "dataset_options"),
+                                    (BACKBONES, self.backbone, "backbone_options"),
+                                    (METHODS, self.method, "method_hparams")):
+            setattr(self, key, registry.options(name, getattr(self, key), key).to_dict())
 
 
 @dataclass
