@@ -42,8 +42,17 @@ import pandas as pd
 
 from ffr.errors import FFRError
 from ffr.runs import DIAGNOSTIC, METRICS, RESULT, RunRecord, find_runs, number, unique_runs
-from ffr.runs.protocol import DEFAULT_SELECTION, SELECTION_TEXT, SELECTIONS, TEST_METRICS, Cell, Stat, chosen_text, select
 from ffr.runs.plots import figure_png, plot_test_groups, plot_val_curves, pyplot
+from ffr.runs.protocol import (
+    DEFAULT_SELECTION,
+    SELECTION_TEXT,
+    SELECTIONS,
+    TEST_METRICS,
+    Cell,
+    Stat,
+    chosen_text,
+    select,
+)
 from ffr.storage import ensure_dir, filesystem
 
 RUN_COLUMNS = ("run", "dataset", "variant", "method", "stage", "seed", "status", "best_epoch", "val_wga",

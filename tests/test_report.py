@@ -231,8 +231,8 @@ def test_select_val_wga_picks_the_validation_winner_and_oracle_says_it_selects_o
     # Without group labels on validation, val worst-class accuracy ranks the settings: here B's is higher. A run
     # written before it was recorded has it derived from its val group accuracies and sizes.
     for seed in range(3):
-        for name, val in ((f"a-s{seed}", {"worst_class_acc": 0.6}),
-                          (f"b-s{seed}", {"acc_group_0": 0.9, "acc_group_1": 0.9, "acc_group_2": 0.7, "acc_group_3": 0.8})):
+        b_groups = {"acc_group_0": 0.9, "acc_group_1": 0.9, "acc_group_2": 0.7, "acc_group_3": 0.8}
+        for name, val in ((f"a-s{seed}", {"worst_class_acc": 0.6}), (f"b-s{seed}", b_groups)):
             path = root / name / "ffr_result.json"
             result = json.loads(path.read_text())
             result["val"].update(val)
@@ -243,7 +243,8 @@ def test_select_val_wga_picks_the_validation_winner_and_oracle_says_it_selects_o
 
     assert main(["report", str(root), "--select", "none"]) == 0
     rows = _paper_rows(capsys.readouterr().out, "colored-digits")
-    assert rows["erm / none [lr=0.001]"] == ["52.0 ± 2.0 (n=3)"] and rows["erm / none [lr=0.01]"] == ["82.0 ± 2.0 (n=3)"]
+    assert rows["erm / none [lr=0.001]"] == ["52.0 ± 2.0 (n=3)"]
+    assert rows["erm / none [lr=0.01]"] == ["82.0 ± 2.0 (n=3)"]
 
 
 def test_copies_of_a_run_count_once_and_disagreeing_copies_are_refused(tmp_path, capsys):

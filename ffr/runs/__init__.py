@@ -39,8 +39,8 @@ from ffr.storage import ensure_dir, filesystem, is_remote, join, write_atomic
 
 CONFIG, SPLITS, METRICS, RESULT = "config.json", "splits.parquet", "metrics.jsonl", "ffr_result.json"
 LEGACY_RESULT = "result.json"  # ffr's result file before it was renamed (see above)
-STOPPED = "stopped.json"
-DIAGNOSTIC = "bg_diagnostic"  # the result file's (B, G) diagnostic (ffr.training.diagnostic)  # written by the sweep driver for a trial its scheduler (ASHA) stopped early
+STOPPED = "stopped.json"  # written by the sweep driver for a trial its scheduler (ASHA) stopped early
+DIAGNOSTIC = "bg_diagnostic"  # the result file's (B, G) diagnostic (ffr.training.diagnostic)
 CHECKPOINT_PREFIX, CHECKPOINT_FILE = "checkpoint_epoch", "model.pt"
 # A folder holding this file, and everything below it, holds no runs (MLflow's artifact store keeps copies of
 # every run's files; see ffr.tracking). Discovery skips it.
@@ -367,8 +367,8 @@ def with_option_defaults(config: dict) -> dict:
     from ffr.methods import METHODS
 
     out = dict(config)
-    for registry, name_key, key in ((DATASETS, "dataset", "dataset_options"), (BACKBONES, "backbone", "backbone_options"),
-                                    (METHODS, "method", "method_hparams")):
+    for registry, name_key, key in ((DATASETS, "dataset", "dataset_options"),
+                                    (BACKBONES, "backbone", "backbone_options"), (METHODS, "method", "method_hparams")):
         if isinstance(config.get(name_key), str) and isinstance(config.get(key, {}), dict):
             try:
                 out[key] = registry.options(config[name_key], config.get(key) or {}, key).to_dict()
