@@ -27,7 +27,7 @@ from typing import Any
 
 from ffr.config import redact
 from ffr.errors import FFRError
-from ffr.runs import NOT_RUNS_MARKER
+from ffr.runs import DIAGNOSTIC, NOT_RUNS_MARKER
 from ffr.storage import is_remote, join
 
 RUN_NAME_TAG = "ffr.run_name"
@@ -176,6 +176,25 @@ def final_metrics(result: dict) -> dict[str, float]:
     for key in ("best_epoch", "best_val_worst_group_acc"):
         if isinstance(result.get(key), (int, float)):
             out[key] = float(result[key])
+    out.update(diagnostic_metrics(result.get(DIAGNOSTIC) or {}))
+    return out
+
+
+def diagnostic_metrics(diagnostic: dict) -> dict[str, float]:
+    """The (B, G) diagnostic (ffr.training.diagnostic) → ``diag_probe_real_vs_synthetic_acc``,
+    ``diag_synthetic_worst_group_acc`` and ``diag_acc/<class>/<bias>/<real|synthetic>``."""
+    out: dict[str, float] = {}
+    probe = diagnostic.get("probe") or {}
+    for key in ("accuracy", "real_accuracy", "synthetic_accuracy"):
+        if isinstance(probe.get(key), (int, float)):
+            out[f"diag_probe_real_vs_synthetic_{key.replace('accuracy', 'acc')}"] = float(probe[key])
+    for key in ("worst_group_acc", "mean_group_acc", "overall_acc"):
+        value = (diagnostic.get("synthetic") or {}).get(key)
+        if isinstance(value, (int, float)):
+            out[f"diag_synthetic_{key}"] = float(value)
+    for name, value in (diagnostic.get("accuracy") or {}).items():
+        if isinstance(value, (int, float)):
+            out[f"diag_acc/{metric_key(name)}"] = float(value)
     return out
 
 

@@ -50,9 +50,10 @@ _LOCATION_FIELDS = {"checkpoint", "init_checkpoint", "storage_path", "run_dir"}
 SCORE = "selection_score"  # each epoch's metrics record carries it; checkpoints are ranked by it
 # Fields of a training config that change where/how a run executes but not what it computes: left out of
 # run-name hashes and of "same setting" comparisons.
+# ``diagnostic`` is here too: it adds measurements to a run's evaluation, never changes what it trains or tests.
 INFRA_FIELDS = ("storage_path", "run_name", "num_workers", "use_gpu", "cpus_per_worker", "max_failures",
                 "controller_failure_limit", "keep_checkpoints", "cache_in_memory", "loader_workers", "fault_injection",
-                "mlflow", "executor", "skipped_images")
+                "mlflow", "executor", "skipped_images", "diagnostic")
 # Besides the seeds (top-level seed and dataset_options.seed, the split's seed): settings that follow the seed
 # or the place a run was written, so runs that differ only in them are seeds of one setting.
 _SEED_KEYS = {"seed"}

@@ -63,6 +63,17 @@ class FaultInjection:
 
 
 @dataclass
+class DiagnosticOptions:
+    """FFR's (B, G) diagnostic (ffr.training.diagnostic) of every run whose experiment trains on synthetic
+    images: the tested checkpoint on up to ``holdout_per_group`` held-out synthetic images per group (ones no
+    variant of the seed trains on), and a real-vs-synthetic linear probe on its features. Evaluation only: it
+    never changes a run's name, training or test numbers."""
+
+    enabled: bool = True
+    holdout_per_group: int = 200
+
+
+@dataclass
 class TrainConfig:
     # data
     dataset: str = "colored-digits"
@@ -111,6 +122,7 @@ class TrainConfig:
     # drops the bad ones from their split and records how many in the result file (bad_images_skipped).
     bad_images: str = "fail"
     skipped_images: list[str] | None = None  # filled by the driver under "skip", so workers drop the same rows
+    diagnostic: DiagnosticOptions = field(default_factory=DiagnosticOptions)  # FFR's (B, G) diagnostic
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -140,6 +152,9 @@ class TrainConfig:
                                f"has no stage 1 (its stages: {stages}; expected a variant with a stage 1)")
         if self.lr <= 0:
             raise FFRError(f"lr = {self.lr!r} must be > 0")
+        if self.diagnostic.holdout_per_group < 2:
+            raise FFRError(f"diagnostic.holdout_per_group = {self.diagnostic.holdout_per_group!r}; expected an "
+                           "integer >= 2 (the probe fits on half of each group's images and scores the other half)")
         self._fill_option_defaults()
 
     def _fill_option_defaults(self) -> None:

@@ -11,6 +11,7 @@ from ffr import variants
 from ffr.datasets.base import GroupedSplit
 from ffr.errors import FFRError
 from ffr.training.config import TrainConfig
+from ffr.training.diagnostic import heldout_synthetic
 from ffr.variants import StageData
 
 
@@ -19,6 +20,8 @@ class ExperimentData:
     real: dict[str, GroupedSplit]
     stages: dict[int, StageData]
     skipped_images: list[str] = field(default_factory=list)  # keys dropped under bad_images: skip
+    # synthetic images no variant of this seed trains on, for the (B, G) diagnostic (ffr.training.diagnostic)
+    heldout: GroupedSplit | None = None
 
     @property
     def val(self) -> GroupedSplit:
@@ -55,7 +58,11 @@ def load_experiment_data(cfg: TrainConfig, stage: int | None = None) -> Experime
             raise FFRError(f"variant {cfg.variant!r} needs synthetic_root (a generation output directory)")
         synthetic = ffr.datasets.create("synthetic", root=cfg.synthetic_root, review=cfg.synthetic_review)["train"]
     by_stage = {s: variant.build(s, real["train"], synthetic, data_seed) for s in wanted}
-    return ExperimentData(real, by_stage, list(skipped))
+    heldout = None
+    if synthetic is not None and cfg.diagnostic.enabled:
+        heldout = heldout_synthetic(synthetic, real["train"], [d.train for d in by_stage.values()], data_seed,
+                                    cfg.diagnostic.holdout_per_group)
+    return ExperimentData(real, by_stage, list(skipped), heldout)
 
 
 _DECODE_THREADS = 16  # decoding is mostly waiting on storage (S3 latency); PIL releases the GIL while decoding
