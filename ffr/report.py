@@ -280,7 +280,10 @@ def diagnostic_tables(cells: list[Cell]) -> list[tuple[str, list[str], list[list
         groups: list[str] = []
         for cell in part:
             for record in cell.records:
-                groups += [g for g in (record.result[DIAGNOSTIC].get("accuracy") or {}) if g not in groups]
+                groups += [g for g in (record.result.get(DIAGNOSTIC) or {}).get("accuracy") or {} if g not in groups]
+        order = [n for c in part for r in c.records for n in r.group_names().values()]
+        groups.sort(key=lambda g: (order.index(g.rsplit("/", 1)[0]) if g.rsplit("/", 1)[0] in order else len(order),
+                                   g.rsplit("/", 1)[1] != "real", g))  # group order, real before synthetic
         headers = ["row", "bias", "n", "probe real-vs-synthetic acc", "synthetic WGA", "real test WGA",
                    *(f"acc {g}" for g in groups)]
         rows = []
@@ -375,20 +378,28 @@ PAPER_NOTE = ("test worst-group accuracy (%), mean ± sample std over seeds, n =
               "setting except the seed")
 
 
-def render_text(table: pd.DataFrame, cells: list[Cell] | None = None, selection: str = "none") -> str:
-    cells = cells if cells is not None else []
-    parts = []
-    if selection == "oracle":
-        parts.append("ORACLE SELECTION: hyperparameters chosen on TEST worst-group accuracy (an upper bound, not a "
-                     "result)")
-    papers = paper_tables(cells)
-    for (dataset, headers, rows), (_, p_headers, p_rows) in zip(papers, protocol_tables(cells)):
-        parts.append(f"dataset: {dataset}  {PAPER_NOTE}; selection: {selection}\n{text_table(headers, rows)}")
-        parts.append(f"dataset: {dataset}  protocol table ({selection})\n{text_table(p_headers, p_rows)}")
+ORACLE_BANNER = "ORACLE SELECTION: hyperparameters chosen on TEST worst-group accuracy (an upper bound, not a result)"
+
+
+def protocol_text(cells: list[Cell], selection: str, title: str = "dataset") -> str:
+    """Per dataset the paper table, the protocol table and the (B, G) diagnostic, then the footnote;
+    ``title`` heads each table (e.g. a study's entry)."""
+    parts = [ORACLE_BANNER] if selection == "oracle" else []
+    for (dataset, headers, rows), (_, p_headers, p_rows) in zip(paper_tables(cells), protocol_tables(cells)):
+        name = f"{title}: {dataset}" if title != "dataset" else f"dataset: {dataset}"
+        parts.append(f"{name}  {PAPER_NOTE}; selection: {selection}\n{text_table(headers, rows)}")
+        parts.append(f"{name}  protocol table ({selection})\n{text_table(p_headers, p_rows)}")
+    for dataset, headers, rows in diagnostic_tables(cells):
+        name = f"{title}: {dataset}" if title != "dataset" else f"dataset: {dataset}"
+        parts.append(f"{name}  {DIAGNOSTIC_NOTE}\n{text_table(headers, rows)}")
     if cells:
         parts.append(protocol_note(cells, selection))
-    for dataset, headers, rows in diagnostic_tables(cells):
-        parts.append(f"dataset: {dataset}  {DIAGNOSTIC_NOTE}\n{text_table(headers, rows)}")
+    return "\n\n".join(parts)
+
+
+def render_text(table: pd.DataFrame, cells: list[Cell] | None = None, selection: str = "none") -> str:
+    cells = cells if cells is not None else []
+    parts = [protocol_text(cells, selection)] if cells or selection == "oracle" else []
     for dataset, headers, rows in _dataset_sections(table):
         parts.append(f"dataset: {dataset}  runs (accuracies in %, test groups by name, n = test images)\n"
                      f"{text_table(headers, rows)}")
