@@ -66,3 +66,19 @@ def test_demo_runs_the_grid_over_seeds_as_tune_trials(ray_cluster, tmp_path, cap
     demo.run_demo(str(tmp_path / "out"), seeds=(0, 1), epochs=1, stage1_epochs=1, variants=("none", "ffr"),
                   methods=("erm",))
     assert " epoch 1/1 " not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gap_study_machinery_on_a_tiny_grid(ray_cluster, tmp_path, capsys):
+    """`make gap-study` in miniature: synthetic sets per signature strength, one ffr study, the table by strength
+    with the (B, G) diagnostic, and the plot."""
+    path = demo.run_gap_study(str(tmp_path / "gap"), strengths=(0.0, 24.0), seeds=(0,), epochs=1, stage1_epochs=1,
+                              variants=("none", "usb"), methods=("erm",))
+    text = open(path).read()
+    assert "| test WGA % | signature 0 | signature 24 |" in text
+    none = next(line for line in text.splitlines() if line.startswith("| none+ERM |"))
+    assert none.count("(n=1)") == 2 and none.split("|")[2] == none.split("|")[3]  # one none run, shared
+    probe = next(line for line in text.split("real-vs-synthetic probe acc")[1].splitlines() if "USB+ERM" in line)
+    assert probe.count("(n=1)") == 2
+    assert (tmp_path / "gap" / "report" / "gap.png").stat().st_size > 10_000
+    assert "3 training runs" in text and "wall time" in text
