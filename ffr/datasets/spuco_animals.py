@@ -15,7 +15,8 @@ from __future__ import annotations
 import pandas as pd
 
 from ffr.datasets.base import SPLITS, GroupedSplit, reader
-from ffr.datasets.readers import DatasetRoot, ReaderOptions, build_splits
+from ffr.datasets.ffr_splits import ffr_split_table
+from ffr.datasets.readers import DatasetRoot, FFRSplitOptions, build_splits
 from ffr.groups import GroupSpec
 
 CLASS_NAMES = ("landbird", "waterbird", "small_dog", "big_dog")
@@ -27,10 +28,14 @@ LAYOUT = (
 )
 
 
-@reader("spuco-animals", ReaderOptions)
-def spuco_animals(options: ReaderOptions) -> dict[str, GroupedSplit]:
-    """SpuCo Animals with its native train/val/test folders."""
+@reader("spuco-animals", FFRSplitOptions)
+def spuco_animals(options: FFRSplitOptions) -> dict[str, GroupedSplit]:
+    """SpuCo Animals with its native train/val/test folders (or FFR's split files, ``split_file``)."""
     data = DatasetRoot(options.root, "spuco-animals")
+    spec = GroupSpec(CLASS_NAMES, BIAS_NAMES)
+    if options.split_file is not None:  # FFR's own splits, as published
+        return build_splits(data, ffr_split_table(data, options.split_file, options.bias_ratio), spec,
+                            bias_ratio=None, seed=options.seed, verify=options.verify, check_files=False)
     frames = []
     for top, classes, backgrounds in LAYOUT:
         data.require_dir(top, "folder")
@@ -41,5 +46,5 @@ def spuco_animals(options: ReaderOptions) -> dict[str, GroupedSplit]:
                     keys = data.list_files(folder)
                     frames.append(pd.DataFrame({"key": keys, "y": y, "b": b, "split": split}))
     table = pd.concat(frames, ignore_index=True)
-    return build_splits(data, table, GroupSpec(CLASS_NAMES, BIAS_NAMES), bias_ratio=options.bias_ratio,
+    return build_splits(data, table, spec, bias_ratio=options.bias_ratio,
                         seed=options.seed, verify=options.verify, check_files=False)
