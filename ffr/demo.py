@@ -373,7 +373,8 @@ def run_gap_study(out: str, strengths: tuple[float, ...] = GAP_STRENGTHS, seeds:
     timing = (f"{len(seeds)} seeds × {len(strengths)} signature strengths, {len(plan.jobs)} training runs; wall time "
               f"{trained - started:.0f} s (generation {generated - started:.0f} s, training {trained - generated:.0f} "
               f"s) on {os.cpu_count()} CPUs, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    text = (f"# Gap study: colored digits, bias ratio {bias_ratio}, generator signature {', '.join(map(str, strengths))}"
+    shown = ", ".join(f"{s:g}" for s in strengths)
+    text = (f"# Gap study: colored digits, bias ratio {bias_ratio}, generator signature strengths {shown}"
             f"\n\nTest WGA: the val-WGA-selected setting (one per cell here), mean ± std over seeds. The diagnostic "
             f"(B, G): a linear probe on the model's frozen features telling real from held-out synthetic images "
             f"(balanced, chance 50 %), and the model's worst-group accuracy on held-out synthetic images.\n\n"

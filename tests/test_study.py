@@ -88,13 +88,17 @@ def test_searcher_starts_a_stage_2_run_only_after_its_stage_1():
 
 
 @pytest.mark.parametrize("path", sorted(p for p in os.listdir("configs") if p.startswith("study-")))
-def test_shipped_study_configs_plan(path):
-    cfg = parse_study(load_config(f"configs/{path}"))
+def test_shipped_study_configs_plan(path, tmp_path):
+    cfg = parse_study({**load_config(f"configs/{path}"), "storage_path": str(tmp_path)})  # theirs: a bucket
     plan = plan_study(cfg)
     experiments = [j for j in plan.jobs.values() if j.stage == 2]
     assert len(experiments) == plan.configurations * len(cfg.seeds)  # every configuration with every seed
     assert {j.train["seed"] for j in experiments} == set(cfg.seeds)
     assert count_line(plan).startswith(f"study {cfg.name!r}: ")
+    if path.startswith("study-ffr-"):  # FFR's grid: every bias ratio, variant and method, stage 1 shared
+        assert len(plan.jobs) == plan.configurations * 3 + len(cfg.bias_ratios) * 3
+        assert {j.train["dataset_options"]["bias_ratio"] for j in experiments} == set(cfg.bias_ratios)
+        assert "split_file" in experiments[0].train["dataset_options"]
 
 
 def test_study_config_errors_are_one_line(tmp_path, capsys):
