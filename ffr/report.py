@@ -122,6 +122,7 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     rows = []
     for settings, group in done.groupby("settings", sort=False):
+        group = group.sort_values("path").drop_duplicates("seed")  # one per seed (ffr.runs.protocol.one_per_seed)
         first = group.iloc[0]
         row = {c: first[c] for c in columns[:-2]}
         row.update({"settings": settings, "seeds": len(group),

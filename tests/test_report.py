@@ -283,3 +283,17 @@ def test_local_train_with_default_mlflow_then_report_finds_each_run_once(tmp_pat
     assert len(table) == 1 and table.loc[0, "path"] == str(storage / table.loc[0, "run"])
     rows = _paper_rows(capsys.readouterr().out, "colored-digits")
     assert list(rows["erm / none"][0].split("(")[1:]) == ["n=1)"]
+
+
+def test_a_setting_run_twice_under_two_names_counts_each_seed_once(tmp_path, capsys):
+    """A run named before names came from resolved options and its rerun: one setting, one seed, two names."""
+    root = tmp_path / "runs"
+    for name, test in (("old-name-s0", 0.6), ("new-name-s0", 0.6), ("new-name-s1", 0.8)):
+        make_run(root, name, dataset="colored-digits", variant="none", method="erm", stage=2,
+                 seed=int(name[-1]), val_wga=[0.5], test_groups={0: test, 1: 0.9}, group_names=DIGITS_GROUPS)
+    with pytest.warns(UserWarning, match="one setting with one seed"):
+        assert main(["report", str(root)]) == 0
+    printed = capsys.readouterr().out
+    assert _paper_rows(printed, "colored-digits")["erm / none"] == ["70.0 ± 14.1 (n=2)"]
+    summary = printed.split("every setting: mean ± std over seeds")[1]
+    assert "0,1 " in summary and "0,0" not in summary and "70.0 ± 14.1 (n=2)" in summary

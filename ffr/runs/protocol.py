@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,6 +141,21 @@ class Cell:
         return self.variant == "ffr" and self.stage == 1
 
 
+def one_per_seed(records: list[RunRecord]) -> list[RunRecord]:
+    """The runs of one setting, one per seed. Two runs of one setting and seed are one computation under two
+    names (e.g. a run named before run names came from resolved options, and its rerun): the first by path
+    counts, with a warning naming both, so n stays the number of seeds."""
+    kept: dict[Any, RunRecord] = {}
+    for record in sorted(records, key=lambda r: r.path):
+        seed = record.get("seed")
+        if seed in kept:
+            warnings.warn(f"runs {kept[seed].path!r} and {record.path!r} are one setting with one seed ({seed}); "
+                          "counting the first once", stacklevel=3)
+            continue
+        kept[seed] = record
+    return list(kept.values())
+
+
 def _choose(settings: dict[str, list[RunRecord]], selection: str) -> tuple[str, Stat]:
     ranked = []
     for key, members in settings.items():
@@ -163,6 +179,9 @@ def select(records: list[RunRecord], selection: str = DEFAULT_SELECTION) -> list
     for record in records:
         if record.finished:
             cells[cell_of(record)][record.setting_key()].append(record)
+    for settings in cells.values():
+        for key, members in settings.items():
+            settings[key] = one_per_seed(members)
     # Without selection every setting is a row, labelled by the keys that vary in any cell of its dataset (so
     # one row of the paper table is one setting across bias ratios); a selection shows what its cell compared.
     per_dataset: dict[str, set[str]] = defaultdict(set)
