@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from ffr import runs
 from ffr.cli import main
 from ffr.storage import filesystem
 
@@ -277,6 +278,8 @@ def test_local_train_with_default_mlflow_then_report_finds_each_run_once(tmp_pat
             "executor=local", f"storage_path={storage}"]
     assert main(args) == 0
     assert (storage / "mlflow.db").exists() and list((storage / "mlartifacts").rglob("ffr_result.json"))
+    assert (storage / "mlartifacts" / runs.NOT_RUNS_MARKER).exists()  # discovery does not descend there
+    assert [r.path for r in runs.find_runs(str(storage))] == [str(p.parent) for p in storage.glob("*/ffr_result.json")]
     capsys.readouterr()
     assert main(["report", str(storage), "--out", str(tmp_path / "report")]) == 0
     table = pd.read_csv(tmp_path / "report" / "report.csv")
