@@ -183,7 +183,7 @@ def _experiment(base: dict, over: dict, bias: float | None, variant: str, method
     for key, value in {**drawn, **grid}.items():
         set_dotted(train, key, value)
     # the base's method_hparams belong to the base's method; another method starts from its own defaults
-    own = train.get("method_hparams") or {} if train.get("method", method) == method else {}
+    own = (train.get("method_hparams") or {}) if train.get("method", method) == method else {}
     train["variant"], train["method"], train["seed"] = variant, method, int(seed)
     train["method_hparams"] = {**own, **hparams}
     options = dict(train.get("dataset_options") or {})
