@@ -289,35 +289,34 @@ def gap_tables(by_entry: dict[str, list], strengths: tuple[float, ...]) -> tuple
 
 
 def plot_gap(numbers: dict, strengths: tuple[float, ...]) -> bytes:
-    """Left: test WGA against signature strength, one line per variant (solid ERM, dashed GroupDRO), error
-    bars = std over seeds. Right: the (B, G) diagnostic: the real-vs-synthetic probe's accuracy."""
+    """Test WGA against signature strength, one line per variant (solid ERM, dashed GroupDRO), error bars = std
+    over seeds; beside it the (B, G) diagnostic: the real-vs-synthetic probe's accuracy and the model's
+    worst-group accuracy on held-out synthetic images."""
     from ffr.runs.plots import figure_png, pyplot
 
     plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     colors = {"none": "gray", "usb": "tab:orange", "asb": "tab:green", "ffr": "tab:blue", STAGE1_ONLY: "tab:purple"}
+    panels = (("wga", "test worst-group accuracy (%)", (0, 100), "test WGA (val-WGA-selected), mean ± std"),
+              ("probe", "probe accuracy (%)", (40, 102), "(B, G): real-vs-synthetic linear probe"),
+              ("synthetic_wga", "held-out synthetic WGA (%)", (0, 100), "(B, G): WGA on held-out synthetic images"))
     for variant in (*DEFAULT_VARIANTS, STAGE1_ONLY):
         for method, style in (("erm", "-"), ("groupdro", "--")):
             points = [(s, numbers.get((variant, method, s))) for s in strengths]
-            points = [(s, p) for s, p in points if p is not None and p["wga"].mean is not None]
-            if not points:
-                continue
+            points = [(s, p) for s, p in points if p is not None]
             label = LABELS[variant] if variant == STAGE1_ONLY else f"{LABELS[variant]}+{LABELS[method]}"
-            for ax, key in ((left, "wga"), (right, "probe")):
+            for ax, (key, *_rest) in zip(axes, panels):
                 shown = [(s, p[key]) for s, p in points if p[key].mean is not None]
                 if shown:
                     ax.errorbar([s for s, _ in shown], [100 * st.mean for _, st in shown],
                                 yerr=[100 * (st.std or 0) for _, st in shown], linestyle=style, marker="o",
                                 capsize=3, color=colors[variant], label=label)
-    left.set(xlabel="generator signature strength (gray levels, RMS)", ylabel="test worst-group accuracy (%)",
-             ylim=(0, 100), title="test WGA (val-WGA-selected), mean ± std over seeds")
-    right.set(xlabel="generator signature strength (gray levels, RMS)", ylabel="probe accuracy (%)",
-              ylim=(40, 102), title="(B, G) diagnostic: real-vs-synthetic linear probe")
-    right.axhline(50, color="black", linewidth=0.5)
-    for ax in (left, right):
+    for ax, (_key, ylabel, ylim, title) in zip(axes, panels):
+        ax.set(xlabel="generator signature strength (gray levels, RMS)", ylabel=ylabel, ylim=ylim, title=title)
         ax.set_xticks(list(strengths))
         ax.grid(alpha=0.3)
-    right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    axes[1].axhline(50, color="black", linewidth=0.5)
+    axes[-1].legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return figure_png(fig)
 
 
@@ -370,7 +369,8 @@ def run_gap_study(out: str, strengths: tuple[float, ...] = GAP_STRENGTHS, seeds:
         comparisons.append(f"- signature {strength:g}: " + ("; ".join(
             f"{_name(c['higher'])} > {_name(c['lower'])} by {c['mean_diff']:.1f} ± {c['std_diff']:.1f} "
             f"(p = {c['p']:.3f})" for c in big) if big else "no difference exceeds the seed spread"))
-    timing = (f"{len(seeds)} seeds × {len(strengths)} signature strengths, {len(plan.jobs)} training runs; wall time "
+    timing = (f"{len(seeds)} seeds × {len(strengths)} signature strengths, {len(plan.jobs)} training runs "
+              f"({len(plan.to_train)} trained by this call); wall time "
               f"{trained - started:.0f} s (generation {generated - started:.0f} s, training {trained - generated:.0f} "
               f"s) on {os.cpu_count()} CPUs, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     shown = ", ".join(f"{s:g}" for s in strengths)
