@@ -144,13 +144,17 @@ class Cell:
 def one_per_seed(records: list[RunRecord]) -> list[RunRecord]:
     """The runs of one setting, one per seed. Two runs of one setting and seed are one computation under two
     names (e.g. a run named before run names came from resolved options, and its rerun): the first by path
-    counts, with a warning naming both, so n stays the number of seeds."""
+    counts, with a warning naming both, so n stays the number of seeds. (``synthetic_root`` is not a setting —
+    it follows the seed in the demo — so runs on synthetic sets generated differently also meet here; the warning
+    says so. ``ffr study`` tables each ``datasets`` entry apart.)"""
     kept: dict[Any, RunRecord] = {}
     for record in sorted(records, key=lambda r: r.path):
         seed = record.get("seed")
         if seed in kept:
             warnings.warn(f"runs {kept[seed].path!r} and {record.path!r} are one setting with one seed ({seed}); "
-                          "counting the first once", stacklevel=3)
+                          "counting the first once (a rerun under a new name; runs that differ only in their "
+                          "synthetic_root, e.g. another generator setting, belong in separate report folders)",
+                          stacklevel=3)
             continue
         kept[seed] = record
     return list(kept.values())
