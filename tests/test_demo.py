@@ -67,7 +67,7 @@ def test_demo_runs_the_grid_over_seeds_as_tune_trials(ray_cluster, tmp_path, cap
 
     configs = {(s, v, m): demo.train_config(v, m, s, None, str(tmp_path / "out" / "runs"), epochs=1, stage1_epochs=1)
                for s in (0, 1) for v in ("none", "ffr") for m in ("erm",)}
-    for (s, v, m), config in configs.items():
+    for (s, v, _m), config in configs.items():
         config["synthetic_root"] = str(tmp_path / "out" / "synthetic" / f"seed-{s}") if v != "none" else None
     wga = demo.collect_wga(configs)
     cells = select(collect([str(tmp_path / "out" / "runs")]), "val-wga")
