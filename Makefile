@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-seeds d3s-demo test lint bench gpu-check gpu-check-smoke clean browser
+.PHONY: demo demo-seeds gap-study d3s-demo test lint bench gpu-check gpu-check-smoke clean browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -34,6 +34,12 @@ demo: $(STAMP)
 demo-seeds: $(STAMP)
 	$(BIN)/ffr demo --out demo_out --seeds 0,1,2,3,4
 
+# FFR's (B, G) argument as an experiment: every variant × ERM/GroupDRO × 3 seeds at 3 generator-signature
+# strengths of the synthetic renderer (0 = today's), test WGA against strength with the (B, G) diagnostic beside
+# it (gap_out/report/gap.md, gap.png). About 17 min on an idle 2-core machine.
+gap-study: $(STAMP)
+	$(BIN)/ffr demo --out gap_out --seeds 0,1,2 --gap-study 0,8,24
+
 d3s-demo: $(STAMP)
 	$(BIN)/ffr d3s demo --out d3s_demo_out
 
@@ -58,4 +64,4 @@ gpu-check-smoke: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py --smoke --out /tmp/ffr-gpu-check-smoke
 
 clean:
-	rm -rf $(VENV) demo_out d3s_demo_out .pytest_cache
+	rm -rf $(VENV) demo_out gap_out d3s_demo_out .pytest_cache

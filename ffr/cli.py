@@ -18,6 +18,8 @@ COMMANDS = {
     "generate": ("pipelines.command", "generate synthetic images (Ray Data over a diffusion/procedural backend)"),
     "train": ("ffr.training.command", "two-stage FFR training, in this process or on Ray Train (DDP)"),
     "sweep": ("tune.command", "Ray Tune sweep of stage-2 methods, tracked in MLflow"),
+    "study": ("ffr.study_command", "a paper grid (datasets × bias ratios × variants × methods × hyperparameters × "
+                                   "seeds) as one Ray Tune run, ending with the protocol table"),
     "report": ("ffr.report", "tables and plots from finished runs"),
     "demo": ("ffr.demo", "the embedded offline end-to-end run (colored digits)"),
     "review": ("ffr.review.command", "human review of generated images: web app, votes, veto rule, export"),

@@ -27,6 +27,7 @@ from typing import Any
 
 from ffr.config import redact
 from ffr.errors import FFRError
+from ffr.runs import DIAGNOSTIC, NOT_RUNS_MARKER
 from ffr.storage import is_remote, join
 
 RUN_NAME_TAG = "ffr.run_name"
@@ -80,16 +81,32 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def mark_not_runs(artifact_location: str | None) -> None:
+    """Mark a local artifact store as holding no runs (``ffr.runs.NOT_RUNS_MARKER``): it sits beside the run
+    directories (``{storage_path}/mlartifacts``) and holds a copy of every run's files, which run discovery
+    would otherwise count as more runs."""
+    if not artifact_location or not artifact_location.startswith("file://"):
+        return
+    directory = artifact_location[len("file://"):]
+    marker = os.path.join(directory, NOT_RUNS_MARKER)
+    if not os.path.exists(marker):
+        os.makedirs(directory, exist_ok=True)
+        with open(marker, "w") as f:
+            f.write("MLflow's artifact store: copies of run files, not runs. ffr report and run discovery skip "
+                    "this folder.\n")
+
+
 def experiment_id(uri: str, name: str) -> str:
     """The experiment's id, created if needed; a sqlite store keeps artifacts in ``mlartifacts/`` beside it
-    (MLflow's default would be relative to whichever directory the command ran in)."""
+    (MLflow's default would be relative to whichever directory the command ran in), marked as no runs."""
     mlflow_client = client(uri)
-    found = mlflow_client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
         location = "file://" + os.path.join(os.path.dirname(uri[len("sqlite:///"):]), "mlartifacts")
+        mark_not_runs(location)  # also marks the store of an experiment created before the marker existed
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
     try:
         return mlflow_client.create_experiment(name, artifact_location=location)
     except Exception:  # another trial created it in the meantime
@@ -164,6 +181,25 @@ def final_metrics(result: dict) -> dict[str, float]:
     for key in ("best_epoch", "best_val_worst_group_acc"):
         if isinstance(result.get(key), (int, float)):
             out[key] = float(result[key])
+    out.update(diagnostic_metrics(result.get(DIAGNOSTIC) or {}))
+    return out
+
+
+def diagnostic_metrics(diagnostic: dict) -> dict[str, float]:
+    """The (B, G) diagnostic (ffr.training.diagnostic) → ``diag_probe_real_vs_synthetic_acc``,
+    ``diag_synthetic_worst_group_acc`` and ``diag_acc/<class>/<bias>/<real|synthetic>``."""
+    out: dict[str, float] = {}
+    probe = diagnostic.get("probe") or {}
+    for key in ("accuracy", "real_accuracy", "synthetic_accuracy"):
+        if isinstance(probe.get(key), (int, float)):
+            out[f"diag_probe_real_vs_synthetic_{key.replace('accuracy', 'acc')}"] = float(probe[key])
+    for key in ("worst_group_acc", "mean_group_acc", "overall_acc"):
+        value = (diagnostic.get("synthetic") or {}).get(key)
+        if isinstance(value, (int, float)):
+            out[f"diag_synthetic_{key}"] = float(value)
+    for name, value in (diagnostic.get("accuracy") or {}).items():
+        if isinstance(value, (int, float)):
+            out[f"diag_acc/{metric_key(name)}"] = float(value)
     return out
 
 

@@ -54,12 +54,15 @@ def test_plan_round_trip_reproduces_every_table_and_image(synthetic_root, tmp_pa
         _assert_same(read.real[name], data.real[name])
     _assert_same(read.stages[stage].train, data.stages[stage].train)
     assert read.stages[stage].train_spec == data.stages[stage].train_spec
+    # every stage's plan carries the experiment's held-out synthetic images, for the (B, G) diagnostic
+    assert data.heldout is not None and len(data.heldout) > 0
+    _assert_same(read.heldout, data.heldout)
     rows = pd.read_parquet(path)
-    synthetic = rows[rows["source"] == 1]
+    synthetic = rows[(rows["source"] == 1) & (rows["@table"] != plan.HELDOUT)]
     # Shard images carry their tar member's address: workers read them by byte range, no tar indexing.
     assert len(synthetic) == int((read.stages[stage].train.source == 1).sum())
-    if (variant, stage) == ("ffr", 2):  # FFR's stage 2 is real data only: its plan names no shard
-        assert len(synthetic) == 0 and "@offset" not in rows
+    if (variant, stage) == ("ffr", 2):  # FFR's stage 2 trains on real data only: no shard image to train on
+        assert len(synthetic) == 0
     else:
         assert synthetic["@offset"].notna().all() and synthetic["@tar"].str.endswith(".tar").all()
 

@@ -41,14 +41,32 @@ def test_sweep_config_errors():
 
 def test_trial_config_merges_method_hparams():
     cfg = parse_sweep({"methods": ["erm", "groupdro"], "search": {"lr": ["loguniform", 1e-4, 1e-2]}})
-    space = param_space(cfg)
-    assert "groupdro" in space["method_hparams"] and "erm" not in space["method_hparams"]
-    params = {"method": "groupdro", "seed": 1, "train": {"lr": 0.005},
-              "method_hparams": {"groupdro": {"step_size": 0.05, "adjustment": 1.0}}}
+    configurations = param_space(cfg)["configuration"]["grid_search"]
+    assert [c["method"] for c in configurations] == ["erm", "groupdro"]
+    assert configurations[0]["method_hparams"] == {}  # a trial holds only its own method's options
+    assert set(configurations[1]["method_hparams"]) == {"step_size", "adjustment"}
+    params = {"seed": 1, "configuration": {"method": "groupdro", "train": {"lr": 0.005},
+                                           "method_hparams": {"step_size": 0.05, "adjustment": 1.0}}}
     train = trial_train_config({"dataset": "colored-digits", "method_hparams": {"adjustment": 0.0}}, params, "abc")
     assert train["method"] == "groupdro" and train["seed"] == 1 and train["lr"] == 0.005
     assert train["method_hparams"] == {"step_size": 0.05, "adjustment": 1.0}
     assert train["run_name"] == "colored-digits-none-groupdro-s1-abc"
+
+
+def test_seeds_are_the_inner_loop_of_a_sweep():
+    """Every drawn configuration runs with every seed (a sweep used to draw a fresh lr per seed: n = 1 per cell);
+    the same sweep draws the same configurations."""
+    cfg = parse_sweep({"methods": ["groupdro"], "seeds": [0, 1, 2], "num_samples": 3,
+                       "search": {"lr": ["loguniform", 1e-4, 1e-2], "weight_decay": ["grid", [0.0, 1e-4]]}})
+    space = param_space(cfg)
+    assert space["seed"] == {"grid_search": [0, 1, 2]}
+    configurations = space["configuration"]["grid_search"]
+    assert len(configurations) == 3 * 2  # samples × grid, each then × 3 seeds
+    assert len({c["train"]["lr"] for c in configurations}) == 6
+    assert sorted(c["train"]["weight_decay"] for c in configurations) == [0.0] * 3 + [1e-4] * 3
+    assert all(1e-4 <= c["train"]["lr"] <= 1e-2 and 1e-3 <= c["method_hparams"]["step_size"] <= 0.1
+               for c in configurations)
+    assert param_space(cfg)["configuration"] == space["configuration"]  # seeded: reproducible, resumable
 
 
 def test_config_checks_fail_in_one_line_before_ray_starts(tmp_path, capsys):
@@ -88,7 +106,7 @@ def test_a_trial_asha_stopped_is_marked_stopped_not_failed(tmp_path, capsys):
     from tune.sweep import _trial_row
 
     base = {"dataset": "colored-digits", "storage_path": str(tmp_path / "sweep")}
-    params = {"method": "erm", "seed": 0, "train": {"lr": 0.001}}
+    params = {"seed": 0, "configuration": {"method": "erm", "train": {"lr": 0.001}, "method_hparams": {}}}
     name = "colored-digits-none-erm-s0-abc_00001"
     run = tmp_path / "sweep" / name
     runs.write_config(str(run), {"dataset": "colored-digits", "variant": "none", "method": "erm", "stage": 2,

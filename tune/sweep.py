@@ -2,8 +2,12 @@
 
 One Tune trial = one ``ffr.training.run_experiment`` (a Ray Train driver; the V2 Train-in-Tune pattern): the
 trial's TorchTrainer forwards rank-0 epoch metrics to Tune with ``TuneReportCallback``, so ASHA can stop bad
-trials early. The search space is the product of: methods × seeds (grid), the sweep's own ``search`` entries
-over training-config keys, and each method's declared hyperparameter space (``ffr.methods``: ``searchable`` options).
+trials early. The driver draws the *configurations* first (``tune.spaces.expand``, seeded by ``search_seed``):
+``num_samples`` × methods × the grid entries of ``search``, each with one draw of the sweep's random ``search``
+entries over training-config keys and of its method's declared hyperparameter space (``ffr.methods``:
+``searchable`` options). Tune then grids configurations × seeds: **seeds are the inner loop**, every drawn
+configuration runs with every seed (so each setting has n = len(seeds) in ``ffr report``), and a trial's config
+holds only its own method's options.
 
 Every trial is an ordinary ffr run: its run directory is ``{storage_path}/{name}/{run name}`` (next to Tune's
 own trial folders), it is test-evaluated when its epochs are done, and ``ffr.tracking`` logs it to MLflow as
@@ -21,6 +25,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -29,12 +34,12 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ffr import runs, tracking
 from ffr.config import build, load_config, redact, set_dotted, to_dict
 from ffr.errors import FFRError, unwrap_user_errors, user_error
-from ffr.methods import METHODS
+from ffr.methods import METHODS, search_spaces
 from ffr.ray_session import ensure_ray, quiet_tune_console
 from ffr.storage import absolute, ensure_dir, filesystem, join, require_bucket
 from ffr.tracking import MLflowConfig
 from ffr.training.config import TrainConfig, parse, resolve_executor, resolve_paths
-from tune.spaces import method_space, to_domain
+from tune.spaces import expand, method_space, to_domain
 
 METRIC = "val_worst_group_acc"
 TRIAL_PREFIX = "tune-"  # Tune trial folders are named tune-<trial id>
@@ -58,6 +63,7 @@ class SweepConfig:
     search: dict[str, Any] = field(default_factory=dict)  # training-config key → [kind, ...]
     search_method_hparams: bool = True
     num_samples: int = 1
+    search_seed: int = 0  # seeds the draws of the random search entries (the same sweep draws the same configs)
     max_concurrent_trials: int = 1  # ≈ GPUs // (workers per trial): extra trials would only wait
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # experiment_name defaults to the sweep's name; tracking_uri as in ffr.tracking, beside storage_path
@@ -113,12 +119,23 @@ def base_train_config(cfg: SweepConfig) -> dict[str, Any]:
     return base
 
 
+def configurations(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """The configurations the sweep runs, each with every seed: {"method", "train": {key: value},
+    "method_hparams": {option: value}} (only the trial's own method's options)."""
+    rng = np.random.default_rng(cfg.search_seed)
+    out = []
+    for _ in range(cfg.num_samples):
+        for method in cfg.methods:
+            spaces = search_spaces(METHODS.get(method)) if cfg.search_method_hparams else {}
+            for train in expand(cfg.search, rng):
+                for hparams in expand(spaces, rng, f"{method}."):
+                    out.append({"method": method, "train": train, "method_hparams": hparams})
+    return out
+
+
 def param_space(cfg: SweepConfig) -> dict[str, Any]:
-    space: dict[str, Any] = {"method": tune.grid_search(list(cfg.methods)), "seed": tune.grid_search(list(cfg.seeds))}
-    space["train"] = {key: to_domain(value, key) for key, value in cfg.search.items()}
-    if cfg.search_method_hparams:
-        space["method_hparams"] = {m: method_space(m) for m in cfg.methods if method_space(m)}
-    return space
+    """Configurations × seeds, a grid (:func:`configurations`): the seed is the inner loop."""
+    return {"configuration": tune.grid_search(configurations(cfg)), "seed": tune.grid_search(list(cfg.seeds))}
 
 
 def trial_run_name(train: dict[str, Any], trial_id: str) -> str:
@@ -129,13 +146,14 @@ def trial_run_name(train: dict[str, Any], trial_id: str) -> str:
 
 
 def trial_train_config(base: dict[str, Any], params: dict[str, Any], trial_id: str) -> dict[str, Any]:
-    """The training config one trial runs: base + sampled keys + its method's sampled hyperparameters."""
+    """The training config one trial runs: base + its configuration's keys and method hyperparameters + seed."""
+    configuration = params["configuration"]
     train = copy.deepcopy(base)
-    for key, value in params.get("train", {}).items():
+    for key, value in configuration.get("train", {}).items():
         set_dotted(train, key, value)
-    train["method"], train["seed"] = params["method"], int(params["seed"])
+    train["method"], train["seed"] = configuration["method"], int(params["seed"])
     hparams = dict(train.get("method_hparams") or {})
-    hparams.update(params.get("method_hparams", {}).get(params["method"], {}))
+    hparams.update(configuration.get("method_hparams", {}))
     train["method_hparams"] = hparams
     train["run_name"] = trial_run_name(train, trial_id)
     return train
@@ -268,8 +286,9 @@ def _trial_id(result) -> str | None:
 def _trial_row(result, base: dict[str, Any], epochs: int, uri: str | None, experiment: str) -> dict[str, Any]:
     """One trial's row; marks a trial ASHA stopped early (run directory and MLflow run)."""
     params = result.config or {}
+    configuration = params.get("configuration") or {}
     metrics = result.metrics or {}
-    method = params.get("method")
+    method = configuration.get("method")
     trial_id = _trial_id(result)
     run_name = trial_run_name(trial_train_config(base, params, trial_id), trial_id) if trial_id and method else None
     directory = runs.run_dir(base["storage_path"], run_name) if run_name else None
@@ -295,8 +314,8 @@ def _trial_row(result, base: dict[str, Any], epochs: int, uri: str | None, exper
                 tracking.client(uri).set_terminated(run.info.run_id, "KILLED")
     result_file = record.result if finished else {}
     return {"run_name": run_name, "status": status, "run_dir": directory, "method": method, "seed": params.get("seed"),
-            **{f"train.{k}": v for k, v in params.get("train", {}).items()},
-            **{f"hp.{k}": v for k, v in params.get("method_hparams", {}).get(method, {}).items()},
+            **{f"train.{k}": v for k, v in configuration.get("train", {}).items()},
+            **{f"hp.{k}": v for k, v in configuration.get("method_hparams", {}).items()},
             METRIC: (result_file or {}).get("best_val_worst_group_acc", metrics.get(METRIC)),
             "test_worst_group_acc": ((result_file or {}).get("test") or {}).get("worst_group_acc"),
             "epochs_run": epochs_run,
@@ -349,6 +368,7 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
     fs, inner = filesystem(cfg.storage_path)
     require_bucket(fs, inner)  # before Ray: Tune's storage layer would create a missing bucket
     _check_inputs(parse(base), cfg.seeds)
+    space = param_space(cfg)  # draws (and checks) every configuration before Ray starts
     if chosen:
         print(chosen, flush=True)
     uri = tracking_uri_for(cfg)
@@ -369,7 +389,7 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
     pa_fs, tune_path = pyarrow_filesystem(cfg.storage_path)
     tuner = tune.Tuner(
         tune.with_parameters(_trainable, base=base, launch_dir=launch_dir),
-        param_space=param_space(cfg),
+        param_space=space,
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, num_samples=cfg.num_samples,
                                     max_concurrent_trials=cfg.max_concurrent_trials,
                                     trial_name_creator=lambda trial: _trial_name(trial, base),

@@ -16,7 +16,8 @@ from __future__ import annotations
 import pandas as pd
 
 from ffr.datasets.base import GroupedSplit, ReferenceCounts, reader
-from ffr.datasets.readers import DatasetRoot, ReaderOptions, build_splits
+from ffr.datasets.ffr_splits import ffr_split_table
+from ffr.datasets.readers import DatasetRoot, FFRSplitOptions, build_splits
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
 from ffr.options import Field
@@ -58,7 +59,7 @@ def parse_annotations(text: str, where: str) -> pd.DataFrame:
     return pd.DataFrame(rows, index=files, columns=names).astype("int64")
 
 
-class CelebaHQOptions(ReaderOptions):
+class CelebaHQOptions(FFRSplitOptions):
     target: str = Field("Smiling", description="the attribute to predict (class)")
     bias: str = Field("Male", description="the spurious attribute (bias)")
     oppose_bias: bool = Field(True, description="FFR's forced-direction pre-downsampling (opposite majority biases "
@@ -95,6 +96,16 @@ def celeba_hq(options: CelebaHQOptions) -> dict[str, GroupedSplit]:
     rows = pd.DataFrame({"key": [f"{IMAGE_DIR}/{name}" for name in table.index],
                          "y": table[target].to_numpy(), "b": table[bias].to_numpy()})
     spec = GroupSpec(_names(target), _names(bias))
+    if options.split_file is not None:  # FFR's own splits: as published, checked against the attribute file
+        split = ffr_split_table(data, options.split_file, bias_ratio)
+        labels = rows.set_index("key").reindex(split["key"])
+        wrong = (labels["y"].to_numpy() != split["y"].to_numpy()) | (labels["b"].to_numpy() != split["b"].to_numpy())
+        if wrong.any():
+            raise FFRError(f"celeba-hq: split_file labels disagree with {ANNOTATION_FILE} (target {target!r}, bias "
+                           f"{bias!r}) for {int(wrong.sum())} images, e.g. {split['key'][wrong].iloc[0]!r}; expected "
+                           "the target and bias the split files were made with")
+        return build_splits(data, split, spec, bias_ratio=None, seed=options.seed, verify=options.verify,
+                            check_files=False)
     pre = min(FFR_PRE_RATIO, float(bias_ratio)) if bias_ratio is not None else FFR_PRE_RATIO
     return build_splits(data, rows, spec, bias_ratio=bias_ratio, seed=options.seed, verify=options.verify,
                         oppose_bias_ratio=pre if options.oppose_bias else None)

@@ -132,6 +132,15 @@ class ReaderOptions(options.Options):
     verify: bool = options.Field(False, description="decode every image up front instead of when it is read")
 
 
+class FFRSplitOptions(ReaderOptions):
+    """A reader that can also take FFR's published split files (ffr.datasets.ffr_splits)."""
+
+    split_file: str | dict[str, str] | None = options.Field(
+        None, description="FFR's split pickles (data/*.pkl of From-Fake-to-Real): a template with {split} and "
+                          "{bias_ratio}, or {train, val, test} → path; paths remapped onto root; used as they are "
+                          "(bias_ratio only picks the file)")
+
+
 def check_present(root: DatasetRoot, keys: list[str], what: str = "image") -> None:
     """One listing of the root, then every listed key must be in it (a clear line for the first missing)."""
     present = set(root.list_files(suffixes=None))

@@ -15,7 +15,8 @@ from __future__ import annotations
 import pandas as pd
 
 from ffr.datasets.base import SPLITS, GroupedSplit, ReferenceCounts, reader
-from ffr.datasets.readers import DatasetRoot, ReaderOptions, build_splits
+from ffr.datasets.ffr_splits import ffr_split_table
+from ffr.datasets.readers import DatasetRoot, FFRSplitOptions, build_splits
 from ffr.groups import GroupSpec
 
 CLASS_NAMES = ("landbird", "waterbird", "small_dog", "big_dog")
@@ -35,7 +36,7 @@ SPEC = GroupSpec(CLASS_NAMES, BIAS_NAMES, populated=POPULATED_GROUPS)
 MAJORITY = {(0, 0), (1, 1), (2, 2), (3, 3)}  # landbird/land, waterbird/water, small dog/indoors, big dog/outdoors
 
 
-def _reference(options: ReaderOptions) -> ReferenceCounts:
+def _reference(options: FFRSplitOptions) -> ReferenceCounts:
     def sizes(majority: int, minority: int) -> dict[tuple[int, int], int]:
         return {g: majority if g in MAJORITY else minority for g in POPULATED_GROUPS}
 
@@ -45,10 +46,14 @@ def _reference(options: ReaderOptions) -> ReferenceCounts:
                            pixels=256 * 256)
 
 
-@reader("spuco-animals", ReaderOptions, reference=_reference)
-def spuco_animals(options: ReaderOptions) -> dict[str, GroupedSplit]:
-    """SpuCo Animals with its native train/val/test folders."""
+@reader("spuco-animals", FFRSplitOptions, reference=_reference)
+def spuco_animals(options: FFRSplitOptions) -> dict[str, GroupedSplit]:
+    """SpuCo Animals with its native train/val/test folders (or FFR's split files, ``split_file``)."""
     data = DatasetRoot(options.root, "spuco-animals")
+    spec = SPEC
+    if options.split_file is not None:  # FFR's own splits, as published
+        return build_splits(data, ffr_split_table(data, options.split_file, options.bias_ratio), spec,
+                            bias_ratio=None, seed=options.seed, verify=options.verify, check_files=False)
     frames = []
     for top, classes, backgrounds in LAYOUT:
         data.require_dir(top, "folder")
@@ -59,5 +64,5 @@ def spuco_animals(options: ReaderOptions) -> dict[str, GroupedSplit]:
                     keys = data.list_files(folder)
                     frames.append(pd.DataFrame({"key": keys, "y": y, "b": b, "split": split}))
     table = pd.concat(frames, ignore_index=True)
-    return build_splits(data, table, SPEC, bias_ratio=options.bias_ratio,
+    return build_splits(data, table, spec, bias_ratio=options.bias_ratio,
                         seed=options.seed, verify=options.verify, check_files=False)

@@ -16,7 +16,8 @@ import warnings
 import pandas as pd
 
 from ffr.datasets.base import GroupedSplit, ReferenceCounts, reader
-from ffr.datasets.readers import DatasetRoot, ReaderOptions, build_splits
+from ffr.datasets.ffr_splits import ffr_split_table
+from ffr.datasets.readers import DatasetRoot, FFRSplitOptions, build_splits
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
 from ffr.options import Field
@@ -41,7 +42,7 @@ def age_group(age: int) -> int | None:
     return 1 if age <= YOUNG_MAX_AGE else None
 
 
-class UTKFaceOptions(ReaderOptions):
+class UTKFaceOptions(FFRSplitOptions):
     oppose_bias: bool = Field(True, description="FFR's forced-direction pre-downsampling (opposite majority biases "
                                                 "per class); false keeps the natural correlation")
 
@@ -64,6 +65,10 @@ def utk_face(options: UTKFaceOptions) -> dict[str, GroupedSplit]:
     """UTKFace grouped by (gender, age group)."""
     bias_ratio = options.bias_ratio
     data = DatasetRoot(options.root, "utk-face")
+    if options.split_file is not None:  # FFR's own splits, as published
+        return build_splits(data, ffr_split_table(data, options.split_file, bias_ratio),
+                            GroupSpec(CLASS_NAMES, BIAS_NAMES), bias_ratio=None, seed=options.seed,
+                            verify=options.verify, check_files=False)
     keys = data.list_files()
     rows, malformed = [], []
     for key in keys:

@@ -4,7 +4,7 @@ Core (no Ray): ``config`` (typed config), ``sampling`` (DDP-correct resampling),
 prediction, features), ``stage`` (one run, epoch by epoch), ``evaluation`` (final metrics, the method's
 post-fit step, a preliminary run's predictions); the run directory contract is ``ffr.runs``. Ray glue:
 ``ray_train`` (TorchTrainer, Ray task). Orchestration:
-``experiment.run_experiment``; CLI: ``command`` (``ffr train``).
+``experiment.run_experiment`` (``run_pretrain``: stage 1 alone, for ``ffr study``); CLI: ``command`` (``ffr train``).
 """
 
 from __future__ import annotations
@@ -22,4 +22,11 @@ def run_experiment(config: TrainConfig | dict, callbacks: list | None = None, lo
     return _run(config, callbacks, log_executor=log_executor)
 
 
-__all__ = ["TrainConfig", "run_experiment"]
+def run_pretrain(config: TrainConfig | dict) -> dict:
+    """Only the experiment's stage 1 (FFR's pretraining); its result (see :mod:`ffr.training.experiment`)."""
+    from ffr.training.experiment import run_pretrain as _run
+
+    return _run(config)
+
+
+__all__ = ["TrainConfig", "run_experiment", "run_pretrain"]

@@ -4,6 +4,11 @@ An experiment is one (dataset, variant, method, seed, hyperparameters). Its stag
 their own directories; their names are derived from the config's content, so rerunning the same command
 finds the same run (and resumes it, or skips it when ``ffr_result.json`` says it is done), and FFR's stage 1
 is shared by every stage-2 method trained on top of it.
+
+The content is the *resolved* config: a config is built with every registry entry's options filled with
+their defaults (``dataset_options``, ``backbone_options``, ``method_hparams``), so writing a default out
+(``method_hparams: {step_size: 0.01}``) names the same run as leaving it out, and ``config.json`` records the
+hyperparameters the run actually used.
 """
 
 from __future__ import annotations
@@ -68,6 +73,17 @@ class FaultInjection:
 
 
 @dataclass
+class DiagnosticOptions:
+    """FFR's (B, G) diagnostic (ffr.training.diagnostic) of every run whose experiment trains on synthetic
+    images: the tested checkpoint on up to ``holdout_per_group`` held-out synthetic images per group (ones no
+    variant of the seed trains on), and a real-vs-synthetic linear probe on its features. Evaluation only: it
+    never changes a run's name, training or test numbers."""
+
+    enabled: bool = True
+    holdout_per_group: int = 200
+
+
+@dataclass
 class TrainConfig:
     # data
     dataset: str = "colored-digits"
@@ -122,6 +138,7 @@ class TrainConfig:
     # drops the bad ones from their split and records how many in the result file (bad_images_skipped).
     bad_images: str = "fail"
     skipped_images: list[str] | None = None  # filled by the driver under "skip", so workers drop the same rows
+    diagnostic: DiagnosticOptions = field(default_factory=DiagnosticOptions)  # FFR's (B, G) diagnostic
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -151,6 +168,21 @@ class TrainConfig:
             self._need_stage1("stage1.per_group sizes the stage-1 synthetic set")
         if self.lr <= 0:
             raise FFRError(f"lr = {self.lr!r} must be > 0")
+        if self.diagnostic.holdout_per_group < 2:
+            raise FFRError(f"diagnostic.holdout_per_group = {self.diagnostic.holdout_per_group!r}; expected an "
+                           "integer >= 2 (the probe fits on half of each group's images and scores the other half)")
+        self._fill_option_defaults()
+
+    def _fill_option_defaults(self) -> None:
+        """Each entry's options, validated and with every default written out (see the module docstring)."""
+        from ffr.backbones import BACKBONES
+        from ffr.datasets import DATASETS
+        from ffr.methods import METHODS
+
+        for registry, name, key in ((DATASETS, self.dataset, "dataset_options"),
+                                    (BACKBONES, self.backbone, "backbone_options"),
+                                    (METHODS, self.method, "method_hparams")):
+            setattr(self, key, registry.options(name, getattr(self, key), key).to_dict())
 
     def _need_stage1(self, what: str) -> None:
         from ffr import variants

@@ -11,6 +11,7 @@ from ffr import variants
 from ffr.datasets.base import GroupedSplit
 from ffr.errors import FFRError
 from ffr.training.config import TrainConfig
+from ffr.training.diagnostic import heldout_synthetic
 from ffr.variants import StageData
 
 
@@ -20,6 +21,8 @@ class ExperimentData:
     stages: dict[int, StageData]
     skipped_images: list[str] = field(default_factory=list)  # keys dropped under bad_images: skip
     generator: str | None = None  # the synthetic images' generator label(s), for results and report grouping
+    # synthetic images no variant of this seed trains on, for the (B, G) diagnostic (ffr.training.diagnostic)
+    heldout: GroupedSplit | None = None
 
     @property
     def val(self) -> GroupedSplit:
@@ -59,7 +62,11 @@ def load_experiment_data(cfg: TrainConfig, stage: int | None = None) -> Experime
     generator = None
     if synthetic is not None and "generator" in synthetic.table.columns:
         generator = " | ".join(sorted(set(synthetic.table["generator"].astype(str)))) or None
-    return ExperimentData(real, by_stage, list(skipped), generator)
+    heldout = None
+    if synthetic is not None and cfg.diagnostic.enabled:
+        heldout = heldout_synthetic(synthetic, real["train"], [d.train for d in by_stage.values()], data_seed,
+                                    cfg.diagnostic.holdout_per_group)
+    return ExperimentData(real, by_stage, list(skipped), generator, heldout)
 
 
 _DECODE_THREADS = 16  # decoding is mostly waiting on storage (S3 latency); PIL releases the GIL while decoding

@@ -3,7 +3,8 @@ step on features, and a preliminary run's predictions on its training set.
 
 A method that fits on features (``Method.fit_on_features``, e.g. DFR's last-layer retraining) gets the
 selected model's penultimate features of the real train/val/test splits, extracted once per split; its head
-then gives the val/test numbers and the model's own head's are kept as ``base_val``/``base_test``.
+then gives the val/test numbers and the model's own head's are kept as ``base_val``/``base_test``. An
+experiment with synthetic data also gets FFR's (B, G) diagnostic (``ffr.training.diagnostic``) of the checkpoint.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import ffr.methods
 from ffr.backbones import create_backbone
 from ffr.methods.base import Features
 from ffr.metrics import group_counts_of, summarize
+from ffr.runs import DIAGNOSTIC
 from ffr.training import loop
 from ffr.training.config import StageSpec, TrainConfig
 from ffr.training.data import ExperimentData
+from ffr.training.diagnostic import bg_diagnostic
 from ffr.training.stage import EVAL_BATCH
 
 
@@ -57,6 +60,7 @@ def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, 
                            "val": {str(g): int(n) for g, n in sorted(group_counts_of(val.groups()).items())},
                            "test": {str(g): int(n) for g, n in sorted(group_counts_of(test.groups()).items())}}}
     method = ffr.methods.create(spec.method, **spec.method_hparams)
+    predict = _head(model, device)
     if method.fits_on_features():
         splits = {"train": data.real["train"], "val": val, "test": test}
         features = {name: Features(_features(model, split, cfg, device), split.y, split.groups())
@@ -68,7 +72,21 @@ def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, 
                 split = splits[name]
                 out[name] = summarize(fit.predict(features[name].x), split.y, split.groups(), train_counts)
             out[method.name] = fit.details
+            predict = fit.predict  # the diagnostic measures the predictor whose test numbers are reported
+    if data.heldout is not None and len(data.heldout):
+        out[DIAGNOSTIC] = bg_diagnostic(lambda split: _features(model, split, cfg, device), predict, test,
+                                        data.heldout, train_counts, cfg.seed)
     return out
+
+
+def _head(model, device: torch.device):
+    """Features → predicted classes with the model's own linear head."""
+    @torch.no_grad()
+    def predict(features: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(features, dtype=torch.float32, device=device)
+        return model.head(x).argmax(1).cpu().numpy()
+
+    return predict
 
 
 def train_predictions(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, device: torch.device | None = None,

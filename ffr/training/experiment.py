@@ -177,12 +177,10 @@ def _preliminary(cfg: TrainConfig, main: StageSpec, data: ExperimentData) -> dic
     return result
 
 
-@unwrap_user_errors
-def run_experiment(config: TrainConfig | dict, callbacks: list | None = None, log_executor: bool = True) -> dict:
-    """Run every stage of one experiment; returns the final (stage-2) result, plus ``stage1`` (None without).
-
-    ``callbacks`` (Ray Train UserCallbacks, e.g. Tune's TuneReportCallback) see the stage-2 run only.
-    ``log_executor``: print the executor ``auto`` chose (a sweep prints it once for all its trials)."""
+def _prepare(config: TrainConfig | dict, log_executor: bool = True) -> tuple[TrainConfig, str | None, ExperimentData]:
+    """The config parsed, its executor chosen, and everything checked before Ray starts: the storage bucket (Ray
+    Train's storage layer would create a missing one), the init checkpoint, then the data (roots, files,
+    bad-image policy). ``log_executor``: print the executor ``auto`` chose (a sweep prints it once)."""
     # Every path against the directory the command was started in, once, here on the driver: Ray Train
     # workers and Tune trials run elsewhere (a no-op for the absolute paths a sweep's trial receives).
     cfg = parse(resolve_paths(config))
@@ -190,8 +188,6 @@ def run_experiment(config: TrainConfig | dict, callbacks: list | None = None, lo
     chose = cfg.executor == "auto"
     executor, why = resolve_executor(cfg)
     cfg = dataclasses.replace(cfg, executor=executor)
-    # Before Ray starts: the storage bucket (Ray Train's storage layer would create a missing one), the
-    # init checkpoint, then the data (roots, files, bad-image policy).
     fs, inner = filesystem(cfg.storage_path)
     require_bucket(fs, inner)
     init = runs.resolve_checkpoint(cfg.init_checkpoint, cfg.seed) if cfg.init_checkpoint else None
@@ -207,17 +203,44 @@ def run_experiment(config: TrainConfig | dict, callbacks: list | None = None, lo
         from ffr.ray_session import ensure_ray
 
         ensure_ray()
+    return cfg, init, data
+
+
+def _stage1(cfg: TrainConfig, data: ExperimentData) -> dict:
+    from ffr.training import stage_lease
+
+    stage1 = pretrain_stage(cfg)
+    # Shared by every method, trial and job of this seed and stage-1 setting: one trains it, others wait.
+    with stage_lease.hold(runs.run_dir(cfg.storage_path, stage1.run_name), stage1.run_name, _log):
+        return run_stage_job(cfg, stage1, data)
+
+
+@unwrap_user_errors
+def run_experiment(config: TrainConfig | dict, callbacks: list | None = None, log_executor: bool = True) -> dict:
+    """Run every stage of one experiment; returns the final (stage-2) result, plus ``stage1`` (None without).
+
+    ``callbacks`` (Ray Train UserCallbacks, e.g. Tune's TuneReportCallback) see the stage-2 run only.
+    ``log_executor``: print the executor ``auto`` chose (a sweep prints it once for all its trials)."""
+    cfg, init, data = _prepare(config, log_executor)
     stage1_result = None
     if variants.PRETRAIN_STAGE in data.stages:
-        from ffr.training import stage_lease
-
-        stage1 = pretrain_stage(cfg)
-        # Shared by every method, trial and job of this seed and stage-1 setting: one trains it, others wait.
-        with stage_lease.hold(runs.run_dir(cfg.storage_path, stage1.run_name), stage1.run_name, _log):
-            stage1_result = run_stage_job(cfg, stage1, data)
+        stage1_result = _stage1(cfg, data)
         init = stage1_result["checkpoint"]
     stage2 = method_stage(cfg, init)
     if stage2.epochs > 0:
         stage2.preliminary = _preliminary(cfg, stage2, data)
     result = run_stage_job(cfg, stage2, data, callbacks=callbacks)
     return {**result, "stage1": stage1_result}
+
+
+@unwrap_user_errors
+def run_pretrain(config: TrainConfig | dict) -> dict:
+    """Only the experiment's stage 1 (FFR's pretraining, shared by every stage-2 setting on top of it); its
+    result. ``ffr study`` trains it as a trial of its own, before the stage-2 trials that start from it."""
+    cfg = parse(resolve_paths(config))
+    stages = sorted(variants.create(cfg.variant).stages)
+    if variants.PRETRAIN_STAGE not in stages:
+        raise FFRError(f"variant {cfg.variant!r} has no stage {variants.PRETRAIN_STAGE} to pretrain (its stages: "
+                       f"{stages})")
+    cfg, _init, data = _prepare(dataclasses.replace(cfg, init_checkpoint=None), log_executor=False)
+    return _stage1(cfg, data)
