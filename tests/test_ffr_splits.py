@@ -90,7 +90,8 @@ def test_missing_or_unsafe_split_files_are_one_line(tmp_path, capsys):
     with pytest.raises(FFRError, match=r"celeba_Smiling_train_0\.95\.pkl' does not exist"):
         datasets.create("celeba-hq", **options, bias_ratio=0.95, split_file=template)  # no 0.95 files here
     assert main(["train", "dataset=celeba-hq", f"dataset_options={{root: {options['root']}, bias_ratio: 0.97, "
-                 f"split_file: '{template}'}}", "executor=local", f"storage_path={tmp_path / 'runs'}"]) == 2
+                 f"split_file: '{template}'}}", "executor=local", "pretrained=null",
+                 f"storage_path={tmp_path / 'runs'}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "celeba_Smiling_train_0.97.pkl" in err and "does not exist" in err
 
