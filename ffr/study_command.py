@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from ffr.config import add_show_config, load_config
+from ffr.cost import add_dry_run_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,6 +21,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="overrides, e.g. seeds=[0,1] max_concurrent_trials=4 train.epochs=5")
     add_show_config(p)
+    add_dry_run_arguments(p, "the runs left to train, their epochs and per-group training counts")
+
+
+def cost_line(plan, gpu: str | None = None, throughput: str | None = None):
+    """(the one line printed before a study starts, the full estimate): GPU-hours of the runs left to train, from
+    the cost preview's throughput table (ffr/throughput.yaml), as ``ffr train --dry-run`` computes them."""
+    from ffr.cost import CPU, Throughput
+    from ffr.training.cost import estimate_training
+
+    todo = plan.to_train
+    if not todo:
+        return "estimated cost: nothing left to train", None
+    # a stage-1 job's config is any experiment on top of it: estimating that experiment counts its stage 1 too,
+    # and the estimator counts a run shared by several configs once
+    estimate = estimate_training([j.train for j in todo], gpu, Throughput.load(throughput),
+                                 f"ffr study --dry-run: {plan.name}, {len(todo)} runs to train; nothing is started")
+    if estimate.gpu_hours is None:
+        return "estimated cost: unknown (" + "; ".join(estimate.notes[-1:]) + ")", estimate
+    unit = "CPU-hours" if estimate.gpu == CPU else f"GPU-hours on {estimate.gpu}"
+    return (f"estimated cost: {estimate.gpu_hours:.2f} {unit} for {estimate.n_runs} runs, {estimate.epochs} epochs "
+            "(ffr/throughput.yaml; --dry-run for the breakdown, --gpu TYPE for another GPU)"), estimate
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     plan = plan_study(cfg)
     print(count_line(plan), flush=True)
+    line, estimate = cost_line(plan, args.gpu, args.throughput)
+    if args.dry_run:
+        print(estimate.render() if estimate is not None else line)
+        return 0
+    print(line, flush=True)
     table = run_study(cfg, plan)
     for label, records in records_by_entry(plan).items():
         print("\n" + protocol_text(select(records, cfg.select), cfg.select, title=label), flush=True)

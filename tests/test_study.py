@@ -11,6 +11,7 @@ from ffr import runs
 from ffr.cli import main
 from ffr.config import load_config
 from ffr.errors import FFRError
+from ffr.study_command import cost_line
 from tune.study import DependencyOrder, Job, count_line, parse_study, plan_study
 
 TINY_TRAIN = {"dataset": "colored-digits", "backbone": "small-cnn", "backbone_options": {"width": 8},
@@ -95,7 +96,12 @@ def test_shipped_study_configs_plan(path, tmp_path):
     assert len(experiments) == plan.configurations * len(cfg.seeds)  # every configuration with every seed
     assert {j.train["seed"] for j in experiments} == set(cfg.seeds)
     assert count_line(plan).startswith(f"study {cfg.name!r}: ")
-    if path.startswith("study-ffr-"):  # FFR's grid: every bias ratio, variant and method, stage 1 shared
+    # the cost line printed before anything starts: the cost preview's estimate of exactly the planned runs
+    line, estimate = cost_line(plan)
+    assert estimate.n_runs == len(plan.jobs) and estimate.epochs == sum(j.epochs for j in plan.jobs.values())
+    assert line.startswith(f"estimated cost: {estimate.gpu_hours:.2f} ")
+    if path.startswith("study-ffr-"):
+        assert "GPU-hours on A100-80GB" in line  # FFR's grid: every bias ratio, variant and method, stage 1 shared
         assert len(plan.jobs) == plan.configurations * 3 + len(cfg.bias_ratios) * 3
         assert {j.train["dataset_options"]["bias_ratio"] for j in experiments} == set(cfg.bias_ratios)
         assert "split_file" in experiments[0].train["dataset_options"]
