@@ -28,14 +28,16 @@ import re
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ffr.config import redact
-from ffr.datasets.base import GroupedSplit, save_splits
 from ffr.errors import FFRError
 from ffr.storage import ensure_dir, filesystem, is_remote, join, write_atomic
+
+if TYPE_CHECKING:  # the dataset readers import torch; readers of run directories (``ffr report``) need neither
+    from ffr.datasets.base import GroupedSplit
 
 CONFIG, SPLITS, METRICS, RESULT = "config.json", "splits.parquet", "metrics.jsonl", "ffr_result.json"
 LEGACY_RESULT = "result.json"  # ffr's result file before it was renamed (see above)
@@ -135,6 +137,8 @@ def write_config(directory: str, config: dict) -> None:
 
 
 def write_splits(directory: str, splits: dict[str, GroupedSplit]) -> None:
+    from ffr.datasets.base import save_splits
+
     fs, inner = filesystem(directory)
     ensure_dir(fs, inner)
     save_splits(splits, join(directory, SPLITS))
