@@ -469,16 +469,35 @@ def best_run_of_sweep(root: str, seed: int, stage: int = 1) -> str:
     return by_key[best_key][seed][0]
 
 
+def _holds_model(directory: str) -> bool:
+    fs, inner = filesystem(directory)
+    return fs.exists(join(inner, CHECKPOINT_FILE))
+
+
+def run_checkpoint(reference: str) -> str | None:
+    """A checkpoint directory (has model.pt) as it is, or a finished run directory's best checkpoint: the one its
+    result file names, else ``checkpoint_epoch{best_epoch}`` inside it (a run copied or moved elsewhere still
+    finds its own); None when ``reference`` is neither."""
+    if _holds_model(reference):
+        return reference
+    result = read_result(reference)
+    if not result:
+        return None
+    named = result.get("checkpoint")
+    if named and _holds_model(named):
+        return named
+    if result.get("best_epoch") is not None and _holds_model(checkpoint_dir(reference, int(result["best_epoch"]))):
+        return checkpoint_dir(reference, int(result["best_epoch"]))
+    return named or None
+
+
 def resolve_checkpoint(reference: str, seed: int) -> str:
     """A stage-1 reference → a checkpoint directory: a checkpoint dir (has model.pt), a finished run dir
     (its result file's checkpoint), or ``best:<sweep dir>`` (the best stage-1 run for this seed)."""
     if reference.startswith("best:"):
         reference = best_run_of_sweep(reference[len("best:"):], seed, stage=1)
-    fs, inner = filesystem(reference)
-    if fs.exists(join(inner, CHECKPOINT_FILE)):
-        return reference
-    result = read_result(reference)
-    if result and result.get("checkpoint"):
-        return result["checkpoint"]
+    found = run_checkpoint(reference)
+    if found is not None:
+        return found
     raise FFRError(f"init_checkpoint {reference!r} is neither a checkpoint directory (with model.pt) nor a "
                    f"finished run directory (with {RESULT}); expected one of those or best:<sweep dir>")
