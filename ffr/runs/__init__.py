@@ -245,10 +245,6 @@ def read_result(directory: str) -> dict | None:
     return None if path is None else read_json(path)
 
 
-def read_stopped(directory: str) -> dict | None:
-    return read_json(join(directory, STOPPED))
-
-
 # --- run records and discovery ----------------------------------------------------------------------------
 
 
