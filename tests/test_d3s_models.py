@@ -178,3 +178,17 @@ def test_ffr_d3s_eval_reads_an_ffr_train_run_directly(d3s_output, tmp_path, caps
         load_classifier(f"checkpoint:{best}", ("zero", "one"))
     with pytest.raises(FFRError, match="neither a checkpoint file"):
         load_classifier(f"checkpoint:{tmp_path / 'runs'}")
+
+
+def test_the_embedded_d3s_older_checkpoint_format_still_loads(tmp_path):
+    from ffr.backbones import create_backbone
+
+    model = create_backbone("small-cnn", 10, width=4)
+    torch.save({"arch": "ffr/small-cnn", "arch_options": {"width": 4}, "num_classes": 10,
+                "state_dict": model.state_dict(),
+                "preprocess": {"resize": 32, "crop": 32, "mean": [0.5] * 3, "std": [0.25] * 3}}, tmp_path / "plain.pt")
+    loaded = load_classifier(f"checkpoint:{tmp_path / 'plain.pt'}", load_class_table(CLASS_TABLE).names)
+    assert loaded.name == "plain" and loaded.n_classes == 10
+    x = loaded.preprocess(Image.new("RGB", (32, 32), (255, 255, 255)))
+    assert torch.allclose(x, torch.full_like(x, 2.0))  # (1 - 0.5) / 0.25: its own mean and std
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.module.state_dict().items())
