@@ -20,7 +20,7 @@ COMMANDS = {
     "sweep": ("tune.command", "Ray Tune sweep of stage-2 methods, tracked in MLflow"),
     "study": ("ffr.study_command", "a paper grid (datasets × bias ratios × variants × methods × hyperparameters × "
                                    "seeds) as one Ray Tune run, ending with the protocol table"),
-    "report": ("ffr.report", "tables and plots from finished runs"),
+    "report": ("ffr.report_command", "tables and plots from finished runs"),
     "demo": ("ffr.demo", "the embedded offline end-to-end run (colored digits)"),
     "review": ("ffr.review.command", "human review of generated images: web app, votes, veto rule, export"),
     "d3s": ("ffr.d3s.command", "D3S: shift splits, per-background evaluation of classifiers, embedded demo"),

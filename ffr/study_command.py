@@ -15,6 +15,16 @@ import sys
 from ffr.config import add_show_config, load_config
 from ffr.cost import add_dry_run_arguments
 
+EXAMPLES = """\
+Plans every run first and prints how many are left to train; rerunning the same command resumes. Ends with the
+protocol table of each dataset entry (the setting `select` picks, mean ± std over seeds).
+
+examples:
+  ffr study --config configs/study-colored-digits.yaml                 # offline, CPU (needs the demo's synthetic sets)
+  ffr study --config configs/study-colored-digits.yaml seeds=[0,1] max_concurrent_trials=4
+  ffr study --config configs/study-ffr-celeba-hq.yaml --show-config     # every key: default, value
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="study config YAML (see configs/study-*.yaml)")

@@ -171,16 +171,3 @@ def create(variant: str, stage1_per_group: int | float | None = None) -> Variant
     v.stage1_per_group = stage1_per_group
     return v
 
-
-def stages(variant: str, real_train: GroupedSplit, synthetic: GroupedSplit | None, seed: int) -> list[StageData]:
-    """The training stages of ``variant``, in order."""
-    v = create(variant)
-    return [v.build(s, real_train, synthetic, seed) for s in v.stages]
-
-
-def needs_synthetic(variant: str) -> bool:
-    return create(variant).needs_synthetic()
-
-
-def names() -> list[str]:
-    return VARIANTS.names()

@@ -199,9 +199,3 @@ def read_manifest_shard(root: str, shard: int) -> list[dict]:
     with fs.open(join(base, MANIFEST_DIR, f"{shard_name(shard)}.parquet"), "rb") as f:
         return pq.read_table(f).to_pylist()
 
-
-def read_manifest(root: str) -> pd.DataFrame:
-    info = read_manifest_info(root)
-    if info is None:
-        raise FFRError(f"{root!r} has no complete manifest ({MANIFEST_DIR}/manifest.json is missing)")
-    return pd.concat([pd.DataFrame(read_manifest_shard(root, i)) for i in range(info["n_shards"])], ignore_index=True)

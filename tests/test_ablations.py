@@ -7,6 +7,7 @@ import torch
 
 import pipelines
 from ffr import runs
+from ffr.backbones import Preprocessing
 from ffr.corruptions import Corrupt
 from ffr.errors import FFRError
 from ffr.training import loop, run_experiment
@@ -66,8 +67,8 @@ def test_corruption_degrades_stage1_synthetic_images_and_names_its_own_run(tmp_p
     from ffr.training.data import load_experiment_data
 
     train = load_experiment_data(parse(corrupted)).stages[1].train
-    clean = loop.image_dataset(train, 32)[0][0]
-    noisy = loop.image_dataset(train, 32, corrupt=Corrupt("gaussian-noise", 5))[(0, 0, 0)][0]
+    clean = loop.image_dataset(train, Preprocessing(32))[0][0]
+    noisy = loop.image_dataset(train, Preprocessing(32), corrupt=Corrupt("gaussian-noise", 5))[(0, 0, 0)][0]
     assert (train.source == 1).all() and float((clean - noisy).abs().mean()) > 0.1
 
 
@@ -116,7 +117,7 @@ def test_stacked_corruption_distortion_rises_with_severity_and_noise_is_fresh_ea
     table = pd.DataFrame({"key": ["0", "1", "2", "3"], "y": [0, 1, 0, 1], "b": [0, 0, 1, 1], "source": 1})
     split = GroupedSplit(GroupSpec(("a", "b"), ("x", "y")), table, lambda key: Image.fromarray(native[int(key)]))
     corrupt = Corrupt("ffr-stacked", 3, seed=7)
-    data = loop.image_dataset(split, 32, corrupt=corrupt)
+    data = loop.image_dataset(split, Preprocessing(32), corrupt=corrupt)
     sampler = EpochSampler(len(data), None, len(data), seed=0, tagged=True)
     epochs = []
     for epoch in (0, 1):
@@ -126,11 +127,12 @@ def test_stacked_corruption_distortion_rises_with_severity_and_noise_is_fresh_ea
     assert all(torch.equal(data[item][0], epochs[1][item[2]]) for item in sampler)  # a rerun: the same noise
     assert tuple(epochs[0][0].shape) == (3, 32, 32)
     # corrupted at 512², then resized to 32 — not a corrupted 32² image
-    at_native = loop.make_transform(32)(corrupt(Image.fromarray(native[0]), corrupt.rng(1, 5)))
+    at_native = Preprocessing(32).transform()(corrupt(Image.fromarray(native[0]), corrupt.rng(1, 5)))
     assert torch.equal(data[(1, 5, 0)][0], at_native)
     small = Image.fromarray(native[0]).resize((32, 32), Image.Resampling.BILINEAR)
-    assert not torch.allclose(loop.make_transform(32)(corrupt(small, corrupt.rng(1, 5))), at_native, atol=0.1)
-    cached = loop.image_dataset(split, 32, in_memory=True, corrupt=corrupt)  # cache_in_memory keeps native pixels
+    assert not torch.allclose(Preprocessing(32).transform()(corrupt(small, corrupt.rng(1, 5))), at_native, atol=0.1)
+    # cache_in_memory keeps native pixels
+    cached = loop.image_dataset(split, Preprocessing(32), in_memory=True, corrupt=corrupt)
     assert torch.equal(cached[(1, 3, 2)][0], data[(1, 3, 2)][0])
 
 

@@ -2,11 +2,13 @@
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
-from ffr.backbones import BACKBONES, check_pretrained, create_backbone
+from ffr.backbones import BACKBONES, Preprocessing, check_pretrained, create_backbone, preprocessing
 from ffr.errors import FFRError
 
 
@@ -90,3 +92,29 @@ def test_bad_backbone_requests_are_clear_errors(tmp_path):
     torch.save({"unrelated": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(FFRError, match="match no parameter"):
         create_backbone("resnet18", 2, pretrained=str(tmp_path / "other.pth"))
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_every_backbone_declares_its_preprocessing(name):
+    prep = preprocessing(name)
+    assert prep.input_size > 0 and len(prep.mean) == len(prep.std) == 3 and min(prep.std) > 0
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    x = prep.at(24).transform()(image)
+    assert x.shape == (3, 24, 24)  # the run's image_size, whole image (no crop)
+    assert Preprocessing.from_dict(prep.to_dict()) == prep  # what a checkpoint records reads back the same
+
+
+# What training did before a backbone carried its preprocessing: resize (no crop) and ImageNet's normalization.
+BEFORE = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet18", "small-cnn"])
+def test_shipped_backbones_keep_the_preprocessing_their_results_were_trained_with(name):
+    from torchvision import transforms
+
+    before = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor(),
+                                 transforms.Normalize(BEFORE["mean"], BEFORE["std"])])
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (45, 61, 3), dtype=np.uint8))
+    assert torch.equal(preprocessing(name).at(32).transform()(image), before(image))
+    if name.startswith("resnet"):  # read from torchvision's weights entry, not written here
+        assert preprocessing(name).input_size == 224

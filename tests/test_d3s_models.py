@@ -14,6 +14,7 @@ from PIL import Image
 from tiny_diffusers import build_tiny_clip
 
 import pipelines
+from ffr import runs
 from ffr.cli import main
 from ffr.d3s.embedded import CLASS_TABLE, generation_config, write_foregrounds
 from ffr.d3s.models import MODEL_FAMILIES, load_classifier, resolve_spec
@@ -130,3 +131,64 @@ def test_ffr_d3s_eval_runs_a_tiny_timm_and_a_tiny_clip_zero_shot_through_ray_dat
     expected = int(_clip_logits_by_hand(tiny_clip, image, load_class_table(CLASS_TABLE).names).argmax())
     assert by_model[clip_name].set_index("id").loc[row["id"], "top5"][0] == expected
     assert (out / "summary.md").read_text().count("\n") == 4  # header, rule, one row per model
+
+
+def test_ffr_d3s_eval_reads_an_ffr_train_run_directly(d3s_output, tmp_path, capsys):
+    """``ffr train``'s output is a ``checkpoint:`` model as it is: train a small CNN on the D3S output's correlated
+    view (10 digit classes, the class table's), then evaluate the run directory on every background."""
+    from ffr.backbones import Preprocessing
+    from ffr.datasets.d3s_splits import write_splits
+    from ffr.training.loop import load_state
+
+    mapping = tmp_path / "identity.json"
+    mapping.write_text(json.dumps({"names": [str(i) for i in range(10)], "classes": {str(i): i for i in range(10)}}))
+    write_splits(d3s_output, seed=0, mapping=str(mapping), name="digits-ckpt")
+    assert main(["train", "dataset=d3s-shift", f"dataset_options={{root: {d3s_output}, split: digits-ckpt}}",
+                 "variant=none", "backbone=small-cnn", "backbone_options={width: 4}", "pretrained=null",
+                 "image_size=16", "epochs=1", "batch_size=64", "executor=local",
+                 f"storage_path={tmp_path / 'runs'}"]) == 0
+    run_dir = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_dir"]
+
+    # The checkpoint describes itself: the model, its classes and the preprocessing it was trained with.
+    loaded = load_classifier(f"checkpoint:{run_dir}", load_class_table(CLASS_TABLE).names)
+    assert loaded.n_classes == 10 and loaded.name == run_dir.rsplit("/", 1)[-1]
+    best = runs.run_checkpoint(run_dir)
+    trained = load_state(best)["model"]
+    assert all(torch.equal(v, trained[k]) for k, v in loaded.module.state_dict().items())
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    assert torch.equal(loaded.preprocess(image), Preprocessing(16).transform()(image))  # small-cnn's, at 16 px
+
+    out = tmp_path / "eval"
+    assert main(["d3s", "eval", "--data", d3s_output, "--model", f"checkpoint:{run_dir}", "--class-table",
+                 CLASS_TABLE, "--out", str(out), "--local"]) == 0
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert len(pred) == 100 and set(pred["model"]) == {loaded.name}
+    assert all(0 <= c < 10 for top in pred["top5"] for c in top)
+    assert (out / "per_background.csv").exists()
+
+    # A checkpoint file works too; so does one written before checkpoints described themselves (the run's config
+    # names the backbone, the head gives the class count, the preprocessing was ImageNet's at image_size).
+    state = torch.load(f"{best}/model.pt", weights_only=True)
+    old = {k: v for k, v in state.items()
+           if k not in ("backbone", "backbone_options", "num_classes", "class_names", "preprocessing")}
+    torch.save(old, tmp_path / "old.pt")
+    legacy = load_classifier(f"checkpoint:{tmp_path / 'old.pt'}")
+    assert legacy.n_classes == 10 and torch.equal(legacy.preprocess(image), loaded.preprocess(image))
+    with pytest.raises(FFRError, match="predicts 10 classes .* the class table has 2"):
+        load_classifier(f"checkpoint:{best}", ("zero", "one"))
+    with pytest.raises(FFRError, match="neither a checkpoint file"):
+        load_classifier(f"checkpoint:{tmp_path / 'runs'}")
+
+
+def test_the_embedded_d3s_older_checkpoint_format_still_loads(tmp_path):
+    from ffr.backbones import create_backbone
+
+    model = create_backbone("small-cnn", 10, width=4)
+    torch.save({"arch": "ffr/small-cnn", "arch_options": {"width": 4}, "num_classes": 10,
+                "state_dict": model.state_dict(),
+                "preprocess": {"resize": 32, "crop": 32, "mean": [0.5] * 3, "std": [0.25] * 3}}, tmp_path / "plain.pt")
+    loaded = load_classifier(f"checkpoint:{tmp_path / 'plain.pt'}", load_class_table(CLASS_TABLE).names)
+    assert loaded.name == "plain" and loaded.n_classes == 10
+    x = loaded.preprocess(Image.new("RGB", (32, 32), (255, 255, 255)))
+    assert torch.allclose(x, torch.full_like(x, 2.0))  # (1 - 0.5) / 0.25: its own mean and std
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.module.state_dict().items())

@@ -118,7 +118,7 @@ def test_a_trial_asha_stopped_is_marked_stopped_not_failed(tmp_path, capsys):
     stopped = SimpleNamespace(config=params, metrics={METRIC: 0.25}, error=None, path=str(tmp_path / "tune-abc_00001"))
     row = _trial_row(stopped, base, 3, uri, "sweep")
     assert (row["run_name"], row["status"], row["epochs_run"], row["error"]) == (name, "stopped", 1, None)
-    assert runs.read_stopped(str(run)) == {"stopped_by": "asha", "epochs_run": 1, "epochs": 3}
+    assert runs.read_json(f"{run}/{runs.STOPPED}") == {"stopped_by": "asha", "epochs_run": 1, "epochs": 3}
     (mlflow_run,) = tracking.runs_named(uri, "sweep", name)
     assert mlflow_run.info.status == "KILLED" and mlflow_run.data.tags["ffr.status"] == "stopped"
     assert main(["report", str(tmp_path / "sweep")]) == 0

@@ -10,7 +10,7 @@ from ffr.datasets import create
 from ffr.datasets.base import GroupedSplit
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec, group_counts
-from ffr.variants import REAL, REAL_AND_SYNTHETIC, SYNTHETIC, VARIANTS, stages
+from ffr.variants import REAL, REAL_AND_SYNTHETIC, SYNTHETIC, VARIANTS, StageData
 from ffr.variants import create as create_variant
 
 
@@ -23,6 +23,12 @@ def _synthetic(per_group: int, spec: GroupSpec = cd.SPEC) -> GroupedSplit:
     rows = [{"key": f"s{y}{b}-{i}", "y": y, "b": b, "source": 1}
             for y in range(spec.n_classes) for b in range(spec.n_bias) for i in range(per_group)]
     return GroupedSplit(spec, pd.DataFrame(rows), lambda key: None, "train")
+
+
+def stages(variant: str, real_train: GroupedSplit, synthetic: GroupedSplit | None, seed: int) -> list[StageData]:
+    """Every stage of ``variant``, in order, as training builds them (``Variant.build``)."""
+    built = create_variant(variant)
+    return [built.build(stage, real_train, synthetic, seed) for stage in built.stages]
 
 
 @pytest.mark.parametrize("variant", VARIANTS.names())

@@ -196,7 +196,7 @@ def _experiment(base: dict, over: dict, bias: float | None, variant: str, method
     if cfg.split_follows_seed:
         options["seed"] = int(seed)
     train["dataset_options"] = options
-    if not variants.needs_synthetic(variant):
+    if not variants.create(variant).needs_synthetic():
         train["synthetic_root"] = None  # a real-only run does not depend on the synthetic set: shared
     train = resolve_paths(_fill_seed(train, int(seed)))
     train.pop("run_name", None)

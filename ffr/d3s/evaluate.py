@@ -6,7 +6,7 @@ index and background), from all accepted images or from a split view, optionally
 (``ActorPoolStrategy``, ``num_gpus`` per actor, 0 on CPU); each actor loads its model once. Outputs under
 ``output``:
 
-    predictions.parquet            id, model, y, background, top5, top5_scores (the contract in CONTRACTS.md)
+    predictions.parquet            id, model, y, background, top5, top5_scores (docs/d3s.md, Outputs)
     per_background.csv             model, background, n, top1, top5   (+ reference_top1, drop_top1 with a reference)
     per_class_background.parquet   model, y, class_name, background, n, top1, top5
     reference.parquet              predictions on the reference folder (ImageNet val layout), when given

@@ -13,11 +13,13 @@ Model specs (``ffr d3s eval --model SPEC``; ``ffr d3s eval --list-models`` print
   CLIP zero-shot through transformers' CLIPModel: one text embedding per class of the class table from
   "a photo of a {class}." (or the ``--clip-template`` prompts, averaged), logits = scaled cosine similarity;
   preprocessing from the model's own image processor config;
-- ``checkpoint:/path/model.pt`` — a self-describing checkpoint ``{arch, num_classes, state_dict, preprocess}``
-  (``arch`` = ``ffr/<backbone>`` or a torchvision name), e.g. the embedded D3S's plain-background CNN.
+- ``checkpoint:PATH`` — what ``ffr train`` writes: a run directory (its best checkpoint by validation WGA), one of
+  its ``checkpoint_epochNNNN`` directories, or a ``model.pt`` file. The checkpoint describes itself (backbone,
+  backbone options, class names, preprocessing: :func:`ffr.backbones.describe`); the embedded D3S's older
+  ``{arch, num_classes, state_dict, preprocess}`` files are read too.
 
 Preprocessing is a function PIL image → CHW float tensor, taken from torchvision's ``weights.transforms()``,
-timm's data config, CLIP's image processor config, or the checkpoint's ``preprocess`` entry.
+timm's data config, CLIP's image processor config, or the checkpoint's own preprocessing.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from torch import nn
 
 from ffr.errors import FFRError
 from ffr.registry import Registry
-from ffr.storage import filesystem
+from ffr.runs import CHECKPOINT_FILE, CHECKPOINT_PREFIX, RESULT, run_checkpoint
+from ffr.storage import filesystem, join
 
 DEFAULT_TEMPLATES = ("a photo of a {class}.",)
 
@@ -47,10 +50,19 @@ class LoadedClassifier:
 
 
 def display_name(spec: str) -> str:
-    """'checkpoint:/a/b/plain.pt' → 'plain'; 'resnet18:/w/r18.pth' → 'resnet18:r18'; names stay as they are."""
+    """'checkpoint:/a/b/plain.pt' → 'plain'; 'checkpoint:/runs/RUN' and 'checkpoint:/runs/RUN/checkpoint_epoch0003/
+    model.pt' → 'RUN' and 'RUN/checkpoint_epoch0003'; 'resnet18:/w/r18.pth' → 'resnet18:r18'; names stay."""
     kind, _, rest = spec.partition(":")
     if kind == "checkpoint":
-        return os.path.splitext(os.path.basename(rest))[0]
+        parts = rest.rstrip("/").split("/")
+        stem, ext = os.path.splitext(parts[-1])
+        if ext in (".pt", ".pth", ".ckpt"):  # a file; a directory keeps its whole name (a run name may hold dots)
+            parts[-1] = stem
+        if parts[-1] == os.path.splitext(CHECKPOINT_FILE)[0] and len(parts) > 1:  # ffr train's: named by its run
+            parts.pop()
+        if parts[-1].startswith(CHECKPOINT_PREFIX) and len(parts) > 1:
+            return "/".join(parts[-2:])
+        return parts[-1]
     if kind == "timm":
         name, _, path = rest.partition(":")
         return f"timm:{name}" + (f":{os.path.splitext(os.path.basename(path))[0]}" if path else "")
@@ -193,11 +205,26 @@ def _clip(rest: str, class_names: tuple[str, ...] = (), templates: tuple[str, ..
     return LoadedClassifier(display_name(f"clip:{rest}"), head, _clip_transform(processor), len(class_names))
 
 
-def _checkpoint(path: str) -> LoadedClassifier:
+def _checkpoint_file(path: str) -> str:
+    """``checkpoint:PATH`` → the file to read: PATH itself (``model.pt``, a ``.pt`` file), a checkpoint
+    directory's ``model.pt``, or a finished ``ffr train`` run directory's best checkpoint."""
+    fs, inner = filesystem(path)
+    if fs.isfile(inner):
+        return path
+    found = run_checkpoint(path) if fs.isdir(inner) else None
+    if found is None:
+        raise FFRError(f"checkpoint {path!r} is neither a checkpoint file, a checkpoint directory (with "
+                       f"{CHECKPOINT_FILE}) nor a finished `ffr train` run directory (with {RESULT})")
+    return join(found, CHECKPOINT_FILE)
+
+
+def _d3s_checkpoint(ckpt: dict, path: str) -> tuple[nn.Module, Callable, int]:
+    """The embedded D3S's checkpoint format before checkpoints shared ``ffr train``'s: ``{arch, arch_options,
+    num_classes, state_dict, preprocess: {resize, crop, mean, std}}`` (``arch``: ``ffr/<backbone>`` or a
+    torchvision name)."""
     from torchvision import transforms as T
 
-    ckpt = _read_torch(path, "checkpoint")
-    missing = {"arch", "num_classes", "state_dict", "preprocess"} - set(ckpt if isinstance(ckpt, dict) else {})
+    missing = {"arch", "num_classes", "state_dict", "preprocess"} - set(ckpt)
     if missing:
         raise FFRError(f"checkpoint {path!r} lacks {sorted(missing)}; expected {{arch, num_classes, state_dict, "
                        "preprocess: {resize, crop, mean, std}}")
@@ -214,6 +241,31 @@ def _checkpoint(path: str) -> LoadedClassifier:
     p = ckpt["preprocess"]
     transform = T.Compose([T.Resize(int(p["resize"])), T.CenterCrop(int(p["crop"])), T.ToTensor(),
                            T.Normalize(list(p["mean"]), list(p["std"]))])
+    return module, transform, n
+
+
+def _checkpoint(path: str, class_names: tuple[str, ...] = ()) -> LoadedClassifier:
+    """A self-describing checkpoint: what ``ffr train`` writes (the model's weights beside its backbone, options,
+    class names and preprocessing, :func:`ffr.backbones.describe`; a run directory gives its best one), or the
+    embedded D3S's older format. ``class_names``: the class table's; a model with another class count is refused
+    (its class indices would be read as the table's)."""
+    ckpt = _read_torch(_checkpoint_file(path), "checkpoint")
+    if not isinstance(ckpt, dict):
+        raise FFRError(f"checkpoint {path!r} does not hold a dict; expected `ffr train`'s model.pt")
+    if "arch" in ckpt:
+        module, transform, n = _d3s_checkpoint(ckpt, path)
+        names = tuple(str(c) for c in ckpt.get("categories") or ())
+    else:
+        from ffr.backbones import from_checkpoint
+
+        described = from_checkpoint(ckpt, path)
+        module, transform, n = described.model, described.preprocessing.transform(), len(described.class_names)
+        names = described.class_names
+    if class_names and len(class_names) != n:
+        shown = f" ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})" if names else ""
+        raise FFRError(f"checkpoint {path!r} predicts {n} classes{shown}, but the class table has "
+                       f"{len(class_names)}; expected --class-table to list the classes the model was trained on, "
+                       "in its order")
     return LoadedClassifier(display_name(f"checkpoint:{path}"), module, transform, n)
 
 
@@ -241,8 +293,9 @@ for _family in (
     ModelFamily("clip", "clip:HUB_ID|DIR|s3://PREFIX", "CLIP zero-shot over the class table ('a photo of a "
                 "{class}.', --clip-template to change or ensemble), transformers' CLIPModel",
                 lambda spec, names, templates: _clip(_after_prefix(spec), names, templates)),
-    ModelFamily("checkpoint", "checkpoint:PATH", "a self-describing checkpoint {arch, num_classes, state_dict, "
-                "preprocess}, e.g. an ffr backbone", lambda spec, *_: _checkpoint(_after_prefix(spec))),
+    ModelFamily("checkpoint", "checkpoint:PATH", "an `ffr train` run directory (its best checkpoint), a checkpoint "
+                "directory or a model.pt file: backbone, options, classes and preprocessing travel with the weights",
+                lambda spec, names, _: _checkpoint(_after_prefix(spec), names)),
 ):
     MODEL_FAMILIES.register(_family.name)(_family)
 

@@ -168,12 +168,3 @@ def save_splits(splits: dict[str, GroupedSplit], path: str) -> None:
     with fs.open(inner, "wb") as f:
         pd.concat(frames, ignore_index=True).to_parquet(f, index=False)
 
-
-def load_split_table(path: str) -> pd.DataFrame:
-    from ffr.storage import filesystem
-
-    fs, inner = filesystem(path)
-    if not fs.exists(inner):
-        raise FFRError(f"split file {path!r} does not exist")
-    with fs.open(inner, "rb") as f:
-        return pd.read_parquet(f)

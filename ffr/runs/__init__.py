@@ -28,14 +28,16 @@ import re
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ffr.config import redact
-from ffr.datasets.base import GroupedSplit, save_splits
 from ffr.errors import FFRError
 from ffr.storage import ensure_dir, filesystem, is_remote, join, write_atomic
+
+if TYPE_CHECKING:  # the dataset readers import torch; readers of run directories (``ffr report``) need neither
+    from ffr.datasets.base import GroupedSplit
 
 CONFIG, SPLITS, METRICS, RESULT = "config.json", "splits.parquet", "metrics.jsonl", "ffr_result.json"
 LEGACY_RESULT = "result.json"  # ffr's result file before it was renamed (see above)
@@ -135,6 +137,8 @@ def write_config(directory: str, config: dict) -> None:
 
 
 def write_splits(directory: str, splits: dict[str, GroupedSplit]) -> None:
+    from ffr.datasets.base import save_splits
+
     fs, inner = filesystem(directory)
     ensure_dir(fs, inner)
     save_splits(splits, join(directory, SPLITS))
@@ -239,10 +243,6 @@ def result_path(directory: str) -> str | None:
 def read_result(directory: str) -> dict | None:
     path = result_path(directory)
     return None if path is None else read_json(path)
-
-
-def read_stopped(directory: str) -> dict | None:
-    return read_json(join(directory, STOPPED))
 
 
 # --- run records and discovery ----------------------------------------------------------------------------
@@ -465,16 +465,35 @@ def best_run_of_sweep(root: str, seed: int, stage: int = 1) -> str:
     return by_key[best_key][seed][0]
 
 
+def _holds_model(directory: str) -> bool:
+    fs, inner = filesystem(directory)
+    return fs.exists(join(inner, CHECKPOINT_FILE))
+
+
+def run_checkpoint(reference: str) -> str | None:
+    """A checkpoint directory (has model.pt) as it is, or a finished run directory's best checkpoint: the one its
+    result file names, else ``checkpoint_epoch{best_epoch}`` inside it (a run copied or moved elsewhere still
+    finds its own); None when ``reference`` is neither."""
+    if _holds_model(reference):
+        return reference
+    result = read_result(reference)
+    if not result:
+        return None
+    named = result.get("checkpoint")
+    if named and _holds_model(named):
+        return named
+    if result.get("best_epoch") is not None and _holds_model(checkpoint_dir(reference, int(result["best_epoch"]))):
+        return checkpoint_dir(reference, int(result["best_epoch"]))
+    return named or None
+
+
 def resolve_checkpoint(reference: str, seed: int) -> str:
     """A stage-1 reference → a checkpoint directory: a checkpoint dir (has model.pt), a finished run dir
     (its result file's checkpoint), or ``best:<sweep dir>`` (the best stage-1 run for this seed)."""
     if reference.startswith("best:"):
         reference = best_run_of_sweep(reference[len("best:"):], seed, stage=1)
-    fs, inner = filesystem(reference)
-    if fs.exists(join(inner, CHECKPOINT_FILE)):
-        return reference
-    result = read_result(reference)
-    if result and result.get("checkpoint"):
-        return result["checkpoint"]
+    found = run_checkpoint(reference)
+    if found is not None:
+        return found
     raise FFRError(f"init_checkpoint {reference!r} is neither a checkpoint directory (with model.pt) nor a "
                    f"finished run directory (with {RESULT}); expected one of those or best:<sweep dir>")

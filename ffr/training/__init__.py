@@ -9,7 +9,20 @@ post-fit step, a preliminary run's predictions); the run directory contract is `
 
 from __future__ import annotations
 
-from ffr.training.config import TrainConfig
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ffr.training.config import TrainConfig
+
+
+def __getattr__(name: str) -> Any:
+    """``TrainConfig`` on first use: importing a module of this package (``ffr train --help`` imports
+    ``ffr.training.command``) must not load the dataset readers and torch."""
+    if name == "TrainConfig":
+        from ffr.training.config import TrainConfig
+
+        return TrainConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_experiment(config: TrainConfig | dict, callbacks: list | None = None, log_executor: bool = True) -> dict:

@@ -7,7 +7,6 @@ import json
 
 from ffr.config import add_show_config, build, format_config, load_config
 from ffr.cost import add_dry_run_arguments
-from ffr.training.config import TrainConfig, option_rows
 
 EXAMPLES = """\
 Trains every stage of one experiment (FFR: stage 1 on balanced synthetic images, then stage 2 on the real,
@@ -32,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ffr.training.config import TrainConfig, option_rows  # here, not above: `ffr train --help` stays light
+
     cfg = build(TrainConfig, load_config(args.config, args.overrides))
     if args.show_config:
         print(format_config(TrainConfig, cfg, expand=option_rows(cfg)))

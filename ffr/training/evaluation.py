@@ -31,13 +31,13 @@ def _model(cfg: TrainConfig, n_classes: int, state: dict, device: torch.device):
 
 
 def _features(model, split, cfg: TrainConfig, device) -> np.ndarray:
-    dataset = loop.image_dataset(split, cfg.image_size)
+    dataset = loop.image_dataset(split, loop.preprocessing(cfg))
     feats, _ = loop.extract_features(model, loop.loader(dataset, EVAL_BATCH), device)
     return feats
 
 
 def _predictions(model, split, cfg: TrainConfig, device, spec=None) -> np.ndarray:
-    dataset = loop.image_dataset(split, cfg.image_size, spec)
+    dataset = loop.image_dataset(split, loop.preprocessing(cfg), spec)
     preds, _ = loop.predict(model, loop.loader(dataset, EVAL_BATCH), device)
     return preds
 

@@ -13,8 +13,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
-from torchvision import transforms
 
+from ffr import backbones
+from ffr.backbones import Preprocessing
 from ffr.datasets.base import GroupedImageDataset, GroupedSplit
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
@@ -22,18 +23,16 @@ from ffr.methods.base import Method
 from ffr.runs import CHECKPOINT_FILE
 from ffr.storage import ensure_dir, filesystem, join
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
 
 def device(use_gpu: bool) -> torch.device:
     """CUDA when asked for and present; else CPU (GPU code paths must also run on CPU)."""
     return torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
-def make_transform(image_size: int) -> Callable:
-    """FFR's preprocessing for train and eval alike: resize (no crop, no flip) and ImageNet normalization."""
-    return transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
-                               transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+def preprocessing(cfg) -> Preprocessing:
+    """A run's preprocessing, for train and eval alike: its backbone's (mean, std, interpolation; resize, no
+    crop, no flip) at the run's ``image_size``."""
+    return backbones.preprocessing(cfg.backbone).at(cfg.image_size)
 
 
 class InMemoryDataset(torch.utils.data.Dataset):
@@ -63,9 +62,9 @@ class CorruptedImageDataset(torch.utils.data.Dataset):
     fixed generator per image. ``in_memory`` keeps the decoded images at their own size; the corruption and the
     resize still run on every draw."""
 
-    def __init__(self, split: GroupedSplit, image_size: int, corrupt: Callable, group_spec: GroupSpec | None = None,
-                 in_memory: bool = False) -> None:
-        self.base = GroupedImageDataset(split, make_transform(image_size), group_spec)
+    def __init__(self, split: GroupedSplit, prep: Preprocessing, corrupt: Callable,
+                 group_spec: GroupSpec | None = None, in_memory: bool = False) -> None:
+        self.base = GroupedImageDataset(split, prep.transform(), group_spec)
         self.corrupt = corrupt
         self.groups = self.base.groups
         self.decoded = [self._decode(i) for i in range(len(self.base))] if in_memory else None
@@ -86,13 +85,14 @@ class CorruptedImageDataset(torch.utils.data.Dataset):
         return b.transform(corrupted), int(b.y[i]), int(b.b[i]), int(b.source[i]), int(b.groups[i]), i
 
 
-def image_dataset(split: GroupedSplit, image_size: int, group_spec: GroupSpec | None = None,
+def image_dataset(split: GroupedSplit, prep: Preprocessing, group_spec: GroupSpec | None = None,
                   in_memory: bool = False, corrupt: Callable | None = None) -> torch.utils.data.Dataset:
-    """A split's images as tensors; ``corrupt`` (an ``ffr.corruptions.Corrupt``) degrades them before the resize,
-    anew on every draw (index the dataset with a tagged EpochSampler)."""
+    """A split's images as tensors, through ``prep`` (:func:`preprocessing`); ``corrupt`` (an
+    ``ffr.corruptions.Corrupt``) degrades them before the resize, anew on every draw (index the dataset with a
+    tagged EpochSampler)."""
     if corrupt is not None:
-        return CorruptedImageDataset(split, image_size, corrupt, group_spec, in_memory)
-    ds = GroupedImageDataset(split, make_transform(image_size), group_spec)
+        return CorruptedImageDataset(split, prep, corrupt, group_spec, in_memory)
+    ds = GroupedImageDataset(split, prep.transform(), group_spec)
     return InMemoryDataset(ds) if in_memory else ds
 
 

@@ -103,7 +103,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 def _storage(storage_path: str) -> tuple[str, object | None]:
-    """Ray Train wants a bare path plus a pyarrow filesystem for S3 (ray_anchors §1.4)."""
+    """``RunConfig(storage_path, storage_filesystem)`` for Ray Train: a bare path, plus for S3 a pyarrow wrapper of
+    the filesystem ``ffr.storage`` configured (endpoint, credentials), so Ray Train writes where ffr reads."""
     if not is_remote(storage_path):
         return pyarrow_filesystem(storage_path)[1], None
     fs, inner = pyarrow_filesystem(storage_path)

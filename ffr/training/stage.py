@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import ffr.methods
-from ffr.backbones import create_backbone
+from ffr.backbones import create_backbone, describe
 from ffr.metrics import summarize
 from ffr.runs import SCORE, append_metrics, selection_score
 from ffr.storage import filesystem
@@ -112,9 +112,9 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
         from ffr.corruptions import Corrupt
 
         corrupt = Corrupt(spec.corruption, spec.corruption_severity, seed=cfg.seed)
-    train_set = loop.image_dataset(stage_data.train, cfg.image_size, stage_data.train_spec, cfg.cache_in_memory,
-                                   corrupt)
-    val_set = loop.image_dataset(data.val, cfg.image_size, None, cfg.cache_in_memory)
+    prep = loop.preprocessing(cfg)  # the backbone's, at the run's image_size
+    train_set = loop.image_dataset(stage_data.train, prep, stage_data.train_spec, cfg.cache_in_memory, corrupt)
+    val_set = loop.image_dataset(data.val, prep, None, cfg.cache_in_memory)
     train_groups = stage_data.train.groups(stage_data.train_spec)
     val_y, val_groups = data.val.y, data.val.groups()
     group_names = data.val.spec.group_names()
@@ -184,8 +184,9 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
             session.log(epoch_line(spec, record, group_names))
             checkpoint = {"model": loop.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                           "epoch": epoch, "epochs_done": epoch, "method": method.state_dict(),
-                          "config": resolved(cfg, spec),
-                          "metrics": record}
+                          "config": resolved(cfg, spec), "metrics": record,
+                          # self-describing: `ffr d3s eval checkpoint:RUN` rebuilds the model from these alone
+                          **describe(cfg.backbone, cfg.backbone_options, data.val.spec.class_names, prep)}
             if method.modules:  # only then, so checkpoints of methods without extra modules keep their keys
                 checkpoint["method_modules"] = {k: loop.unwrap(m).state_dict() for k, m in method.modules.items()}
                 checkpoint["method_optimizers"] = {k: o.state_dict() for k, o in method.optimizers.items()}
