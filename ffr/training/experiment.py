@@ -38,7 +38,8 @@ from ffr.training.data import ExperimentData, load_experiment_data
 def _check_names(cfg: TrainConfig) -> None:
     DATASETS.options(cfg.dataset, cfg.dataset_options, "dataset_options")  # name and options, before the weights
     variants.VARIANTS.get(cfg.variant)
-    backbones.create_backbone(cfg.backbone, 2, pretrained=None, **cfg.backbone_options)  # name and options
+    # name and options through the registry: building a ResNet-50 only to check its name cost seconds
+    backbones.BACKBONES.options(cfg.backbone, cfg.backbone_options, "backbone_options")
     ffr.methods.create(cfg.method, **cfg.method_hparams)  # also validates the hyperparameters
     check_weights(cfg)
 
