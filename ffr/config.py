@@ -258,6 +258,13 @@ def format_config(cls: type, resolved: Any, prefix: str = "", expand: dict[str, 
     return "\n".join(lines)
 
 
+def add_config_arguments(parser: Any, config_help: str, overrides_help: str) -> None:
+    """``--config FILE``, ``key=value`` overrides and ``--show-config``: how every config-driven command starts."""
+    parser.add_argument("--config", help=config_help)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+    add_show_config(parser)
+
+
 def add_show_config(parser: Any) -> None:
     """The shared ``--show-config`` flag of every command that takes a config."""
     parser.add_argument("--show-config", action="store_true",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ffr.config import add_show_config, load_config
+from ffr.config import add_config_arguments, load_config
 from ffr.cost import add_dry_run_arguments
 
 EXAMPLES = """\
@@ -27,10 +27,8 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="study config YAML (see configs/study-*.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="overrides, e.g. seeds=[0,1] max_concurrent_trials=4 train.epochs=5")
-    add_show_config(p)
+    add_config_arguments(p, "study config YAML (see configs/study-*.yaml)",
+                         "overrides, e.g. seeds=[0,1] max_concurrent_trials=4 train.epochs=5")
     add_dry_run_arguments(p, "the runs left to train, their epochs and per-group training counts")
 
 

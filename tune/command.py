@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ffr.config import add_show_config, load_config
+from ffr.config import add_config_arguments, load_config
 from ffr.cost import add_dry_run_arguments
 
 EXAMPLES = """\
@@ -26,9 +26,8 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="sweep config YAML (see configs/sweep-*.yaml)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. num_samples=4 train.epochs=5")
-    add_show_config(p)
+    add_config_arguments(p, "sweep config YAML (see configs/sweep-*.yaml)",
+                         "overrides, e.g. num_samples=4 train.epochs=5")
     add_dry_run_arguments(p, "the trials, their runs and epochs, per-group training counts")
 
 

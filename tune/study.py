@@ -30,14 +30,15 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from ffr import runs, tracking, variants
-from ffr.config import build, load_config, redact, set_dotted, to_dict
+from ffr.config import build, load_config, set_dotted
 from ffr.errors import FFRError, unwrap_user_errors, user_error
 from ffr.methods import METHODS
 from ffr.ray_session import ensure_ray, quiet_tune_console
 from ffr.runs.protocol import SELECTIONS
-from ffr.storage import absolute, ensure_dir, filesystem, join, pyarrow_filesystem, require_bucket
+from ffr.storage import absolute, filesystem, join, pyarrow_filesystem, require_bucket
 from ffr.tracking import MLflowConfig
 from ffr.training.config import TrainConfig, method_stage, parse, pretrain_stage, resolve_paths
+from tune.outputs import write_outcome
 from tune.spaces import expand
 
 TUNE_FOLDER = "tune"  # the Tune run's own folder inside the study folder, beside the run directories
@@ -356,12 +357,7 @@ def run_study(config: StudyConfig | dict, plan: StudyPlan | None = None) -> pd.D
                      "run_dir": runs.run_dir(plan.folder, job.run_name),
                      "error": errors.get(job.run_name, "its stage-1 run failed" if status == "skipped" else None)})
     table = pd.DataFrame(rows)
-    fs, inner = filesystem(plan.folder)
-    ensure_dir(fs, inner)
-    with fs.open(join(inner, "study_runs.csv"), "w") as f:
-        table.to_csv(f, index=False)
-    with fs.open(join(inner, "study_config.json"), "w") as f:
-        f.write(json.dumps(redact(to_dict(cfg)), indent=2, default=str))
+    write_outcome(plan.folder, table, "study_runs.csv", cfg, "study_config.json")
     return table
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,13 +31,14 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from ffr import runs, tracking
-from ffr.config import build, load_config, redact, set_dotted, to_dict
+from ffr.config import build, load_config, set_dotted
 from ffr.errors import FFRError, unwrap_user_errors, user_error
 from ffr.methods import METHODS, search_spaces
 from ffr.ray_session import ensure_ray, quiet_tune_console
-from ffr.storage import absolute, ensure_dir, filesystem, join, require_bucket
+from ffr.storage import absolute, filesystem, join, require_bucket
 from ffr.tracking import MLflowConfig
 from ffr.training.config import TrainConfig, parse, resolve_executor, resolve_paths
+from tune.outputs import write_outcome
 from tune.spaces import expand, method_space, to_domain
 
 METRIC = "val_worst_group_acc"
@@ -403,10 +403,5 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
     with quiet_tune_console():
         results = tuner.fit()
     table = pd.DataFrame([_trial_row(r, base, epochs, uri, experiment) for r in results])
-    fs, inner = filesystem(join(cfg.storage_path, cfg.name))
-    ensure_dir(fs, inner)
-    with fs.open(join(inner, "sweep_results.csv"), "w") as f:
-        table.to_csv(f, index=False)
-    with fs.open(join(inner, "sweep_config.json"), "w") as f:
-        f.write(json.dumps(redact(to_dict(cfg)), indent=2, default=str))
+    write_outcome(join(cfg.storage_path, cfg.name), table, "sweep_results.csv", cfg, "sweep_config.json")
     return table

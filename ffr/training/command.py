@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ffr.config import add_show_config, build, format_config, load_config
+from ffr.config import add_config_arguments, build, format_config, load_config
 from ffr.cost import add_dry_run_arguments
 
 EXAMPLES = """\
@@ -23,10 +23,8 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML training config (see configs/train-*.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. method=groupdro epochs=5 stage1.lr=1e-4")
-    add_show_config(parser)
+    add_config_arguments(parser, "YAML training config (see configs/train-*.yaml)",
+                         "config overrides, e.g. method=groupdro epochs=5 stage1.lr=1e-4")
     add_dry_run_arguments(parser, "per-group training counts, the runs and their epochs")
 
 
