@@ -184,7 +184,10 @@ def cell_label(cell: Cell) -> str:
     """'method / variant' or 'FFR, stage 1 only'; without selection, plus the settings that tell a cell's rows
     apart, e.g. 'erm / none [lr=0.001]'."""
     base = STAGE1_LABEL if cell.stage1_only else f"{cell.method} / {VARIANT_LABELS.get(cell.variant, cell.variant)}"
-    return f"{base} [{chosen_text(cell.chosen)}]" if cell.selection == "none" and cell.chosen else base
+    shown = {"generator": cell.generator} if cell.several_generators and cell.generator is not None else {}
+    if cell.selection == "none":
+        shown.update(cell.chosen)
+    return f"{base} [{chosen_text(shown)}]" if shown else base
 
 
 def _cell_order(cells: list[Cell]):

@@ -91,7 +91,9 @@ def test_report_seeds_of_one_generator_average_and_two_generators_stay_apart(tmp
             (run / "ffr_result.json").write_text(json.dumps({**result, "generator": generator}))
     assert main(["report", str(runs)]) == 0
     printed = capsys.readouterr().out
-    rows = {line.split("]")[0] + "]": line.split("]")[1].strip() for line in printed.splitlines()
-            if line.startswith("erm / FFR [")}
+    rows: dict[str, str] = {}
+    for line in printed.splitlines():  # the paper table's rows (printed first; the protocol table repeats them)
+        if line.startswith("erm / FFR ["):
+            rows.setdefault(line.split("]")[0] + "]", line.split("]")[1].strip())
     assert rows == {"erm / FFR [generator=diffusers:sd15 steps=50]": "80.5 ± 0.7 (n=2)",
                     "erm / FFR [generator=diffusers:sdxl-turbo steps=1]": "60.5 ± 0.7 (n=2)"}

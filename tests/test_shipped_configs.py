@@ -197,7 +197,7 @@ def test_configs_that_need_real_data_or_weights_plan_without_error(name, user_di
 def test_every_shipped_config_is_run_or_planned():
     from ffr.cluster.runtime_env import build_runtime_env
 
-    commands = {"generate", "train", "sweep"}
+    commands = {"generate", "train", "sweep", "study"}
     assert all(name.split("-", 1)[0] in commands for name in SHIPPED if name != RUNTIME_ENV), SHIPPED
     assert set(RUN) <= set(SHIPPED)
     assert build_runtime_env(REPO / "configs" / RUNTIME_ENV, environ={})["env_vars"]

@@ -39,7 +39,7 @@ from ffr.storage import absolute, filesystem, join, require_bucket
 from ffr.tracking import MLflowConfig
 from ffr.training.config import TrainConfig, parse, resolve_executor, resolve_paths
 from tune.outputs import write_outcome
-from tune.spaces import expand, method_space, to_domain
+from tune.spaces import expand, to_domain
 
 METRIC = "val_worst_group_acc"
 TRIAL_PREFIX = "tune-"  # Tune trial folders are named tune-<trial id>
@@ -160,25 +160,17 @@ def trial_train_config(base: dict[str, Any], params: dict[str, Any], trial_id: s
 
 
 def trial_configs(cfg: SweepConfig) -> tuple[list[dict[str, Any]], list[str]]:
-    """The training config of every trial the sweep would run, for cost previews (``ffr sweep --dry-run``): methods ×
-    seeds × the grid values × num_samples. Keys searched at random stay at the base config's values; the notes say
-    which."""
-    import itertools
-
+    """The training config of every trial the sweep runs, for cost previews (``ffr sweep --dry-run``): the
+    configurations drawn on the driver (seeded, as the sweep itself draws them) × seeds."""
     base = base_train_config(cfg)
-    grid = {k: v[1] for k, v in cfg.search.items() if v[0] == "grid"}
-    sampled = [k for k, v in cfg.search.items() if v[0] != "grid"]
     notes = []
-    if sampled or (cfg.search_method_hparams and any(method_space(m) for m in cfg.methods)):
-        notes.append(f"keys searched at random ({', '.join(sampled) or 'method hyperparameters'}) are counted at the "
-                     "base config's values")
     if cfg.scheduler.type == "asha":
         notes.append("ASHA stops weak trials early: every trial is counted with all its epochs (an upper bound)")
     out = []
-    for method, seed, values, _sample in itertools.product(cfg.methods, cfg.seeds, itertools.product(*grid.values()),
-                                                          range(cfg.num_samples)):
-        params = {"method": method, "seed": seed, "train": dict(zip(grid, values))}
-        out.append(trial_train_config(base, params, f"dry-run-{len(out):05d}"))
+    for configuration in configurations(cfg):
+        for seed in cfg.seeds:
+            params = {"configuration": configuration, "seed": seed}
+            out.append(trial_train_config(base, params, f"dry-run-{len(out):05d}"))
     return out, notes
 
 

@@ -1,9 +1,10 @@
 """Model-selection protocols over finished runs: which hyperparameters a paper table reports.
 
-A *cell* is one (dataset, variant, method, stage, bias ratio). Runs of a cell that differ in anything else but
-the seed (learning rate, weight decay, a method's hyperparameter, a stage-1 setting, ...) are different
-*settings*; runs of one setting are its seeds (:meth:`ffr.runs.RunRecord.settings`). A protocol picks one
-setting per cell and reports that setting's test numbers over its seeds:
+A *cell* is one (dataset, variant, method, stage, bias ratio, generator): the generator that made a run's
+synthetic images is an axis of the study, never a hyperparameter to select over. Runs of a cell that differ in
+anything else but the seed (learning rate, weight decay, a method's hyperparameter, a stage-1 setting, ...) are
+different *settings*; runs of one setting are its seeds (:meth:`ffr.runs.RunRecord.settings`). A protocol picks
+one setting per cell and reports that setting's test numbers over its seeds:
 
 - ``val-wga`` (FFR's rule, as SubpopBench's and DomainBed's): the best mean validation worst-group accuracy
   over seeds — the paper-table default;
@@ -46,7 +47,7 @@ SELECTION_TEXT = {
 # (result key, column label): the test numbers of every cell
 TEST_METRICS = (("worst_group_acc", "WGA"), ("overall_acc", "avg acc"),
                 ("train_weighted_acc", "train-weighted avg acc"), ("mean_group_acc", "mean-group acc"))
-CELL_AXES = ("dataset", "variant", "method", "stage", "dataset_options.bias_ratio")
+CELL_AXES = ("dataset", "variant", "method", "stage", "dataset_options.bias_ratio", "generator")
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,9 @@ def cell_of(record: RunRecord) -> tuple:
     settings = _flat(record)
     bias = number(settings.get("dataset_options.bias_ratio"))
     stage = record.get("stage")
+    generator = settings.get("generator")
     return (str(record.get("dataset", "?")), str(record.get("variant", "?")), record.method_label,
-            int(stage) if isinstance(stage, (int, float)) else 0, bias)
+            int(stage) if isinstance(stage, (int, float)) else 0, bias, None if generator is None else str(generator))
 
 
 @dataclass
@@ -121,12 +123,14 @@ class Cell:
     method: str
     stage: int
     bias_ratio: float | None
+    generator: str | None  # the synthetic images' generator label (None: real only, or not recorded)
     selection: str
     records: list[RunRecord]  # the chosen setting's seeds
     chosen: dict[str, Any]  # the hyperparameters that told this cell's settings apart, at the chosen values
     compared: int  # settings compared in this cell
     score: Stat | None  # the selection score of the chosen setting, over its seeds
     test: dict[str, Stat] = field(default_factory=dict)
+    several_generators: bool = False  # its dataset's runs come from more than one generator: rows name theirs
 
     @property
     def seeds(self) -> list[int]:
@@ -209,6 +213,8 @@ def select(records: list[RunRecord], selection: str = DEFAULT_SELECTION) -> list
                 cell.test[metric] = Stat.of([number(((r.result or {}).get("test") or {}).get(metric))
                                              for r in members])
             out.append(cell)
+    for cell in out:
+        cell.several_generators = len({c.generator for c in out if c.dataset == cell.dataset} - {None}) > 1
     return out
 
 
