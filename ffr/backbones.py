@@ -1,7 +1,9 @@
 """Image classifiers, one registry: ``create_backbone(name, n_classes, pretrained=...)``.
 
 Every backbone is a :class:`Classifier`: ``forward(x) -> logits`` and ``features(x)`` (the penultimate
-layer, what DFR retrains a last layer on). A backbone declares its options (``backbone_options``) as an
+layer, what DFR retrains a last layer on). A backbone built from weights that include a classifier (ImageNet's
+fc) keeps that classifier as ``pretrained_head`` (weight, bias), outside its state: a method may start a head
+from it (D3S's fg head starts from the pretrained fc's columns of its features). A backbone declares its options (``backbone_options``) as an
 ``Options`` model (ffr.options): typed, one line naming a bad key, listed by ``--show-config``.
 ImageNet weights come from a local file or the torchvision cache — never the network: with neither, the model
 starts from random init and says so with a warning.
@@ -28,6 +30,9 @@ IMAGENET = "imagenet"
 class Classifier(nn.Module):
     """A feature trunk plus a linear head; ``features`` is what the head sees."""
 
+    # (weight [classes, feature_dim], bias) of the pretrained weights' own classifier, when they have one.
+    pretrained_head: tuple[torch.Tensor, torch.Tensor] | None = None
+
     def __init__(self, trunk: nn.Module, feature_dim: int, n_classes: int) -> None:
         super().__init__()
         self.trunk = trunk
@@ -51,22 +56,25 @@ def _read_state(path: str) -> dict:
         state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    elif isinstance(state, dict) and isinstance(state.get("model"), dict):  # an ffr training checkpoint (model.pt)
+        state = state["model"]
     if not isinstance(state, dict):
         raise FFRError(f"pretrained weights file {path!r} does not hold a state_dict")
     return state
 
 
-def _torchvision_weights(builder, weights_enum, pretrained: str | None) -> nn.Module:
-    """A torchvision model with ImageNet weights from ``pretrained`` (path), the hub cache, or random init."""
+def _torchvision_weights(builder, weights_enum, pretrained: str | None) -> tuple[nn.Module, bool]:
+    """A torchvision model with ImageNet weights from ``pretrained`` (path), the hub cache, or random init;
+    and whether weights were loaded."""
     model = builder(weights=None)
     if pretrained is None:
-        return model
+        return model, False
     if pretrained == IMAGENET:
         cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights_enum.url))
         if not os.path.exists(cached):
             warnings.warn(f"ImageNet weights not found at {cached}; starting {builder.__name__} from random init "
                           "(put the file there or pass pretrained=<path>)", stacklevel=3)
-            return model
+            return model, False
         pretrained = cached
     state = _read_state(pretrained)
     if not set(state) & set(model.state_dict()):
@@ -74,7 +82,7 @@ def _torchvision_weights(builder, weights_enum, pretrained: str | None) -> nn.Mo
     _, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         warnings.warn(f"{len(unexpected)} keys of {pretrained!r} were not used (e.g. {unexpected[0]!r})", stacklevel=3)
-    return model
+    return model, True
 
 
 def backbone(name: str, options: type[Options] = NoOptions):
@@ -88,10 +96,13 @@ def backbone(name: str, options: type[Options] = NoOptions):
 
 
 def _resnet(builder, weights_enum, n_classes: int, pretrained: str | None) -> Classifier:
-    model = _torchvision_weights(builder, weights_enum, pretrained)
+    model, loaded = _torchvision_weights(builder, weights_enum, pretrained)
     dim = model.fc.in_features
     trunk = nn.Sequential(*(child for name, child in model.named_children() if name != "fc"))  # ends in avgpool
-    return Classifier(trunk, dim, n_classes)
+    classifier = Classifier(trunk, dim, n_classes)
+    if loaded:
+        classifier.pretrained_head = (model.fc.weight.detach().clone(), model.fc.bias.detach().clone())
+    return classifier
 
 
 @backbone("resnet50")
@@ -127,6 +138,8 @@ def small_cnn(n_classes: int, pretrained: str | None, options: SmallCNNOptions) 
     elif pretrained is not None:
         state = _read_state(pretrained)
         model.trunk.load_state_dict({k.removeprefix("trunk."): v for k, v in state.items() if k.startswith("trunk.")})
+        if "head.weight" in state and state["head.weight"].shape[1] == model.feature_dim:
+            model.pretrained_head = (state["head.weight"].clone(), state["head.bias"].clone())
     return model
 
 

@@ -58,6 +58,18 @@ class FaultInjection:
 
 
 @dataclass
+class MixStream:
+    """A second, class-only training stream mixed into every batch (D3S's 32 ImageNet images beside 32 D3S
+    images): a registered dataset whose ``train`` split carries the same class indices as the main one and no
+    bias label. ``batch_size`` (global) of its images join each batch of ``batch_size`` main images; only a
+    method that declares ``mixes_class_only`` accepts them (their group id is -1)."""
+
+    dataset: str = "class-folder"
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 32
+
+
+@dataclass
 class TrainConfig:
     # data
     dataset: str = "colored-digits"
@@ -80,6 +92,13 @@ class TrainConfig:
     momentum: float = 0.9  # SGD only
     epochs: int = 50
     batch_size: int = 128  # global: split over workers
+    # step-based training: every epoch (one validation, one checkpoint) is this many batches, drawn from
+    # reshuffled passes over the training set; null = one pass over it
+    steps_per_epoch: int | None = None
+    mix: MixStream | None = None  # a class-only stream mixed into every batch (see MixStream)
+    # training images get RandomResizedCrop(image_size) + horizontal flip (D3S) instead of the plain resize;
+    # evaluation always resizes
+    augment: bool = False
     stage1: StageOptions = field(default_factory=lambda: StageOptions(lr=1e-4))
     # stage 2 (FFR's --freeze_bn ablation): BatchNorm layers keep the running statistics they start with
     # (stage 1's, or ImageNet's) and normalize with them; their affine weights still train
@@ -135,6 +154,19 @@ class TrainConfig:
                                f"has no stage 1 (its stages: {stages}; expected a variant with a stage 1)")
         if self.lr <= 0:
             raise FFRError(f"lr = {self.lr!r} must be > 0")
+        if self.augment and self.cache_in_memory:
+            raise FFRError("augment: true draws a new crop every time an image is read; cache_in_memory: true "
+                           "transforms each image once. Expected one of them off")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise FFRError(f"steps_per_epoch = {self.steps_per_epoch!r}; expected a positive integer or null")
+        if self.mix is not None:
+            if self.mix.batch_size < 1:
+                raise FFRError(f"mix.batch_size = {self.mix.batch_size!r}; expected a positive integer")
+            from ffr.methods import METHODS
+
+            if not METHODS.get(self.method).mixes_class_only:
+                raise FFRError(f"method {self.method!r} cannot train on mixed batches (mix: a class-only stream); "
+                               "expected a method that accepts them, e.g. erm or disentangle")
 
 
 @dataclass
@@ -167,10 +199,14 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+# Keys that enter a run name's digest only when set away from their default, so runs named before they
+# existed keep their names.
+_NEW_KEY_DEFAULTS = {"bad_images": "fail", "steps_per_epoch": None, "mix": None, "augment": False}
+
+
 def experiment_fields(cfg: TrainConfig) -> dict[str, Any]:
-    # bad_images only enters the digest when it is not the default, so runs named before it existed keep names
     return {k: v for k, v in to_dict(cfg).items()
-            if k not in INFRA_FIELDS and not (k == "bad_images" and v == "fail")}
+            if k not in INFRA_FIELDS and not (k in _NEW_KEY_DEFAULTS and v == _NEW_KEY_DEFAULTS[k])}
 
 
 def method_stage(cfg: TrainConfig, init_checkpoint: str | None = None) -> StageSpec:

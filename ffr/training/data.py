@@ -19,6 +19,7 @@ class ExperimentData:
     real: dict[str, GroupedSplit]
     stages: dict[int, StageData]
     skipped_images: list[str] = field(default_factory=list)  # keys dropped under bad_images: skip
+    mix: GroupedSplit | None = None  # the class-only stream mixed into every batch (TrainConfig.mix)
 
     @property
     def val(self) -> GroupedSplit:
@@ -55,7 +56,21 @@ def load_experiment_data(cfg: TrainConfig, stage: int | None = None) -> Experime
             raise FFRError(f"variant {cfg.variant!r} needs synthetic_root (a generation output directory)")
         synthetic = ffr.datasets.create("synthetic", root=cfg.synthetic_root, review=cfg.synthetic_review)["train"]
     by_stage = {s: variant.build(s, real["train"], synthetic, data_seed) for s in wanted}
-    return ExperimentData(real, by_stage, list(skipped))
+    return ExperimentData(real, by_stage, list(skipped), load_mix(cfg, real["train"]))
+
+
+def load_mix(cfg: TrainConfig, main_train: GroupedSplit) -> GroupedSplit | None:
+    """The ``train`` split of ``cfg.mix``'s dataset, checked to share the main data's class indices."""
+    if cfg.mix is None:
+        return None
+    mix = ffr.datasets.create(cfg.mix.dataset, **cfg.mix.dataset_options)["train"]
+    if len(mix) == 0:
+        raise FFRError(f"mix: dataset {cfg.mix.dataset!r} has no training images")
+    n_main, n_mix = main_train.spec.n_classes, mix.spec.n_classes
+    if n_mix != n_main:
+        raise FFRError(f"mix: dataset {cfg.mix.dataset!r} has {n_mix} classes but {cfg.dataset!r} has {n_main}; "
+                       "expected one class index space (e.g. class-folder option 'classes': a class table)")
+    return mix
 
 
 _DECODE_THREADS = 16  # decoding is mostly waiting on storage (S3 latency); PIL releases the GIL while decoding

@@ -3,7 +3,9 @@ step on features, and a preliminary run's predictions on its training set.
 
 A method that fits on features (``Method.fit_on_features``, e.g. DFR's last-layer retraining) gets the
 selected model's penultimate features of the real train/val/test splits, extracted once per split; its head
-then gives the val/test numbers and the model's own head's are kept as ``base_val``/``base_test``.
+then gives the val/test numbers and the model's own head's are kept as ``base_val``/``base_test``. A method
+that analyses features (``Method.analyze_features``, e.g. D3S's probes) gets them for its stage's training
+set, val, test and the class-only stream, and its results join the result as they are.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ from ffr.training.data import ExperimentData
 from ffr.training.stage import EVAL_BATCH
 
 
-def _model(cfg: TrainConfig, n_classes: int, state: dict, device: torch.device):
-    model = create_backbone(cfg.backbone, n_classes, pretrained=None, **cfg.backbone_options)
+def _model(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, state: dict, device: torch.device):
+    """The trained model as its run built it (the backbone, then the method's ``build_model``), with the
+    checkpoint's weights."""
+    model = create_backbone(cfg.backbone, data.val.spec.n_classes, pretrained=None, **cfg.backbone_options)
+    method = ffr.methods.create(spec.method, **spec.method_hparams)
+    model = method.build_model(model, data.stages[spec.stage].train_spec)
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 
@@ -46,7 +52,7 @@ def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, 
     head) and its details under the method's name — "val"/"test" are then its head's."""
     device = device or torch.device("cpu")
     state = loop.load_state(checkpoint_dir)
-    model = _model(cfg, data.val.spec.n_classes, state, device)
+    model = _model(cfg, spec, data, state, device)
     train_counts = group_counts_of(data.real["train"].groups())
     val, test = data.val, data.test
     out = {"epoch": state.get("epoch"),
@@ -68,6 +74,17 @@ def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, 
                 split = splits[name]
                 out[name] = summarize(fit.predict(features[name].x), split.y, split.groups(), train_counts)
             out[method.name] = fit.details
+    if method.analyzes_features():
+        splits = {"train": data.stages[spec.stage].train, "val": val, "test": test}
+        if data.mix is not None:
+            splits["mix"] = data.mix
+        features = {name: Features(_features(model, split, cfg, device), split.y,
+                                   split.groups(data.stages[spec.stage].train_spec) if name == "train"
+                                   else split.groups() if name != "mix" else np.full(len(split), -1))
+                    for name, split in splits.items()}
+        analysis = method.analyze_features(model, features, np.random.default_rng([cfg.seed, 8]))
+        if analysis is not None:
+            out.update(analysis)
     return out
 
 
@@ -76,5 +93,5 @@ def train_predictions(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, de
     """A checkpoint's predicted classes on its stage's training set, in order (a preliminary run's outcome)."""
     device = device or torch.device("cpu")
     train = data.stages[spec.stage].train
-    model = _model(cfg, data.val.spec.n_classes, loop.load_state(checkpoint_dir), device)
+    model = _model(cfg, spec, data, loop.load_state(checkpoint_dir), device)
     return _predictions(model, train, cfg, device)

@@ -86,7 +86,7 @@ def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, stora
     try:
         result = _train_and_evaluate(cfg, spec, data, storage_path, directory,
                                      [*(callbacks or []), ray_train.MLflowEpochs(tracker.uri, tracker.run_id,
-                                                                                 group_names)])
+                                                                                 group_names, directory)])
     except BaseException:
         tracker.fail()
         raise

@@ -30,10 +30,13 @@ def device(use_gpu: bool) -> torch.device:
     return torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
-def make_transform(image_size: int, corrupt: Callable | None = None) -> Callable:
+def make_transform(image_size: int, corrupt: Callable | None = None, augment: bool = False) -> Callable:
     """FFR's preprocessing for train and eval alike: resize (no crop, no flip) and ImageNet normalization.
-    ``corrupt`` (PIL → PIL, e.g. ``ffr.corruptions.Corrupt``) runs after the resize, at the training size."""
-    return transforms.Compose([transforms.Resize((image_size, image_size)), *([corrupt] if corrupt else []),
+    ``corrupt`` (PIL → PIL, e.g. ``ffr.corruptions.Corrupt``) runs after the resize, at the training size.
+    ``augment`` (training only): RandomResizedCrop + horizontal flip instead of the resize, as D3S trained."""
+    resize = ([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()] if augment
+              else [transforms.Resize((image_size, image_size))])
+    return transforms.Compose([*resize, *([corrupt] if corrupt else []),
                                transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
@@ -55,8 +58,9 @@ class InMemoryDataset(torch.utils.data.Dataset):
 
 
 def image_dataset(split: GroupedSplit, image_size: int, group_spec: GroupSpec | None = None,
-                  in_memory: bool = False, corrupt: Callable | None = None) -> torch.utils.data.Dataset:
-    ds = GroupedImageDataset(split, make_transform(image_size, corrupt), group_spec)
+                  in_memory: bool = False, corrupt: Callable | None = None,
+                  augment: bool = False) -> torch.utils.data.Dataset:
+    ds = GroupedImageDataset(split, make_transform(image_size, corrupt, augment), group_spec)
     return InMemoryDataset(ds) if in_memory else ds
 
 
@@ -86,23 +90,41 @@ def freeze_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
+def mixed_batches(batches, mix_batches):
+    """Each batch of ``batches`` followed by one of the class-only stream ``mix_batches`` (as many): the rows of
+    the second keep their image and class, and get bias and group -1 (no label) so no group counts them."""
+    for (x, y, b, source, g, idx), (mx, my, mb, msource, _mg, midx) in zip(batches, mix_batches, strict=True):
+        unknown = torch.full_like(mb, -1)
+        yield (torch.cat([x, mx]), torch.cat([y, my]), torch.cat([b, unknown]), torch.cat([source, msource]),
+               torch.cat([g, unknown]), torch.cat([idx, midx]))
+
+
 def train_one_epoch(model: nn.Module, batches, method: Method, optimizer, device: torch.device, n_groups: int,
-                    on_batch: Callable[[int], None] | None = None, freeze_bn: bool = False) -> torch.Tensor:
-    """One pass over ``batches``. Returns this worker's float64 tensor [loss sum, examples, draws of group
-    0, ..., draws of group G-1], ready to be all-reduced (loss sum = per-batch loss × batch size).
-    ``freeze_bn``: BatchNorm statistics stay as they are (FFR's frozen-BN ablation)."""
+                    on_batch: Callable[[int], None] | None = None, freeze_bn: bool = False,
+                    step_log: list[dict] | None = None, first_step: int = 0) -> torch.Tensor:
+    """One pass over ``batches``. Returns this worker's float64 tensor [loss sum, rows, rows of a class-only
+    stream (group -1), draws of group 0, ..., draws of group G-1], ready to be all-reduced (loss sum =
+    per-batch loss × batch size). ``freeze_bn``: BatchNorm statistics stay as they are (FFR's frozen-BN
+    ablation). ``step_log``: the method's per-step terms (``Method.step_log``) are appended to it, each with
+    its global step number (``first_step`` + 1 for the first batch)."""
     model.train()
     for module in method.modules.values():
         module.train()
     if freeze_bn:
         freeze_batchnorm(model)
-    totals = torch.zeros(2 + n_groups, dtype=torch.float64)
+    totals = torch.zeros(3 + n_groups, dtype=torch.float64)
     for i, (x, y, _b, _source, g, _idx) in enumerate(batches):
         x, y, g = x.to(device, non_blocking=True), y.to(device), g.to(device)
         loss = method.train_step(model, x, y, g, optimizer)  # the method's step(s): the model's, its critics'
         totals[0] += float(loss.detach()) * len(y)
         totals[1] += len(y)
-        totals[2:] += torch.bincount(g.cpu(), minlength=n_groups).to(torch.float64)
+        known = g[g >= 0].cpu()
+        totals[2] += len(y) - len(known)
+        totals[3:] += torch.bincount(known, minlength=n_groups).to(torch.float64)
+        if step_log is not None:
+            terms = method.step_log()
+            if terms is not None:
+                step_log.append({"step": first_step + i + 1, **terms})
         if on_batch is not None:
             on_batch(i)
     return totals
