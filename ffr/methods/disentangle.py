@@ -48,6 +48,17 @@ from ffr.options import Field, Options
 WARMUP, CRITIC, MODEL = 0, 1, 2  # the phase of a step, as logged
 
 
+def schedule(step: int, train_critics: bool, warmup_steps: int, model_every: int) -> tuple[int, bool]:
+    """D3S's schedule: the phase of (1-based) step ``step`` and the critic flag after it. Warm-up first; then
+    critic steps while the flag is up, lowered by a critic step whose number is a multiple of ``model_every``;
+    a model step raises it again."""
+    if step <= warmup_steps:
+        return WARMUP, train_critics
+    if train_critics:
+        return CRITIC, step % model_every != 0
+    return MODEL, True
+
+
 class DisentangleOptions(Options):
     bg_features: int = Field(250, ge=1, description="pooled features that form the bg part, the last ones "
                                                     "(D3S: 250 of ResNet-50's 2048)")
@@ -105,11 +116,6 @@ class Disentangle(Method):
         return {"model": torch.optim.Adam(model.parameters(), lr=o.model_lr, betas=tuple(o.adam_betas))}
 
     # --- one step -----------------------------------------------------------------------------------------
-    def phase(self) -> int:
-        """What the next step does (advances nothing)."""
-        if self.step + 1 <= self.options.warmup_steps:
-            return WARMUP
-        return CRITIC if self.train_critics else MODEL
 
     def _labels(self, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows with a background label, their background); class-only rows have group -1."""
@@ -131,8 +137,8 @@ class Disentangle(Method):
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor,
                    optimizer: torch.optim.Optimizer) -> torch.Tensor:
         o = self.options
-        phase = self.phase()
         self.step += 1
+        phase, self.train_critics = schedule(self.step, self.train_critics, o.warmup_steps, o.model_every)
         labelled, b = self._labels(groups)
         critics = {name: getattr(m, "module", m) for name, m in self.modules.items()}
         if phase == CRITIC:
@@ -145,8 +151,6 @@ class Disentangle(Method):
                 step.loss.backward()
                 self._average_gradients(critics[name], x.device)
                 self.optimizers[name].step()
-            if self.step % o.model_every == 0:
-                self.train_critics = False
             ce = F.cross_entropy(out.logits, y)
             self._last = {"phase": CRITIC, "critic_fg_loss": float(fg.loss.detach()), "critic_bg_loss": float(bg.loss.detach()),
                           "dependence_fg": float(fg.estimate), "dependence_bg": float(bg.estimate),
@@ -165,7 +169,6 @@ class Disentangle(Method):
             loss = loss + o.penalty_weight * (dep_fg + dep_bg)
             terms.update(dependence_fg=float(dep_fg.detach()), dependence_bg=float(dep_bg.detach()))
             step_with = self.optimizers["model"]
-            self.train_critics = True
         else:
             step_with = optimizer
         step_with.zero_grad(set_to_none=True)

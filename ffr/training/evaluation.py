@@ -15,6 +15,7 @@ import torch
 
 import ffr.methods
 from ffr.backbones import create_backbone
+from ffr.errors import FFRError
 from ffr.methods.base import Features
 from ffr.metrics import group_counts_of, summarize
 from ffr.training import loop
@@ -95,3 +96,23 @@ def train_predictions(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, de
     train = data.stages[spec.stage].train
     model = _model(cfg, spec, data, loop.load_state(checkpoint_dir), device)
     return _predictions(model, train, cfg, device)
+
+
+def load_trained_model(checkpoint_dir: str, device: torch.device | None = None):
+    """A model as ``ffr train`` trained it, from one of its checkpoints alone (its ``config`` says the backbone,
+    options and method; the weights say the class and bias counts): (model in eval mode, resolved config)."""
+    from ffr.groups import GroupSpec
+
+    state = loop.load_state(checkpoint_dir)
+    config = state.get("config") or {}
+    missing = [k for k in ("backbone", "method") if k not in config]
+    if missing:
+        raise FFRError(f"checkpoint {checkpoint_dir!r} does not record {missing}; expected an ffr training checkpoint")
+    weights = state["model"]
+    n_classes = int(weights["head.weight"].shape[0])
+    n_bias = int(weights["bg_head.weight"].shape[0]) if "bg_head.weight" in weights else 1
+    spec = GroupSpec(tuple(str(i) for i in range(n_classes)), tuple(str(i) for i in range(n_bias)))
+    model = create_backbone(config["backbone"], n_classes, pretrained=None, **(config.get("backbone_options") or {}))
+    model = ffr.methods.create(config["method"], **(config.get("method_hparams") or {})).build_model(model, spec)
+    model.load_state_dict(weights)
+    return model.to(device or torch.device("cpu")).eval(), config

@@ -1,0 +1,212 @@
+"""The embedded disentanglement study: D3S's fg/bg split, its four probes and its spurious-correlation test,
+offline on CPU, through the same code a full-scale run uses (``ffr d3s disentangle-demo``, ``make
+d3s-disentangle-demo``).
+
+The world (``ffr.d3s.embedded``): printed digits are the objects. Plain-background digits in an ImageNet-layout
+folder play ImageNet (the class-only real stream, read by the ``class-folder`` reader); the ``compositing``
+backend puts digits into 10 procedural backgrounds and plays Stable Diffusion, giving a D3S train output and a
+separate D3S val output (as D3S's val set was its own run). Then:
+
+1. the "ImageNet-pretrained" model: a small CNN trained by ``ffr train`` (ERM) on the plain digits; every run
+   below starts from it, and the disentangled model's fg head from its classifier, as D3S starts from
+   ResNet-50's IMAGENET1K weights and fc;
+2. per seed, three ``ffr train`` runs on mixed batches (D3S images with class and background, plus plain digits
+   with class only), step-based: plain ERM; ``disentangle`` (D3S's penalty); ``disentangle`` with
+   ``penalty_weight: 0`` (the same schedule and heads without the penalty);
+3. the four probes of both disentangle runs, with chance levels (mean ± std over seeds);
+4. D3S's spurious-correlation experiment: digits 0-8 are 9 "super-classes" on D3S's own assignment
+   ``2,8,4,9,1,6,7,3,0`` (one background unused, as with ImageNet-9); frozen features, linear heads trained on
+   the correlated view of D3S-train, selected on correlated D3S-val, tested on correlated and anti-correlated
+   D3S-val — ERM features (all) against disentangled fg features.
+
+Writes ``report.md`` and ``study.json`` under ``out``; runs are under ``out/runs`` (MLflow beside them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ffr.datasets.d3s_splits import D3S_ASSIGNMENT
+
+N_SUPERCLASSES = 9  # digits 0-8; digit 9 plays the ImageNet classes outside ImageNet-9
+SPLIT = "digits9-" + "-".join(str(a) for a in D3S_ASSIGNMENT)
+PROBES = (("class_from_fg", "class from fg", "model's fg head"),
+          ("background_from_bg", "background from bg", "model's bg head"),
+          ("class_from_bg", "class from bg", "linear probe"),
+          ("background_from_fg", "background from fg", "linear probe"))
+
+
+@dataclass
+class StudyConfig:
+    """Sizes and settings of the embedded study; the defaults are ``make d3s-disentangle-demo``."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    image_size: int = 32
+    width: int = 16  # small-cnn width: 64 pooled features
+    bg_features: int = 16
+    d3s_per_group: int = 20  # D3S-train: 10 digits × 10 backgrounds × this
+    d3s_val_per_group: int = 6
+    plain_per_class: int = 60  # the "ImageNet" stream
+    pretrain_epochs: int = 8
+    epochs: int = 4
+    steps_per_epoch: int = 250
+    warmup_steps: int = 200
+    batch_size: int = 32  # D3S images per step; as many plain ones join them (mix)
+    method_hparams: dict[str, Any] = field(default_factory=dict)  # over the disentangle defaults below
+    correlation_steps: int = 3000
+
+
+def disentangle_hparams(config: StudyConfig, penalty: bool) -> dict[str, Any]:
+    """D3S's constants, except the fg/bg sizes (a 64-feature CNN) and the probes' (fewer, standardised steps on
+    CPU); ``config.method_hparams`` overrides."""
+    hparams = {"bg_features": config.bg_features, "warmup_steps": config.warmup_steps,
+               "probe": {"steps": 3000, "lr": 0.01, "standardize": True}, **config.method_hparams}
+    if not penalty:
+        hparams["penalty_weight"] = 0.0
+    return hparams
+
+
+def prepare(out: Path, config: StudyConfig) -> dict[str, str]:
+    """The folders and outputs the runs read (made once; a rerun reuses them)."""
+    import pipelines
+    from ffr.d3s.embedded import generation_config, write_foregrounds, write_plain_set
+    from ffr.datasets.d3s_splits import read_view, write_splits
+
+    size = config.image_size
+    paths = {"plain_train": str(out / "plain" / "train"), "plain_val": str(out / "plain" / "val"),
+             "d3s_train": str(out / "d3s-train"), "d3s_val": str(out / "d3s-val"),
+             "mapping": str(out / "digits9.json")}
+    if not (out / "foregrounds").exists():
+        fg = write_foregrounds(out, per_class=8, size=size)
+        write_plain_set(out, fg, "train", per_class=config.plain_per_class, size=size)
+        write_plain_set(out, fg, "val", per_class=max(10, config.plain_per_class // 4), size=size, seed=1)
+    fg = str(out / "foregrounds")
+    for key, per_group, seed in (("d3s_train", config.d3s_per_group, 0), ("d3s_val", config.d3s_val_per_group, 1)):
+        pipelines.generate(generation_config(paths[key], fg, per_group, templates=3, size=size, runner="local",
+                                             seed=seed, shard_size=500))
+    Path(paths["mapping"]).write_text(json.dumps({"names": [f"digit{i}" for i in range(N_SUPERCLASSES)],
+                                                  "classes": {str(i): i for i in range(N_SUPERCLASSES)}}))
+    for key in ("d3s_train", "d3s_val"):
+        try:
+            read_view(paths[key], SPLIT, "correlated")
+        except Exception:  # noqa: BLE001 - not written yet
+            write_splits(paths[key], mapping=paths["mapping"], name=SPLIT, assignment=list(D3S_ASSIGNMENT))
+    return paths
+
+
+def _base(config: StudyConfig, runs: str) -> dict[str, Any]:
+    return {"backbone": "small-cnn", "backbone_options": {"width": config.width}, "image_size": config.image_size,
+            "executor": "local", "storage_path": runs, "cache_in_memory": True, "loader_workers": 0}
+
+
+def pretrain(paths: dict[str, str], config: StudyConfig, runs: str) -> str:
+    """The "ImageNet" model: ERM on plain digits; returns its best checkpoint."""
+    from ffr.training import run_experiment
+
+    result = run_experiment({**_base(config, runs), "dataset": "class-folder",
+                             "dataset_options": {"root": paths["plain_train"], "val_root": paths["plain_val"]},
+                             "method": "erm", "pretrained": None, "optimizer": "adam", "lr": 3e-3,
+                             "weight_decay": 0.0, "epochs": config.pretrain_epochs, "batch_size": 32,
+                             "mlflow": {"experiment_name": "d3s-disentangle-demo"}})
+    return result["checkpoint"]
+
+
+def run_configs(paths: dict[str, str], config: StudyConfig, runs: str, pretrained: str, seed: int
+                ) -> dict[str, dict[str, Any]]:
+    """The three runs of one seed: erm, disentangle, disentangle without the penalty (D3S's warm-up
+    optimiser: SGD lr 1e-3, momentum 0.9; ERM trains with it throughout)."""
+    common = {**_base(config, runs), "dataset": "d3s",
+              "dataset_options": {"root": paths["d3s_train"], "val_root": paths["d3s_val"], "seed": 0},
+              "mix": {"dataset": "class-folder", "dataset_options": {"root": paths["plain_train"]},
+                      "batch_size": config.batch_size},
+              "pretrained": pretrained, "seed": seed, "optimizer": "sgd", "lr": 1e-3, "momentum": 0.9,
+              "weight_decay": 0.0, "batch_size": config.batch_size, "epochs": config.epochs,
+              "steps_per_epoch": config.steps_per_epoch, "mlflow": {"experiment_name": "d3s-disentangle-demo"}}
+    return {"erm": {**common, "method": "erm"},
+            "disentangled": {**common, "method": "disentangle",
+                             "method_hparams": disentangle_hparams(config, penalty=True)},
+            "no penalty": {**common, "method": "disentangle",
+                           "method_hparams": disentangle_hparams(config, penalty=False)}}
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [100 * v for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return "–"
+    spread = f" ± {np.std(values, ddof=1):.1f}" if len(values) > 1 else ""
+    return f"{np.mean(values):.1f}{spread}"
+
+
+def probe_table(results: dict[int, dict[str, dict]]) -> str:
+    """Rows = the four probes; columns = with / without the penalty (val, mean ± std over seeds), chance."""
+    seeds = sorted(results)
+    lines = ["| probe (D3S-val top-1, %) | head | disentangled | no penalty | chance |", "|---|---|---|---|---|"]
+    for key, label, head in PROBES:
+        cells = [_mean_std([results[s][run]["probes"][key]["val"] for s in seeds])
+                 for run in ("disentangled", "no penalty")]
+        chance = results[seeds[0]]["disentangled"]["probes"][key]["chance"]
+        lines.append(f"| {label} | {head} | {cells[0]} | {cells[1]} | {100 * chance:.1f} |")
+    return "\n".join(lines) + f"\n\nMean ± sample std over seeds {', '.join(map(str, seeds))} (n={len(seeds)}).\n"
+
+
+def correlation_table(rows: dict[int, list[dict]]) -> str:
+    from ffr.d3s.correlation import TABLE_COLUMNS
+
+    seeds = sorted(rows)
+    first = rows[seeds[0]]
+    lines = ["| features | " + " | ".join(name for _, name in TABLE_COLUMNS) + " |",
+             "|---|" + "---|" * len(TABLE_COLUMNS)]
+    for i, row in enumerate(first):
+        cells = [_mean_std([rows[s][i][key] for s in seeds]) for key, _ in TABLE_COLUMNS]
+        lines.append(f"| {row['model']} ({row['features']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\nMean ± sample std over seeds {', '.join(map(str, seeds))} (n={len(seeds)}).\n"
+
+
+def run_study(out: str | Path, seeds: list[int] | None = None, config: StudyConfig | None = None) -> dict[str, Any]:
+    """Everything, end to end; returns {"probes", "correlation", "markdown", "seconds"} (also written to
+    ``out/report.md`` and ``out/study.json``). Finished runs are reused on a rerun."""
+    from ffr.d3s.correlation import CorrelationConfig, run_correlation
+    from ffr.training import run_experiment
+
+    config = config or StudyConfig()
+    if seeds is not None:
+        config.seeds = list(seeds)
+    started = time.perf_counter()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    runs = str(out / "runs")
+    paths = prepare(out, config)
+    prepared = time.perf_counter()
+    pretrained = pretrain(paths, config, runs)
+    results: dict[int, dict[str, dict]] = {}
+    correlation: dict[int, list[dict]] = {}
+    for seed in config.seeds:
+        results[seed] = {name: run_experiment(cfg) for name, cfg in
+                         run_configs(paths, config, runs, pretrained, seed).items()}
+        models = [f"ERM={_run_dir(results[seed]['erm'])}:all",
+                  f"disentangled={_run_dir(results[seed]['disentangled'])}:fg",
+                  f"no penalty={_run_dir(results[seed]['no penalty'])}:fg"]
+        correlation[seed] = run_correlation(CorrelationConfig(
+            data=paths["d3s_train"], val_data=paths["d3s_val"], split=SPLIT, models=models,
+            output=str(out / "correlation" / f"seed{seed}"), seed=seed,
+            head={"steps": config.correlation_steps, "eval_every": 250, "lr": 0.01, "standardize": True}))["rows"]
+    seconds = time.perf_counter() - started
+    markdown = ("## Probes: what each half of the features knows\n\n" + probe_table(results) +
+                "\n## Spurious correlation: frozen features, linear heads\n\n" + correlation_table(correlation) +
+                f"\nWall time {seconds / 60:.1f} min (data {prepared - started:.0f} s).\n")
+    study = {"config": asdict(config), "seconds": seconds,
+             "probes": {s: {k: r[k]["probes"] for k in ("disentangled", "no penalty")} for s, r in results.items()},
+             "correlation": correlation, "markdown": markdown}
+    (out / "report.md").write_text(markdown)
+    (out / "study.json").write_text(json.dumps(study, indent=2, default=str))
+    return study
+
+
+def _run_dir(result: dict) -> str:
+    return f"{result['storage_path'].rstrip('/')}/{result['run_name']}"
