@@ -24,11 +24,12 @@ from ffr.training.data import ExperimentData
 from ffr.training.stage import EVAL_BATCH
 
 
-def _model(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, state: dict, device: torch.device):
+def _model(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, state: dict, device: torch.device,
+           method: ffr.methods.Method | None = None):
     """The trained model as its run built it (the backbone, then the method's ``build_model``), with the
     checkpoint's weights."""
     model = create_backbone(cfg.backbone, data.val.spec.n_classes, pretrained=None, **cfg.backbone_options)
-    method = ffr.methods.create(spec.method, **spec.method_hparams)
+    method = method or ffr.methods.create(spec.method, **spec.method_hparams)
     model = method.build_model(model, data.stages[spec.stage].train_spec)
     model.load_state_dict(state["model"])
     return model.to(device).eval()
@@ -53,7 +54,8 @@ def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, 
     head) and its details under the method's name — "val"/"test" are then its head's."""
     device = device or torch.device("cpu")
     state = loop.load_state(checkpoint_dir)
-    model = _model(cfg, spec, data, state, device)
+    method = ffr.methods.create(spec.method, **spec.method_hparams)
+    model = _model(cfg, spec, data, state, device, method)
     train_counts = group_counts_of(data.real["train"].groups())
     val, test = data.val, data.test
     out = {"epoch": state.get("epoch"),
@@ -63,7 +65,6 @@ def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, 
            "group_sizes": {"train": {str(g): int(n) for g, n in sorted(train_counts.items())},
                            "val": {str(g): int(n) for g, n in sorted(group_counts_of(val.groups()).items())},
                            "test": {str(g): int(n) for g, n in sorted(group_counts_of(test.groups()).items())}}}
-    method = ffr.methods.create(spec.method, **spec.method_hparams)
     if method.fits_on_features():
         splits = {"train": data.real["train"], "val": val, "test": test}
         features = {name: Features(_features(model, split, cfg, device), split.y, split.groups())
