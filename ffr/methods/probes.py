@@ -20,7 +20,7 @@ from ffr.options import Field, Options
 
 
 class ProbeOptions(Options):
-    steps: int = Field(5000, ge=1, description="SGD steps (D3S: 100,000)")
+    steps: int = Field(100_000, ge=1, description="SGD steps (D3S: 100,000)")
     batch_size: int = Field(64, ge=1, description="examples per step (D3S: 64)")
     lr: float = Field(1e-3, gt=0, description="SGD learning rate (D3S: 1e-3)")
     momentum: float = Field(0.9, ge=0, description="SGD momentum (D3S: 0.9)")

@@ -23,6 +23,8 @@ from ffr.training.config import StageSpec, TrainConfig
 from ffr.training.data import ExperimentData
 from ffr.training.stage import EVAL_BATCH
 
+MIX_FEATURES = 50_000  # at most this many images of the class-only stream go to a method's feature analyses
+
 
 def _model(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, state: dict, device: torch.device,
            method: ffr.methods.Method | None = None):
@@ -78,8 +80,10 @@ def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, 
             out[method.name] = fit.details
     if method.analyzes_features():
         splits = {"train": data.stages[spec.stage].train, "val": val, "test": test}
-        if data.mix is not None:
-            splits["mix"] = data.mix
+        if data.mix is not None:  # a seeded sample: the class-only stream may be all of ImageNet
+            rng = np.random.default_rng([cfg.seed, 9])
+            keep = np.sort(rng.permutation(len(data.mix))[:MIX_FEATURES])
+            splits["mix"] = data.mix.subset(keep)
         features = {name: Features(_features(model, split, cfg, device), split.y,
                                    split.groups(data.stages[spec.stage].train_spec) if name == "train"
                                    else split.groups() if name != "mix" else np.full(len(split), -1))
