@@ -3,10 +3,10 @@
 Every backbone is a :class:`Classifier`: ``forward(x) -> logits`` and ``features(x)`` (the penultimate
 layer, what DFR retrains a last layer on). A backbone built from weights that include a classifier (ImageNet's
 fc) keeps that classifier as ``pretrained_head`` (weight, bias), outside its state: a method may start a head
-from it (D3S's fg head starts from the pretrained fc's columns of its features). A backbone declares its options (``backbone_options``) as an
-``Options`` model (ffr.options): typed, one line naming a bad key, listed by ``--show-config``.
-ImageNet weights come from a local file or the torchvision cache — never the network: with neither, the model
-starts from random init and says so with a warning.
+from it (D3S's fg head starts from the pretrained fc's columns of its features). A backbone declares its options
+(``backbone_options``) as an ``Options`` model (ffr.options): typed, one line naming a bad key, listed by
+``--show-config``. ImageNet weights come from a local file or the torchvision cache — never the network: with
+neither, the model starts from random init and says so with a warning.
 """
 
 from __future__ import annotations

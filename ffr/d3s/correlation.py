@@ -91,7 +91,8 @@ def _features(model, spec: ModelSpec, images: ShardImages, keys: list[str], imag
 
 
 def _scores(predictions: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, float]:
-    return {"acc": metrics.overall_accuracy(predictions, y), "wga": metrics.worst_group_accuracy(predictions, y, groups),
+    return {"acc": metrics.overall_accuracy(predictions, y),
+            "wga": metrics.worst_group_accuracy(predictions, y, groups),
             "mean_group_acc": metrics.mean_group_accuracy(predictions, y, groups)}
 
 

@@ -152,7 +152,8 @@ class Disentangle(Method):
                 self._average_gradients(critics[name], x.device)
                 self.optimizers[name].step()
             ce = F.cross_entropy(out.logits, y)
-            self._last = {"phase": CRITIC, "critic_fg_loss": float(fg.loss.detach()), "critic_bg_loss": float(bg.loss.detach()),
+            self._last = {"phase": CRITIC, "critic_fg_loss": float(fg.loss.detach()),
+                          "critic_bg_loss": float(bg.loss.detach()),
                           "dependence_fg": float(fg.estimate), "dependence_bg": float(bg.estimate),
                           "gradient_penalty_fg": float(fg.penalty), "gradient_penalty_bg": float(bg.penalty),
                           "ce_class": float(ce)}

@@ -17,8 +17,8 @@ import torch
 
 import ffr.methods
 from ffr.backbones import create_backbone
-from ffr.metrics import summarize
 from ffr.errors import FFRError
+from ffr.metrics import summarize
 from ffr.runs import SCORE, append_metrics, selection_score, write_steps
 from ffr.storage import filesystem
 from ffr.training import loop
