@@ -50,8 +50,11 @@ def _read_state(path: str) -> dict:
     from ffr.storage import filesystem
 
     fs, inner = filesystem(path)
+    if fs.isdir(inner) and fs.exists(f"{inner.rstrip('/')}/model.pt"):  # an ffr training checkpoint directory
+        inner = f"{inner.rstrip('/')}/model.pt"
     if not fs.exists(inner):
-        raise FFRError(f"pretrained weights file {path!r} does not exist; expected a torch state_dict (.pth)")
+        raise FFRError(f"pretrained weights file {path!r} does not exist; expected a torch state_dict (.pth) or an "
+                       "ffr checkpoint directory")
     with fs.open(inner, "rb") as f:
         state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:

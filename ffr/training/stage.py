@@ -60,9 +60,17 @@ class Session:
         print(line, flush=True)
 
 
+EPOCH_LINE_GROUPS = 16  # more groups than this (D3S: 1000 classes × 10 backgrounds): the worst ones only
+
+
 def epoch_line(spec: StageSpec, record: dict, group_names: list[str]) -> str:
-    groups = "  ".join(f"{name} {record[f'val_acc_group_{g}']:.3f}" for g, name in enumerate(group_names)
-                       if f"val_acc_group_{g}" in record)
+    accs = [(name, record[f"val_acc_group_{g}"]) for g, name in enumerate(group_names)
+            if f"val_acc_group_{g}" in record]
+    more = ""
+    if len(accs) > EPOCH_LINE_GROUPS:
+        more = f"  (the worst {EPOCH_LINE_GROUPS // 2} of {len(accs)} groups)"
+        accs = sorted(accs, key=lambda na: na[1])[:EPOCH_LINE_GROUPS // 2]
+    groups = "  ".join(f"{name} {acc:.3f}" for name, acc in accs) + more
     return (f"[{spec.run_name}] stage {spec.stage} epoch {record['epoch'] + 1}/{spec.epochs}  "
             f"loss {record['train_loss']:.4f}  val WGA {record['val_worst_group_acc']:.3f}  "
             f"mean {record['val_mean_group_acc']:.3f} | {groups}")
