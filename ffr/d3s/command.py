@@ -97,8 +97,14 @@ def run(args: argparse.Namespace) -> int:
         print(markdown(result), end="")
     elif args.d3s_command == "disentangle-demo":
         from ffr.d3s.disentangle_demo import run_study
+        from ffr.errors import FFRError
 
-        seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+        try:
+            seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+        except ValueError:
+            raise FFRError(f"--seeds {args.seeds!r}; expected comma-separated integers, e.g. 0,1,2") from None
+        if not seeds:
+            raise FFRError("--seeds is empty; expected comma-separated integers, e.g. 0,1,2")
         print(run_study(args.out, seeds=seeds)["markdown"], end="")
     else:
         from ffr.d3s.embedded import run_demo
