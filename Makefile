@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-seeds d3s-demo d3s-disentangle-demo test lint bench clean browser
+.PHONY: demo demo-seeds gap-study d3s-demo d3s-disentangle-demo test lint bench gpu-check gpu-check-smoke clean browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -34,6 +34,12 @@ demo: $(STAMP)
 demo-seeds: $(STAMP)
 	$(BIN)/ffr demo --out demo_out --seeds 0,1,2,3,4
 
+# FFR's (B, G) argument as an experiment: every variant × ERM/GroupDRO × 3 seeds at 3 generator-signature
+# strengths of the synthetic renderer (0 = today's), test WGA against strength with the (B, G) diagnostic beside
+# it (gap_out/report/gap.md, gap.png). About 17 min on an idle 2-core machine.
+gap-study: $(STAMP)
+	$(BIN)/ffr demo --out gap_out --seeds 0,1,2 --gap-study 0,8,24
+
 d3s-demo: $(STAMP)
 	$(BIN)/ffr d3s demo --out d3s_demo_out
 
@@ -53,5 +59,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
+# Every GPU number in one run (<= 8 min on one H100): writes benchmarks/results/gpu_check.{json,md} and the
+# table in docs/cluster.md. The smoke mode runs the same sections on tiny models on a CPU (CI: test_gpu_check.py).
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --out benchmarks/results --docs docs/cluster.md
+
+gpu-check-smoke: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --smoke --out /tmp/ffr-gpu-check-smoke
+
 clean:
-	rm -rf $(VENV) demo_out d3s_demo_out d3s_disentangle_out .pytest_cache
+	rm -rf $(VENV) demo_out gap_out d3s_demo_out d3s_disentangle_out .pytest_cache

@@ -33,11 +33,11 @@ def _config(args, storage: str, workers: int, cpus: int) -> dict:
 
 def plain_torch_loop(args) -> tuple[float, float]:
     """The bare loop anyone would write: shuffled DataLoader over in-RAM tensors, CE loss, Adam."""
-    from ffr.backbones import create_backbone
+    from ffr.backbones import Preprocessing, create_backbone
     from ffr.datasets import create
     from ffr.training.loop import image_dataset
 
-    train = image_dataset(create("colored-digits", bias_ratio=0.95)["train"], 32, in_memory=True)
+    train = image_dataset(create("colored-digits", bias_ratio=0.95)["train"], Preprocessing(32), in_memory=True)
     torch.manual_seed(0)
     model = create_backbone("small-cnn", 2, pretrained=None, width=args.width)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)

@@ -98,11 +98,14 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def measure(backend, batch: int, repeats: int, steps: int, guidance_scale: float) -> tuple[float, float]:
-    """(images/s over ``repeats`` timed calls after one warm-up call, peak GPU memory in GiB)."""
+def measure(backend, batch: int, repeats: int, steps: int, guidance_scale: float,
+            size: int | None = None) -> tuple[float, float]:
+    """(images/s over ``repeats`` timed calls after one warm-up call, peak GPU memory in GiB); ``size``: the
+    image side (default: the model's)."""
     backend.batch_size = batch  # one pipeline call per generate(): the micro-batch is the whole batch
     rows = [{"prompt": f"a photo of a dog, number {i}", "negative_prompt": "blurry", "seed": i, "steps": steps,
-             "guidance_scale": guidance_scale} for i in range(batch)]
+             "guidance_scale": guidance_scale, **({"width": size, "height": size} if size else {})}
+            for i in range(batch)]
     backend.generate(rows)  # warm-up: cuDNN autotune, torch.compile for this shape
     _sync()
     if torch.cuda.is_available():

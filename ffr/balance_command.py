@@ -3,8 +3,10 @@
 --counts are the FULL real training counts per group (before downsampling). The table shows what training
 keeps at --bias-ratio ("kept") and the synthetic images per group of each mode computed from the KEPT counts:
 the real set the synthetic images are mixed with (usb, asb) or stand in for (ffr). A generate config's
-budget.real_counts means the same kept counts; --budget-block prints that YAML block, ready to paste:
+budget.real_counts means the same kept counts; --budget-block prints that YAML block, ready to paste.
 
+examples:
+    ffr balance --counts '0,0=914 0,1=5335 1,0=7797 1,1=943' --bias-ratio 0.95
     ffr balance --counts '0,0=914 0,1=5335 1,0=7797 1,1=943' --bias-ratio 0.99 --budget-block --mode all
 """
 

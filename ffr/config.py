@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import yaml
 
 from ffr.errors import FFRError
+from ffr.options import suggest
 from ffr.secrets import configured_secrets, is_secret_name, scrub
 
 T = TypeVar("T")
@@ -98,6 +99,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     return data
 
 
+_SCALARS = (int, float, str, bool)
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
@@ -113,11 +117,32 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return float(value)
     if tp is int and isinstance(value, float) and value.is_integer():
         return int(value)
-    if tp in (int, float, str, bool) and not isinstance(value, tp):
+    if tp in _SCALARS and not isinstance(value, tp):
         raise FFRError(f"config key {where!r} = {value!r}; expected {tp.__name__}")
-    if origin in (tuple, list) and isinstance(value, (list, tuple)):
-        return origin(value)
+    if origin in (tuple, list):
+        return _sequence(origin, typing.get_args(tp), value, where)
     return value
+
+
+def _sequence(origin: type, args: tuple, value: Any, where: str) -> Any:
+    """A list (or tuple) key: a list as given, a scalar as a one-item list (``seeds=3`` → ``[3]``,
+    ``methods=erm`` → ``["erm"]``: a string is never iterated letter by letter), items of a declared scalar
+    type checked; anything else is one line saying a list was expected."""
+    item = args[0] if args and args[0] in _SCALARS else None
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    elif isinstance(value, _SCALARS):
+        items = [value]
+    else:
+        kind = f"a list of {item.__name__}" if item else "a list"
+        raise FFRError(f"config key {where!r} = {value!r}; expected {kind}, e.g. [{_example(item)}]")
+    if item is not None:
+        items = [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(items)]
+    return origin(items)
+
+
+def _example(item: type | None) -> str:
+    return {int: "0, 1", float: "0.1, 0.2", str: "a, b", bool: "true, false"}.get(item, "a, b")
 
 
 def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
@@ -129,7 +154,7 @@ def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise FFRError(f"unknown config key {key!r}; expected one of: {', '.join(sorted(fields))}")
+        raise FFRError(f"unknown config key {key!r}; {suggest(unknown[0], set(fields))} (--show-config lists all)")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -177,22 +202,25 @@ def _field_default(f: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
-def config_rows(cls: type, resolved: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+def config_rows(cls: type, resolved: Any, prefix: str = "", defaults: Any = None) -> list[tuple[str, Any, Any]]:
     """(dotted key, default, resolved value) for every field of dataclass ``cls``, nested sections flattened.
 
-    Defaults come from the dataclass fields themselves, so a new field shows up without any edit here.
-    Free-form mappings (``recipe.options``, ``method_hparams``) are one row each: their keys have no defaults.
+    Defaults come from the dataclass fields themselves, so a new field shows up without any edit here; a
+    section whose default is an instance (``stage1: StageOptions(lr=1e-4)``) gives its own values as the
+    defaults of its keys. Free-form mappings (``recipe.options``, ``method_hparams``) are one row each: their
+    keys have no defaults.
     """
     hints = typing.get_type_hints(cls)
     rows: list[tuple[str, Any, Any]] = []
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
-        default = _field_default(f)
+        default = getattr(defaults, f.name) if defaults is not None else _field_default(f)
         value = getattr(resolved, f.name) if resolved is not None else dataclasses.MISSING
         section = next((t for t in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(t)),
                        None)
         if section is not None and (dataclasses.is_dataclass(default) or dataclasses.is_dataclass(value)):
-            rows += config_rows(section, value if dataclasses.is_dataclass(value) else None, key + ".")
+            rows += config_rows(section, value if dataclasses.is_dataclass(value) else None, key + ".",
+                                default if dataclasses.is_dataclass(default) else None)
             continue
         rows.append((key, default, value))
     return rows
@@ -228,6 +256,13 @@ def format_config(cls: type, resolved: Any, prefix: str = "", expand: dict[str, 
               + (f"{value:<{width_value}}  {text}" if text else value) for mark, key, default, value, text in rows]
     lines.append("(* = differs from the default)")
     return "\n".join(lines)
+
+
+def add_config_arguments(parser: Any, config_help: str, overrides_help: str) -> None:
+    """``--config FILE``, ``key=value`` overrides and ``--show-config``: how every config-driven command starts."""
+    parser.add_argument("--config", help=config_help)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+    add_show_config(parser)
 
 
 def add_show_config(parser: Any) -> None:

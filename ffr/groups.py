@@ -3,6 +3,10 @@
 Group ids are stable and dense: ``g = y * n_bias + b``. Mixed real+synthetic training (USB/ASB) lets
 group-aware methods see the source too, as ``g = (y * n_bias + b) * 2 + source`` — the (y, b, source)
 groups of the FFR paper. Names travel with the spec so every table can print them.
+
+A dataset may declare which (y, b) pairs exist at all (``populated``): SpuCo Animals has birds only on land or
+water and dogs only indoors or outdoors, so 8 of its 16 pairs are groups. Ids stay dense over all pairs;
+generation budgets and tables cover the populated ones only (None: every pair is a group).
 """
 
 from __future__ import annotations
@@ -22,10 +26,18 @@ class GroupSpec:
     class_names: tuple[str, ...]
     bias_names: tuple[str, ...]
     with_source: bool = False
+    populated: tuple[tuple[int, int], ...] | None = None  # the (y, b) pairs that exist; None: all of them
 
     def __post_init__(self) -> None:
         if not self.class_names or not self.bias_names:
             raise FFRError(f"a group spec needs class and bias names, got {self.class_names!r} × {self.bias_names!r}")
+        if self.populated is not None:
+            pairs = tuple(sorted({(int(y), int(b)) for y, b in self.populated}))
+            bad = [p for p in pairs if not (0 <= p[0] < self.n_classes and 0 <= p[1] < self.n_bias)]
+            if bad or not pairs:
+                raise FFRError(f"populated groups {list(self.populated)!r} must be (class, bias) index pairs within "
+                               f"{self.n_classes} × {self.n_bias}")
+            object.__setattr__(self, "populated", pairs)
 
     @property
     def n_classes(self) -> int:
@@ -64,16 +76,33 @@ class GroupSpec:
     def group_names(self) -> list[str]:
         return [self.group_name(g) for g in range(self.n_groups)]
 
+    def pairs(self) -> list[tuple[int, int]]:
+        """The (y, b) pairs that are groups of this dataset, in id order (every pair unless ``populated``)."""
+        if self.populated is not None:
+            return list(self.populated)
+        return [(y, b) for y in range(self.n_classes) for b in range(self.n_bias)]
+
+    def is_populated(self, y: int, b: int) -> bool:
+        return self.populated is None or (int(y), int(b)) in self.populated
+
+    def pair_name(self, y: int, b: int) -> str:
+        return f"{self.class_names[y]}/{self.bias_names[b]}"
+
     def with_sources(self) -> "GroupSpec":
-        return GroupSpec(self.class_names, self.bias_names, with_source=True)
+        return GroupSpec(self.class_names, self.bias_names, with_source=True, populated=self.populated)
 
     def to_dict(self) -> dict:
-        return {"class_names": list(self.class_names), "bias_names": list(self.bias_names),
-                "with_source": self.with_source}
+        out = {"class_names": list(self.class_names), "bias_names": list(self.bias_names),
+               "with_source": self.with_source}
+        if self.populated is not None:  # only then, so files of fully populated datasets stay as they were
+            out["populated"] = [list(p) for p in self.populated]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "GroupSpec":
-        return cls(tuple(d["class_names"]), tuple(d["bias_names"]), bool(d.get("with_source", False)))
+        populated = d.get("populated")
+        return cls(tuple(d["class_names"]), tuple(d["bias_names"]), bool(d.get("with_source", False)),
+                   None if populated is None else tuple(tuple(p) for p in populated))
 
 
 def group_counts(y: np.ndarray, b: np.ndarray) -> dict[tuple[int, int], int]:

@@ -45,6 +45,14 @@ def overall_accuracy(preds, targets) -> float:
     return float((p == t).mean()) if len(p) else float("nan")
 
 
+def worst_class_accuracy(preds, targets) -> float:
+    """Minimum accuracy over the classes present: what a validation set without group labels can select on
+    (SubpopBench's "attributes unknown" model selection)."""
+    p, t = _np(preds), _np(targets)
+    correct = p == t
+    return min(float(correct[t == c].mean()) for c in np.unique(t)) if len(t) else float("nan")
+
+
 def train_weighted_accuracy(preds, targets, groups, train_group_counts: dict[int, int]) -> float:
     """Per-group accuracy weighted by the *training* group proportions (WILDS' "average accuracy")."""
     accs = group_accuracies(preds, targets, groups)
@@ -61,6 +69,7 @@ def summarize(preds, targets, groups, train_group_counts: dict[int, int] | None 
         "worst_group_acc": worst_group_accuracy(preds, targets, groups),
         "mean_group_acc": mean_group_accuracy(preds, targets, groups),
         "overall_acc": overall_accuracy(preds, targets),
+        "worst_class_acc": worst_class_accuracy(preds, targets),
     }
     if train_group_counts:
         out["train_weighted_acc"] = train_weighted_accuracy(preds, targets, groups, train_group_counts)

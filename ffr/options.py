@@ -42,6 +42,47 @@ class NoOptions(Options):
     """For entries that take none; any key is refused with the usual one line."""
 
 
+PATH = "ffr_path"  # the key under a Field's json_schema_extra marking a path option (see PathField)
+
+
+def PathField(default: Any = ..., *, keep: tuple[str, ...] = (), keep_prefixes: tuple[str, ...] = (),
+              model: bool = False, **kwargs: Any) -> Any:  # noqa: N802 - used like pydantic's Field
+    """A ``Field`` holding a local path or a URI (or a list of them): the driver resolves it against the
+    directory the command was started in, once, before Ray starts (:func:`resolve_paths`).
+
+    ``keep``: values that are names, not paths (e.g. ``'imagenet'``); ``keep_prefixes``: prefixes of shipped
+    names (``'data/'``) kept unless such a file exists where the command runs; ``model``: a hub id
+    (``org/name``) or a local directory — resolved only when it is a local directory or looks like a path."""
+    marker = {"keep": list(keep), "keep_prefixes": list(keep_prefixes), "model": model}
+    return Field(default, json_schema_extra={PATH: marker}, **kwargs)
+
+
+def looks_like_path(value: str) -> bool:
+    """A model reference that is a local path rather than a hub id (``org/name``)."""
+    return value.startswith(("/", "./", "../", "~", "file://")) or value in (".", "..") or value.count("/") > 1
+
+
+def path_options(cls: type[Options]) -> dict[str, dict]:
+    """{option name: its PathField marker} of every path option of ``cls``."""
+    return {name: f.json_schema_extra[PATH] for name, f in cls.model_fields.items()
+            if isinstance(f.json_schema_extra, dict) and PATH in f.json_schema_extra}
+
+
+def suggest(key: str, known: list[str] | set[str] | tuple[str, ...], shown: int = 6) -> str:
+    """What to say after "unknown key 'lrr'": a close match (``did you mean 'lr'?``), else a few of the known
+    keys, shortened (``expected one of: a, b, … (+32 more)``)."""
+    import difflib
+
+    names = sorted(known)
+    within = [n for n in names if len(key) >= 3 and key.lower() in n.lower()]  # 'dro' → 'groupdro'
+    close = list(dict.fromkeys([*within, *difflib.get_close_matches(key, names, n=3, cutoff=0.6)]))[:3]
+    if close:
+        return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+    if len(names) <= shown:
+        return f"expected one of: {', '.join(names)}"
+    return f"expected one of: {', '.join(names[:shown])}, … (+{len(names) - shown} more)"
+
+
 def _where(where: str, loc: tuple) -> str:
     key = ".".join(str(p) for p in loc if not isinstance(p, int) or len(loc) == 1)
     return f"{where}.{key}" if where and key else (where or key)
@@ -53,8 +94,9 @@ def _one_line(cls: type[Options], error: pydantic.ValidationError, where: str, o
     key = _where(where, loc)
     of = f" of {owner}" if owner else ""
     if first["type"] == "extra_forbidden":
-        fields = ", ".join(sorted(cls.model_fields)) or "(none)"
-        return f"unknown option {key!r}{of}; expected one of: {fields}"
+        if not cls.model_fields:
+            return f"unknown option {key!r}{of}; it takes no options"
+        return f"unknown option {key!r}{of}; {suggest(str(loc[-1]) if loc else key, set(cls.model_fields))}"
     if first["type"] == "missing":
         return f"option {key!r}{of} is required"
     msg = first["msg"]

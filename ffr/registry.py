@@ -86,7 +86,9 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise FFRError(f"unknown {self.kind} {name!r}; expected one of: {', '.join(self.names())}") from None
+            from ffr.options import suggest
+
+            raise FFRError(f"unknown {self.kind} {name!r}; {suggest(str(name), self.names(), shown=12)}") from None
 
     def options(self, name: str, values=None, where: str = ""):
         """The validated options of entry ``name`` (its ``Options`` model, ffr.options); one line per bad key.

@@ -1,25 +1,37 @@
-"""``ffr report RUNS_ROOT... [--out DIR]``: paper tables, per-run tables and plots from run directories.
+"""``ffr report RUNS_ROOT... [--select RULE] [--out DIR]``: paper tables, per-run tables and plots from run
+directories.
 
 A run directory is any folder holding ``ffr_result.json`` (finished; ``result.json`` beside a config.json
 for runs written before the rename), or only ``metrics.jsonl`` (unfinished: still training, killed, or
-``stopped.json``: stopped early by a sweep's ASHA). ``ffr.runs`` finds and reads them (this module makes
-tables, plots and files from what it reads). Roots are searched recursively, locally or on ``s3://``, so a
-run, a sweep folder (Tune's own files in it are skipped) or a whole storage path works.
+``stopped.json``: stopped early by a sweep's ASHA). ``ffr.runs`` finds and reads them, each run once however
+many copies exist (this module makes tables, plots and files from what it reads). Roots are searched
+recursively, locally or on ``s3://``, so a run, a sweep folder (Tune's own files in it are skipped) or a whole
+storage path works.
 
-Per dataset it prints the *paper table*: rows method × variant (none, USB, ASB, FFR, then "FFR, stage 1
-only"), columns bias ratios, each cell test WGA mean ± sample std over seeds and n. Runs are grouped by
-every setting except the seed (the config minus seeds, seed-dependent paths and execution fields), so runs
-that differ in bias ratio or a hyperparameter are never averaged as seeds; a hyperparameter that differs
-within a cell becomes part of the row label. Then one row per run (best epoch, val/test WGA, test
-mean-group and overall accuracy, each test group's accuracy by name with its size), and every setting with
-all its accuracies. With ``--out`` it also writes ``report.md``, ``report.csv`` (raw fractions) and PNG
-plots: test WGA by variant × method with error bars over seeds, validation WGA per epoch, and test
-accuracy per group.
+Runs are grouped by every setting except the seed (the config minus seeds, seed-dependent paths and execution
+fields), so runs that differ in bias ratio or a hyperparameter are never averaged as seeds. Per dataset ×
+variant × method × bias ratio, ``--select`` (``ffr.runs.protocol``) picks which setting is reported: ``val-wga``
+(FFR's rule, the default), ``val-worst-class``, ``oracle`` (labelled as selecting on test) or ``none`` (every
+setting, a hyperparameter that differs within a cell becoming part of the row label). Per dataset it prints:
+
+- the *paper table*: rows method × variant (none, USB, ASB, FFR, then "FFR, stage 1 only"), columns bias
+  ratios, each cell test WGA mean ± sample std over seeds, n, and the selected hyperparameters;
+- the *protocol table*: one row per cell with the selected setting, n, and test WGA, average accuracy,
+  training-proportion-weighted average accuracy and mean-group accuracy, each mean ± std (standard error),
+  and a footnote saying how many settings were compared;
+- the *(B, G) diagnostic* of runs that trained on synthetic images (held-out synthetic accuracy per group and
+  the real-vs-synthetic probe, ``ffr.training.diagnostic``);
+- one row per run (best epoch, val/test WGA, test mean-group and overall accuracy, each test group's accuracy
+  by name with its size), and every setting with all its accuracies.
+
+With ``--out`` it also writes ``report.md``, ``report.csv`` (raw fractions, one row per run), ``protocol.csv``,
+``protocol.md`` and ``protocol.tex`` (the protocol and diagnostic tables; LaTeX with booktabs) and PNG plots:
+test WGA by variant × method with error bars over seeds, validation WGA per epoch, and test accuracy per group.
+The command line over it is :mod:`ffr.report_command`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -29,15 +41,25 @@ import numpy as np
 import pandas as pd
 
 from ffr.errors import FFRError
-from ffr.runs import METRICS, RESULT, RunRecord, find_runs, number
+from ffr.runs import DIAGNOSTIC, METRICS, RESULT, RunRecord, find_runs, number, unique_runs
 from ffr.runs.plots import figure_png, plot_test_groups, plot_val_curves, pyplot
+from ffr.runs.protocol import (
+    DEFAULT_SELECTION,
+    SELECTION_TEXT,
+    TEST_METRICS,
+    Cell,
+    Stat,
+    chosen_text,
+    select,
+)
 from ffr.storage import ensure_dir, filesystem
 
 RUN_COLUMNS = ("run", "dataset", "variant", "method", "stage", "seed", "status", "best_epoch", "val_wga",
                "test_wga", "test_mean_group_acc", "test_overall_acc")
 HEADERS = {"run": "run", "dataset": "dataset", "variant": "variant", "method": "method", "stage": "stage",
            "seed": "seed", "status": "status", "best_epoch": "best ep", "val_wga": "val WGA",
-           "test_wga": "test WGA", "test_mean_group_acc": "test mean-grp", "test_overall_acc": "test overall"}
+           "test_wga": "test WGA", "test_mean_group_acc": "test mean-grp", "test_overall_acc": "test overall",
+           "generator": "generator"}
 ACCURACY_COLUMNS = ("val_wga", "test_wga", "test_mean_group_acc", "test_overall_acc")
 
 
@@ -53,6 +75,7 @@ def run_row(record: RunRecord) -> dict[str, Any]:
            "test_mean_group_acc": number(test.get("mean_group_acc")),
            "test_overall_acc": number(test.get("overall_acc")), "path": record.path}
     row["bias_ratio"] = number((record.config.get("dataset_options") or {}).get("bias_ratio"))
+    row["generator"] = (record.result or {}).get("generator")  # what made the synthetic images, if any
     row["settings"] = record.setting_key()
     row.update({f"test_acc[{name}]": acc for name, acc in record.test_group_accuracies().items()})
     row.update({f"test_n[{name}]": n for name, n in record.test_group_sizes().items()})
@@ -61,13 +84,10 @@ def run_row(record: RunRecord) -> dict[str, Any]:
 
 def collect(paths: list[str]) -> list[RunRecord]:
     """Runs under all ``paths``, sorted by dataset, variant, method, stage, seed; error if there are none."""
-    records: dict[str, RunRecord] = {}
-    for path in paths:
-        for record in find_runs(str(path).rstrip("/") or "/"):
-            records.setdefault(record.path, record)
+    records = unique_runs([record for path in paths for record in find_runs(str(path).rstrip("/") or "/")])
     if not records:
         raise FFRError(f"no runs (folders with {RESULT} or {METRICS}) found under {', '.join(map(repr, paths))}")
-    return sorted(records.values(), key=_sort_key)
+    return sorted(records, key=_sort_key)
 
 
 def _sort_key(record: RunRecord) -> tuple:
@@ -103,6 +123,7 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     rows = []
     for settings, group in done.groupby("settings", sort=False):
+        group = group.sort_values("path").drop_duplicates("seed")  # one per seed (ffr.runs.protocol.one_per_seed)
         first = group.iloc[0]
         row = {c: first[c] for c in columns[:-2]}
         row.update({"settings": settings, "seeds": len(group),
@@ -159,25 +180,124 @@ def mean_std_cell(mean: Any, std: Any, n: int) -> str:
     return f"{100 * mean:.1f}{spread} (n={n})"
 
 
-def paper_tables(table: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
+def cell_label(cell: Cell) -> str:
+    """'method / variant' or 'FFR, stage 1 only'; without selection, plus the settings that tell a cell's rows
+    apart, e.g. 'erm / none [lr=0.001]'."""
+    base = STAGE1_LABEL if cell.stage1_only else f"{cell.method} / {VARIANT_LABELS.get(cell.variant, cell.variant)}"
+    return f"{base} [{chosen_text(cell.chosen)}]" if cell.selection == "none" and cell.chosen else base
+
+
+def _cell_order(cells: list[Cell]):
+    methods = sorted({c.method for c in cells}, key=lambda m: (m != "erm", m))
+
+    def key(cell: Cell) -> tuple:
+        variant = VARIANT_ORDER.index(cell.variant) if cell.variant in VARIANT_ORDER else len(VARIANT_ORDER)
+        return (cell.stage1_only, 0 if cell.stage1_only else methods.index(cell.method), variant, cell_label(cell),
+                cell.bias_ratio is None, cell.bias_ratio or 0)
+
+    return key
+
+
+def _by_dataset(cells: list[Cell]) -> dict[str, list[Cell]]:
+    out: dict[str, list[Cell]] = {}
+    for cell in cells:
+        out.setdefault(cell.dataset, []).append(cell)
+    return {d: sorted(part, key=_cell_order(part)) for d, part in sorted(out.items())}
+
+
+def _wga_cell(cell: Cell) -> str:
+    """The compact table's cell: test WGA mean ± std (n), and the chosen hyperparameters when a selection
+    compared settings: '70.0 ± 14.1 (n=2; lr=0.001)'."""
+    stat = cell.test["worst_group_acc"]
+    text = mean_std_cell(stat.mean, stat.std, stat.n)
+    if cell.selection != "none" and cell.compared > 1 and cell.chosen and text != "–":
+        text = f"{text[:-1]}; {chosen_text(cell.chosen)})"
+    return text
+
+
+def paper_tables(cells: list[Cell]) -> list[tuple[str, list[str], list[list[str]]]]:
     """Per dataset: rows method × variant (none, USB, ASB, FFR; then 'FFR, stage 1 only'), columns bias
-    ratios, cells test WGA mean ± std over seeds with n."""
-    summary = summary_table(table)
+    ratios, cells test WGA mean ± std over seeds with n (and the selected hyperparameters)."""
     out = []
-    for dataset, part in summary.groupby("dataset", sort=True):
-        part = part.reset_index(drop=True)
-        labels = _row_labels(part)
-        biases = sorted(part["bias_ratio"].unique(), key=lambda b: (number(b) is None, number(b) or 0))
+    for dataset, part in _by_dataset(cells).items():
+        biases = sorted({c.bias_ratio for c in part}, key=lambda b: (b is None, b or 0))
         keyed: dict[str, dict[str, str]] = {}
-        order: dict[str, tuple] = {}
-        for i, label in enumerate(labels):
-            r = part.iloc[i]
-            keyed.setdefault(label, {})[_bias_label(r.bias_ratio)] = mean_std_cell(r.test_wga_mean, r.test_wga_std,
-                                                                               int(r.seeds))
-            order[label] = _order_key(part, i, label)
+        for cell in part:
+            keyed.setdefault(cell_label(cell), {})[_bias_label(cell.bias_ratio)] = _wga_cell(cell)
         headers = ["test WGA (%)", *(_bias_label(b) for b in biases)]
-        rows = [[label, *(keyed[label].get(h, "") for h in headers[1:])] for label in sorted(keyed, key=order.get)]
-        out.append((str(dataset), headers, rows))
+        out.append((dataset, headers, [[label, *(cells_.get(h, "") for h in headers[1:])]
+                                       for label, cells_ in keyed.items()]))
+    return out
+
+
+def stat_cell(stat: Stat) -> str:
+    """'55.0 ± 7.1 (SE 5.0)' in %; one seed: '60.0'."""
+    if stat.mean is None:
+        return "–"
+    if stat.std is None:
+        return f"{100 * stat.mean:.1f}"
+    return f"{100 * stat.mean:.1f} ± {100 * stat.std:.1f} (SE {100 * stat.se:.1f})"
+
+
+PROTOCOL_HEADERS = ["row", "bias", "selected", "n", *(f"test {label} (%)" for _, label in TEST_METRICS)]
+
+
+def protocol_tables(cells: list[Cell]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per dataset, one row per cell: the chosen setting, its seeds and its four test columns."""
+    out = []
+    for dataset, part in _by_dataset(cells).items():
+        rows = [[cell_label(c), _bias_label(c.bias_ratio)[5:], chosen_text(c.chosen) or "–", str(c.n),
+                 *(stat_cell(c.test[m]) for m, _ in TEST_METRICS)] for c in part]
+        out.append((dataset, PROTOCOL_HEADERS, rows))
+    return out
+
+
+def protocol_note(cells: list[Cell], selection: str) -> str:
+    """The footnote: the rule, and how many settings were compared."""
+    compared = [c.compared for c in cells]
+    spread = (f"{min(compared)}" if min(compared) == max(compared) else f"{min(compared)}–{max(compared)}") \
+        if compared else "0"
+    varying = sorted({k.removeprefix("method_hparams.") for c in cells for k in c.chosen})
+    text = (f"Selection {selection}: {SELECTION_TEXT[selection]}. Settings compared per cell: {spread}"
+            + (f" (differing in {', '.join(varying)})" if varying else "")
+            + f"; {len(cells)} rows, {sum(c.n for c in cells)} runs. Test accuracies in %, mean ± sample std over "
+              "seeds (SE = standard error); n = seeds; avg acc = over test images; train-weighted = per-group "
+              "accuracy weighted by the training group proportions; mean-group = balanced accuracy.")
+    return text
+
+
+DIAGNOSTIC_NOTE = ("(B, G) diagnostic: the selected checkpoint on held-out synthetic images (never trained on by "
+                   "any variant), accuracy per (class, bias, source), and a linear probe on frozen penultimate "
+                   "features that tells real from synthetic images (balanced per group and source, held out; "
+                   "chance 50 %). Mean ± std over seeds, in %.")
+
+
+def diagnostic_tables(cells: list[Cell]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per dataset, the cells whose runs carry the (B, G) diagnostic (variants that train on synthetic images)."""
+    out = []
+    for dataset, part in _by_dataset(cells).items():
+        part = [c for c in part if any(r.result.get(DIAGNOSTIC) for r in c.records)]
+        if not part:
+            continue
+        groups: list[str] = []
+        for cell in part:
+            for record in cell.records:
+                groups += [g for g in (record.result.get(DIAGNOSTIC) or {}).get("accuracy") or {} if g not in groups]
+        order = [n for c in part for r in c.records for n in r.group_names().values()]
+        groups.sort(key=lambda g: (order.index(g.rsplit("/", 1)[0]) if g.rsplit("/", 1)[0] in order else len(order),
+                                   g.rsplit("/", 1)[1] != "real", g))  # group order, real before synthetic
+        headers = ["row", "bias", "n", "probe real-vs-synthetic acc", "synthetic WGA", "real test WGA",
+                   *(f"acc {g}" for g in groups)]
+        rows = []
+        for cell in part:
+            diags = [r.result.get(DIAGNOSTIC) or {} for r in cell.records]
+            probe = Stat.of([number((d.get("probe") or {}).get("accuracy")) for d in diags])
+            synthetic = Stat.of([number((d.get("synthetic") or {}).get("worst_group_acc")) for d in diags])
+            group_stats = [Stat.of([number((d.get("accuracy") or {}).get(g)) for d in diags]) for g in groups]
+            rows.append([cell_label(cell), _bias_label(cell.bias_ratio)[5:], str(probe.n),
+                         *(mean_std_cell(s.mean, s.std, s.n).split(" (n=")[0]
+                           for s in (probe, synthetic, cell.test["worst_group_acc"], *group_stats))])
+        out.append((dataset, headers, rows))
     return out
 
 
@@ -208,6 +328,8 @@ def _dataset_sections(table: pd.DataFrame) -> list[tuple[str, list[str], list[li
     for dataset, part in table.groupby("dataset", sort=True):
         group_columns = [c for c in table.columns if c.startswith("test_acc[") and part[c].notna().any()]
         columns = [c for c in RUN_COLUMNS if c != "dataset"]
+        if "generator" in part and part["generator"].notna().any():
+            columns.append("generator")
         headers = [HEADERS[c] + (" (%)" if c in ACCURACY_COLUMNS else "") for c in columns]
         # group sizes beside the accuracies: in the header when every run tested the same groups, else per cell
         sizes = {c: part[f"test_n[{c[9:-1]}]"].dropna().unique() if f"test_n[{c[9:-1]}]" in part else []
@@ -280,9 +402,29 @@ def probe_table(records: list[RunRecord]) -> tuple[list[str], list[list[str]]] |
 PROBE_NOTE = "probes on frozen features (val accuracy %; class/background from the fg or bg half of the features)"
 
 
-def render_text(table: pd.DataFrame, records: list[RunRecord] | None = None) -> str:
-    parts = [f"dataset: {dataset}  {PAPER_NOTE}\n{text_table(headers, rows)}"
-             for dataset, headers, rows in paper_tables(table)]
+ORACLE_BANNER = "ORACLE SELECTION: hyperparameters chosen on TEST worst-group accuracy (an upper bound, not a result)"
+
+
+def protocol_text(cells: list[Cell], selection: str, title: str = "dataset") -> str:
+    """Per dataset the paper table, the protocol table and the (B, G) diagnostic, then the footnote;
+    ``title`` heads each table (e.g. a study's entry)."""
+    parts = [ORACLE_BANNER] if selection == "oracle" else []
+    for (dataset, headers, rows), (_, p_headers, p_rows) in zip(paper_tables(cells), protocol_tables(cells)):
+        name = f"{title}: {dataset}" if title != "dataset" else f"dataset: {dataset}"
+        parts.append(f"{name}  {PAPER_NOTE}; selection: {selection}\n{text_table(headers, rows)}")
+        parts.append(f"{name}  protocol table ({selection})\n{text_table(p_headers, p_rows)}")
+    for dataset, headers, rows in diagnostic_tables(cells):
+        name = f"{title}: {dataset}" if title != "dataset" else f"dataset: {dataset}"
+        parts.append(f"{name}  {DIAGNOSTIC_NOTE}\n{text_table(headers, rows)}")
+    if cells:
+        parts.append(protocol_note(cells, selection))
+    return "\n\n".join(parts)
+
+
+def render_text(table: pd.DataFrame, cells: list[Cell] | None = None, selection: str = "none",
+                records: list[RunRecord] | None = None) -> str:
+    cells = cells if cells is not None else []
+    parts = [protocol_text(cells, selection)] if cells or selection == "oracle" else []
     for dataset, headers, rows in _dataset_sections(table):
         parts.append(f"dataset: {dataset}  runs (accuracies in %, test groups by name, n = test images)\n"
                      f"{text_table(headers, rows)}")
@@ -296,15 +438,26 @@ def render_text(table: pd.DataFrame, records: list[RunRecord] | None = None) -> 
 
 
 def render_markdown(table: pd.DataFrame, paths: list[str], plots: dict[str, list[str]],
+                    cells: list[Cell] | None = None, selection: str = "none",
                     records: list[RunRecord] | None = None) -> str:
+    cells = cells if cells is not None else []
     parts = ["# FFR report", "", f"Runs from: {', '.join(f'`{p}`' for p in paths)}. Accuracies in %; "
              "WGA = worst-group accuracy; val WGA is at the best epoch (the checkpoint that was tested).", ""]
-    papers = {dataset: (headers, rows) for dataset, headers, rows in paper_tables(table)}
+    if selection == "oracle":
+        parts += ["**Oracle selection: hyperparameters chosen on test worst-group accuracy (an upper bound, not "
+                  "a result).**", ""]
+    papers = {dataset: (headers, rows) for dataset, headers, rows in paper_tables(cells)}
+    protocols = {dataset: (headers, rows) for dataset, headers, rows in protocol_tables(cells)}
+    diagnostics = {dataset: (headers, rows) for dataset, headers, rows in diagnostic_tables(cells)}
+    note = protocol_note(cells, selection) if cells else ""
     for dataset, headers, rows in _dataset_sections(table):
         parts += [f"## {dataset}", ""]
         if dataset in papers:
-            parts += [f"Test worst-group accuracy (%): {PAPER_NOTE[len('test worst-group accuracy (%), '):]}.", "",
-                      markdown_table(*papers[dataset]), ""]
+            parts += [f"Test worst-group accuracy (%): {PAPER_NOTE[len('test worst-group accuracy (%), '):]}; "
+                      f"selection: {selection}.", "", markdown_table(*papers[dataset]), "",
+                      f"### Protocol table ({selection})", "", markdown_table(*protocols[dataset]), "", note, ""]
+        if dataset in diagnostics:
+            parts += ["### (B, G) diagnostic", "", DIAGNOSTIC_NOTE, "", markdown_table(*diagnostics[dataset]), ""]
         parts += ["### Runs", "", markdown_table(headers, rows), ""]
         parts += [f"![{name}]({name})" for name in plots.get(dataset, [])] + [""]
     summary = summary_table(table)
@@ -314,6 +467,59 @@ def render_markdown(table: pd.DataFrame, paths: list[str], plots: dict[str, list
     if probes is not None:
         parts += ["## Probes", "", PROBE_NOTE[0].upper() + PROBE_NOTE[1:] + ".", "", markdown_table(*probes), ""]
     return "\n".join(parts)
+
+
+def latex_table(headers: list[str], rows: list[list[str]], caption: str) -> str:
+    """A booktabs tabular; '±' becomes $\\pm$ and the standard error goes small after the value."""
+    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
+               "{": r"\{", "}": r"\}"}
+
+    def esc(text: str) -> str:
+        text = "".join(special.get(char, char) for char in text)
+        text = re.sub(r"\(SE ([0-9.]+)\)", r"{\\scriptsize (\1)}", text)
+        return text.replace("±", r"$\pm$").replace("–", "--")
+
+    lines = [f"% {esc(caption)}", r"\begin{tabular}{" + "l" * len(headers) + "}", r"\toprule",
+             " & ".join(esc(h) for h in headers) + r" \\", r"\midrule"]
+    lines += [" & ".join(esc(c) for c in row) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines)
+
+
+def protocol_files(cells: list[Cell], selection: str) -> dict[str, bytes]:
+    """protocol.csv (raw fractions), protocol.md and protocol.tex: the protocol tables of every dataset."""
+    records = []
+    for cell in cells:
+        row = {"dataset": cell.dataset, "variant": cell.variant, "method": cell.method, "stage": cell.stage,
+               "bias_ratio": cell.bias_ratio, "row": cell_label(cell), "selection": selection,
+               "selected": json.dumps(cell.chosen, sort_keys=True, default=str), "settings_compared": cell.compared,
+               "n": cell.n, "seeds": ",".join(map(str, cell.seeds)),
+               "selection_score_mean": None if cell.score is None else cell.score.mean,
+               "selection_score_std": None if cell.score is None else cell.score.std}
+        for metric, _ in TEST_METRICS:
+            stat = cell.test[metric]
+            row.update({f"test_{metric}_mean": stat.mean, f"test_{metric}_std": stat.std,
+                        f"test_{metric}_se": stat.se, f"test_{metric}_n": stat.n})
+        diags = [r.result.get(DIAGNOSTIC) for r in cell.records if r.result.get(DIAGNOSTIC)]
+        if diags:
+            for name, values in (("probe_acc", [(d.get("probe") or {}).get("accuracy") for d in diags]),
+                                 ("synthetic_wga", [(d.get("synthetic") or {}).get("worst_group_acc") for d in diags])):
+                stat = Stat.of([number(v) for v in values])
+                row.update({f"diagnostic_{name}_mean": stat.mean, f"diagnostic_{name}_std": stat.std})
+        records.append(row)
+    note = protocol_note(cells, selection)
+    md = [f"# Protocol table ({selection})", ""]
+    tex = [f"% ffr report --select {selection}", ""]
+    for dataset, headers, rows in protocol_tables(cells):
+        md += [f"## {dataset}", "", markdown_table(headers, rows), ""]
+        tex += [latex_table(headers, rows, f"{dataset}, selection {selection}"), ""]
+    for dataset, headers, rows in diagnostic_tables(cells):
+        md += [f"## {dataset}: (B, G) diagnostic", "", markdown_table(headers, rows), ""]
+        tex += [latex_table(headers, rows, f"{dataset}, (B, G) diagnostic"), ""]
+    md += [note, ""]
+    tex += ["% " + note, ""]
+    return {"protocol.csv": pd.DataFrame(records).to_csv(index=False).encode(),
+            "protocol.md": "\n".join(md).encode(), "protocol.tex": "\n".join(tex).encode()}
 
 
 # --- plots and files --------------------------------------------------------------------------------------
@@ -357,13 +563,15 @@ def plot_test_wga(table: pd.DataFrame, dataset: str) -> bytes | None:
     return figure_png(fig)
 
 
-def write_report(records: list[RunRecord], paths: list[str], out: str) -> list[str]:
-    """report.md, report.csv and the plots under ``out`` (local or s3://); returns what was written."""
+def write_report(records: list[RunRecord], paths: list[str], out: str, selection: str = DEFAULT_SELECTION) -> list[str]:
+    """report.md, report.csv, the protocol tables (protocol.csv/.md/.tex) and the plots under ``out`` (local or
+    s3://); returns what was written."""
     fs, inner = filesystem(out)
     if fs.exists(inner) and not fs.isdir(inner):
         raise FFRError(f"--out {out!r} is a file; expected a directory")
     ensure_dir(fs, inner)
     table = runs_table(records)
+    cells = select(records, selection)
     files: dict[str, bytes] = {}
     plots: dict[str, list[str]] = {}
     for dataset in sorted(table["dataset"].astype(str).unique()):
@@ -376,29 +584,11 @@ def write_report(records: list[RunRecord], paths: list[str], out: str) -> list[s
                 files[name] = image
                 plots.setdefault(dataset, []).append(name)
     files["report.csv"] = table.to_csv(index=False).encode()
-    files["report.md"] = render_markdown(table, paths, plots, records).encode()
+    files["report.md"] = render_markdown(table, paths, plots, cells, selection, records).encode()
+    files.update(protocol_files(cells, selection))
     written = []
     for name, data in files.items():
         with fs.open(f"{inner.rstrip('/')}/{name}", "wb") as f:
             f.write(data)
         written.append(f"{out.rstrip('/')}/{name}")
     return written
-
-
-# --- CLI --------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="RUNS_ROOT",
-                        help="run directories or folders holding them (searched recursively; local or s3://)")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="also write report.md, report.csv and PNG plots here (local or s3://)")
-
-
-def run(args: argparse.Namespace) -> int:
-    records = collect(args.paths)
-    print(render_text(runs_table(records), records))
-    if args.out:
-        written = write_report(records, args.paths, args.out)
-        print(f"\nwrote {len(written)} files to {args.out}: {', '.join(w.rsplit('/', 1)[-1] for w in written)}")
-    return 0

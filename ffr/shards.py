@@ -193,15 +193,6 @@ class ShardWriter:
                            "choose another output, then rerun the same command to resume") from None
 
 
-def write_shard(root: str, index: int, rows: list[dict], images: dict[str, bytes], stats: dict) -> dict:
-    """Write one complete shard from rows and their encoded images (keyed by ``image_key`` / ``guide_key``)."""
-    with ShardWriter(root, index) as sink:
-        for row in rows:
-            image = images.get(row.get("image_key")) if row.get("accepted") else None
-            sink.add(row, image, images.get(row.get("guide_key")) if image is not None else None)
-        return sink.finish(stats)
-
-
 def complete_shards(root: str) -> list[int]:
     """Indices of shards whose completion marker exists."""
     fs, base = filesystem(root)

@@ -27,6 +27,7 @@ from typing import Any
 
 from ffr.config import redact
 from ffr.errors import FFRError
+from ffr.runs import DIAGNOSTIC, NOT_RUNS_MARKER
 from ffr.storage import is_remote, join
 
 RUN_NAME_TAG = "ffr.run_name"
@@ -81,16 +82,32 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def mark_not_runs(artifact_location: str | None) -> None:
+    """Mark a local artifact store as holding no runs (``ffr.runs.NOT_RUNS_MARKER``): it sits beside the run
+    directories (``{storage_path}/mlartifacts``) and holds a copy of every run's files, which run discovery
+    would otherwise count as more runs."""
+    if not artifact_location or not artifact_location.startswith("file://"):
+        return
+    directory = artifact_location[len("file://"):]
+    marker = os.path.join(directory, NOT_RUNS_MARKER)
+    if not os.path.exists(marker):
+        os.makedirs(directory, exist_ok=True)
+        with open(marker, "w") as f:
+            f.write("MLflow's artifact store: copies of run files, not runs. ffr report and run discovery skip "
+                    "this folder.\n")
+
+
 def experiment_id(uri: str, name: str) -> str:
     """The experiment's id, created if needed; a sqlite store keeps artifacts in ``mlartifacts/`` beside it
-    (MLflow's default would be relative to whichever directory the command ran in)."""
+    (MLflow's default would be relative to whichever directory the command ran in), marked as no runs."""
     mlflow_client = client(uri)
-    found = mlflow_client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
         location = "file://" + os.path.join(os.path.dirname(uri[len("sqlite:///"):]), "mlartifacts")
+        mark_not_runs(location)  # also marks the store of an experiment created before the marker existed
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
     try:
         return mlflow_client.create_experiment(name, artifact_location=location)
     except Exception:  # another trial created it in the meantime
@@ -122,16 +139,21 @@ def metric_key(name: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^A-Za-z0-9_\-.:/ ]", "_", name)).strip()
 
 
-def epoch_metrics(record: dict, group_names: list[str]) -> dict[str, float]:
-    """One epoch's record (ffr.training.stage) → MLflow metrics; ``val_acc_group_3`` becomes ``val_acc/<name>``."""
+def epoch_metrics(record: dict, group_names: list[str], train_group_names: list[str] | None = None
+                  ) -> dict[str, float]:
+    """One epoch's record (ffr.training.stage) → MLflow metrics, each per-group one keyed by the groups it is
+    about: ``val_acc_group_3`` by the (real) validation groups (``val_acc/<name>``), ``train_draws_group_5`` by
+    the stage's *training* groups (``train_draws/<class>/<bias>/<source>``: USB/ASB train on 8 (class, bias,
+    source) groups, FFR's stage 1 on synthetic images only), ``train_group_names`` (default: ``group_names``)."""
+    names = {"val_acc": group_names, "train_draws": group_names if train_group_names is None else train_group_names}
     out = {}
     for key, value in record.items():
         if key in ("stage", "epoch", "attempt_start_epoch") or not isinstance(value, (int, float)):
             continue
         match = re.fullmatch(r"(val_acc|train_draws)_group_(\d+)", key)
         if match:
-            g = int(match.group(2))
-            key = f"{match.group(1)}/{metric_key(group_names[g]) if g < len(group_names) else f'group {g}'}"
+            kind, g = match.group(1), int(match.group(2))
+            key = f"{kind}/{metric_key(names[kind][g]) if g < len(names[kind]) else f'group {g}'}"
         out[key] = float(value)
     return out
 
@@ -164,6 +186,25 @@ def final_metrics(result: dict) -> dict[str, float]:
         for key, value in probe.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[f"probe/{metric_key(name)}/{key}"] = float(value)
+    out.update(diagnostic_metrics(result.get(DIAGNOSTIC) or {}))
+    return out
+
+
+def diagnostic_metrics(diagnostic: dict) -> dict[str, float]:
+    """The (B, G) diagnostic (ffr.training.diagnostic) → ``diag_probe_real_vs_synthetic_acc``,
+    ``diag_synthetic_worst_group_acc`` and ``diag_acc/<class>/<bias>/<real|synthetic>``."""
+    out: dict[str, float] = {}
+    probe = diagnostic.get("probe") or {}
+    for key in ("accuracy", "real_accuracy", "synthetic_accuracy"):
+        if isinstance(probe.get(key), (int, float)):
+            out[f"diag_probe_real_vs_synthetic_{key.replace('accuracy', 'acc')}"] = float(probe[key])
+    for key in ("worst_group_acc", "mean_group_acc", "overall_acc"):
+        value = (diagnostic.get("synthetic") or {}).get(key)
+        if isinstance(value, (int, float)):
+            out[f"diag_synthetic_{key}"] = float(value)
+    for name, value in (diagnostic.get("accuracy") or {}).items():
+        if isinstance(value, (int, float)):
+            out[f"diag_acc/{metric_key(name)}"] = float(value)
     return out
 
 

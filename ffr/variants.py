@@ -8,7 +8,8 @@ registered ``Variant`` subclass.
 - ``none``: real only (one stage).
 - ``usb`` / ``asb``: real + synthetic in one stage, synthetic counts from ``ffr.balance.synthetic_counts``;
   group-aware methods then see (y, b, source) groups, as in the FFR paper's baselines.
-- ``ffr``: stage 1 = synthetic only, k per group (balanced); stage 2 = real only.
+- ``ffr``: stage 1 = synthetic only, k per group (balanced; ``stage1_per_group`` changes the size: FFR's
+  synthetic-budget ablation); stage 2 = real only.
 
 Stage numbers: 1 is FFR's synthetic pretraining, 2 is always the stage that runs the chosen method, so the
 final result of every variant is its stage-2 run. Validation and test are always real, (y, b) groups.
@@ -28,6 +29,8 @@ from ffr.groups import GroupSpec, group_counts
 from ffr.registry import Registry
 
 VARIANTS: Registry = Registry("data variant", plugins="ffr.variants")
+Counts = dict[tuple[int, int], int]
+SourceCounts = dict[tuple[int, int, int], int]  # (y, b, source) → examples; source 0 real, 1 synthetic
 PRETRAIN_STAGE, METHOD_STAGE = 1, 2
 # What a stage trains on.
 REAL, SYNTHETIC, REAL_AND_SYNTHETIC = "real", "synthetic", "real+synthetic"
@@ -56,8 +59,19 @@ def _check_specs(real: GroupedSplit, synthetic: GroupedSplit | None, variant: st
     return synthetic
 
 
-def _synthetic_part(real_train: GroupedSplit, synthetic: GroupedSplit, mode: str, seed: int) -> GroupedSplit:
-    counts = synthetic_counts(group_counts(real_train.y, real_train.b), mode)
+def stage1_counts(counts: dict[tuple[int, int], int], per_group: int | float | None) -> dict[tuple[int, int], int]:
+    """Stage-1 images per group: ``counts`` (FFR's k per group), or ``per_group`` images (an int), or that fraction
+    of each group's count (a float, floored like FFR's ``num_gen // G``)."""
+    if per_group is None:
+        return dict(counts)
+    if isinstance(per_group, float):
+        return {g: int(per_group * n) for g, n in counts.items()}
+    return {g: int(per_group) for g in counts}
+
+
+def _synthetic_part(real_train: GroupedSplit, synthetic: GroupedSplit, mode: str, seed: int,
+                    per_group: int | float | None = None) -> GroupedSplit:
+    counts = stage1_counts(synthetic_counts(group_counts(real_train.y, real_train.b), mode), per_group)
     picked = select_per_group(synthetic.y, synthetic.b, counts, seed, "the synthetic set")
     return synthetic.subset(picked, "train")
 
@@ -72,9 +86,21 @@ class Variant:
     name: ClassVar[str] = ""
     stages: ClassVar[dict[int, str]] = {METHOD_STAGE: REAL}
     pretrain_method: ClassVar[str] = "erm"  # what the stages before METHOD_STAGE train with (ffr.methods)
+    # The config's stage1.per_group (images per group, or a fraction of k; None: the variant's own size), for
+    # variants with a synthetic stage 1; set by ``create``.
+    stage1_per_group: int | float | None = None
 
     def build(self, stage: int, real_train: GroupedSplit, synthetic: GroupedSplit | None, seed: int) -> StageData:
         return StageData(stage, real_train, real_train.spec)
+
+    def stage_counts(self, stage: int, real: Counts) -> SourceCounts:
+        """How many examples ``build`` gives stage ``stage`` per (y, b, source), from the real training counts alone
+        (no data read: cost previews use it). A real-only stage counts the real set; a variant with synthetic
+        stages declares its own (tests/test_variants.py checks it against ``build``)."""
+        if self.stages[stage] != REAL:
+            raise FFRError(f"variant {self.name!r} does not say how many images stage {stage} trains on "
+                           "(Variant.stage_counts); cost previews need it")
+        return {(y, b, 0): n for (y, b), n in real.items()}
 
     def wanted_stages(self, stage: int | None = None, init_checkpoint: bool = False) -> list[int]:
         """The stages to build: ``stage`` alone (a worker), else all of them; a given init checkpoint replaces
@@ -99,6 +125,10 @@ class _Mixed(Variant):
 
     stages = {METHOD_STAGE: REAL_AND_SYNTHETIC}
 
+    def stage_counts(self, stage, real):
+        added = {(y, b, 1): n for (y, b), n in synthetic_counts(real, self.name).items() if n > 0}
+        return {**{(y, b, 0): n for (y, b), n in real.items()}, **added}
+
     def build(self, stage, real_train, synthetic, seed):
         synthetic = _check_specs(real_train, synthetic, self.name)
         mixed = GroupedSplit.concat([real_train, _synthetic_part(real_train, synthetic, self.name, seed)], "train")
@@ -122,26 +152,22 @@ class FFR(Variant):
     name = "ffr"
     stages = {PRETRAIN_STAGE: SYNTHETIC, METHOD_STAGE: REAL}
 
+    def stage_counts(self, stage, real):
+        if stage == PRETRAIN_STAGE:
+            counts = stage1_counts(synthetic_counts(real, self.name), self.stage1_per_group)
+            return {(y, b, 1): n for (y, b), n in counts.items() if n > 0}
+        return super().stage_counts(stage, real)
+
     def build(self, stage, real_train, synthetic, seed):
         if stage == PRETRAIN_STAGE:
             synthetic = _check_specs(real_train, synthetic, self.name)
-            return StageData(stage, _synthetic_part(real_train, synthetic, self.name, seed), real_train.spec)
+            part = _synthetic_part(real_train, synthetic, self.name, seed, self.stage1_per_group)
+            return StageData(stage, part, real_train.spec)
         return super().build(stage, real_train, synthetic, seed)
 
 
-def create(variant: str) -> Variant:
-    return VARIANTS.get(variant)()
+def create(variant: str, stage1_per_group: int | float | None = None) -> Variant:
+    v = VARIANTS.get(variant)()
+    v.stage1_per_group = stage1_per_group
+    return v
 
-
-def stages(variant: str, real_train: GroupedSplit, synthetic: GroupedSplit | None, seed: int) -> list[StageData]:
-    """The training stages of ``variant``, in order."""
-    v = create(variant)
-    return [v.build(s, real_train, synthetic, seed) for s in v.stages]
-
-
-def needs_synthetic(variant: str) -> bool:
-    return create(variant).needs_synthetic()
-
-
-def names() -> list[str]:
-    return VARIANTS.names()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,12 +20,12 @@ from typing import Any
 
 import pandas as pd
 
-from ffr.config import dump_config
+from ffr.config import dump_config, to_dict
 from ffr.errors import FFRError, unwrap_user_errors
 from ffr.shards import complete_shards, read_stats, write_groups
 from ffr.storage import ensure_dir, filesystem, join, storage_retries
 from pipelines.budget import extra_rows, group_budgets
-from pipelines.config import GenerateConfig, identity_diff, run_identity, to_config
+from pipelines.config import GenerateConfig, identity_diff, normalize, run_identity, to_config
 from pipelines.manifest import (
     append_round,
     build_manifest,
@@ -50,6 +51,41 @@ def _settings(cfg: GenerateConfig, recipe) -> WorkerSettings:
                           clip_model=cfg.filters.clip_model, clip_threshold=cfg.filters.clip_threshold)
 
 
+def resolve_paths(config: "GenerateConfig | dict[str, Any]", base: str | None = None) -> dict[str, Any]:
+    """The config as a dict with every path a user gave made absolute against ``base`` (default: the directory
+    the command was started in): ``output``, the recipe's and the backend's path options (ffr.options.PathField:
+    recipe files, guide roots, class tables, fonts, a local model directory) and the CLIP model. Done once, on
+    the driver, before Ray starts: Ray Data actors run in another working directory. URIs and hub ids stay."""
+    import copy
+
+    from ffr.options import looks_like_path
+    from ffr.storage import absolute, resolve_option_paths
+    from pipelines.backends import BACKENDS
+    from pipelines.recipes import RECIPES
+
+    data = copy.deepcopy(to_dict(config) if isinstance(config, GenerateConfig) else normalize(config))
+    if isinstance(data.get("output"), str) and data["output"]:
+        data["output"] = absolute(data["output"], base)
+    recipe, backend = data.get("recipe"), data.get("backend")
+    name = recipe.get("name") if isinstance(recipe, dict) else None
+    if isinstance(name, str) and name in RECIPES and isinstance(recipe.get("options"), dict):
+        recipe["options"] = resolve_option_paths(RECIPES.get(name).Options, recipe["options"], base)
+    backend_name = backend.get("name") if isinstance(backend, dict) else None
+    if backend_name is None and isinstance(name, str) and name in RECIPES:
+        backend_name = RECIPES.get(name).default_backend
+    if isinstance(backend, dict) and isinstance(backend_name, str) and backend_name in BACKENDS \
+            and isinstance(backend.get("settings"), dict):
+        backend["settings"] = resolve_option_paths(BACKENDS.get(backend_name).Options, backend["settings"], base)
+    filters = data.get("filters")
+    if isinstance(filters, dict) and isinstance(filters.get("clip_model"), str):
+        import os
+
+        clip = filters["clip_model"]
+        if os.path.isdir(os.path.join(base or os.getcwd(), os.path.expanduser(clip))) or looks_like_path(clip):
+            filters["clip_model"] = absolute(clip, base)
+    return data
+
+
 def check_writable(root: str) -> None:
     """Fail in one line, before any work, when the output cannot be written (bad bucket, no credentials)."""
     fs, base = filesystem(root)
@@ -63,15 +99,21 @@ def check_writable(root: str) -> None:
         raise FFRError(f"output {root!r} is not writable: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
-def check_before_ray(cfg: GenerateConfig, settings: WorkerSettings) -> None:
+def check_before_ray(cfg: GenerateConfig, settings: WorkerSettings, recipe) -> None:
     """Everything the driver can check, before Ray starts and before anything is written: the backend's name
-    and settings (and its model's existence), the CLIP model's existence. Otherwise each would fail only
-    inside the actors, after the manifest recorded the bad value."""
+    and settings (and its model's existence), what the rows make against how the backend runs (e.g. CFG on a
+    guidance-distilled model), the CLIP model's existence. Otherwise each would fail only inside the actors,
+    after the manifest recorded the bad value. Completes ``settings`` with what the backend decides for the
+    whole run (shipped to every actor, recorded in the output's identity) and the generator's label."""
     from pipelines.backends import BACKENDS
     from pipelines.model_source import check_model_source
 
-    BACKENDS.get(settings.backend).check(BACKENDS.options(settings.backend, settings.backend_settings,
-                                                          "backend.settings"))
+    backend = BACKENDS.get(settings.backend)
+    options = BACKENDS.options(settings.backend, settings.backend_settings, "backend.settings")
+    backend.check(options)
+    generator, _ = check_generator(recipe, cfg.generator)
+    settings.backend_settings = {**settings.backend_settings, **backend.check_run(options, generator)}
+    settings.generator = backend.generator_label(settings.backend_settings, generator)
     if settings.clip_model:
         check_model_source(settings.clip_model)
 
@@ -125,7 +167,7 @@ def _targets(cfg: GenerateConfig, recipe) -> dict[int, int]:
 
 def plan(config: GenerateConfig | dict[str, Any]) -> pd.DataFrame:
     """The first round's manifest a config would generate into a new output (nothing is written)."""
-    cfg = to_config(config)
+    cfg = to_config(resolve_paths(config))
     recipe = create_recipe(cfg.recipe.name, cfg.recipe.options)
     manifest = build_manifest(recipe, _budgets(cfg, recipe), cfg.seed, cfg.shard_size, cfg.generator)
     if manifest.empty:
@@ -149,7 +191,7 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
     Returns the summary also written to ``{output}/summary.json``. Round after round (pipelines/budget.py):
     run the planned shards not yet complete; when all are, plan the extra rows short groups need.
     """
-    cfg = to_config(config)
+    cfg = to_config(resolve_paths(config))  # paths against the launch directory, before Ray starts
     retries_before = storage_retries()  # this run's driver-side retries: from its very first storage request
     if cfg.s3_endpoint:  # before any S3 access; Ray workers get it through the job's runtime_env
         os.environ["FFR_S3_ENDPOINT"] = cfg.s3_endpoint
@@ -160,9 +202,8 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
         raise FFRError("the budget asks for 0 images in every group; expected at least one image")
     names = {g: spec.group_name(g) for g in range(spec.n_groups)}
     settings = _settings(cfg, recipe)
-    check_before_ray(cfg, settings)
+    check_before_ray(cfg, settings, recipe)
     identity = _identity(cfg, recipe, settings)
-    check_generator(recipe, cfg.generator)
     stored = {str(g): n for g, n in sorted(targets.items())}
     check_writable(cfg.output)  # one clear line for a bad bucket or missing credentials (only a probe is written)
     info = read_manifest_info(cfg.output)
@@ -178,6 +219,11 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
             write_info(cfg.output, info)
     else:  # manifest.json appears with the first round's shards
         info = {**new_info(recipe.name, identity), "targets": stored}
+    from pipelines.backends import BACKENDS
+
+    note = BACKENDS.get(settings.backend).prompt_warning(recipe)  # after every check: a bad config says one line
+    if note:
+        print(f"warning: {note}", file=sys.stderr, flush=True)
     recipe.prepare(cfg)  # e.g. D3S background templates, generated once beside the output
     write_groups(cfg.output, spec)
     write_json(cfg.output, "config.json", json.loads(dump_config(cfg)))  # secrets redacted
@@ -215,6 +261,7 @@ def generate(config: GenerateConfig | dict[str, Any]) -> dict[str, Any]:
             accepted.update({int(g): n for g, n in stats.get("accepted_per_group", {}).items()})
     seconds = time.perf_counter() - start
     summary = summarize(cfg.output, spec, info, targets, run_stats, seconds, skipped=skipped)
+    summary["generator"] = settings.generator
     summary["contact_sheets"] = (contact_sheets(cfg.output, spec, cfg.contact_sheet_size, cfg.contact_sheet_groups)
                                  if summary["accepted"] else [])
     # every retried object-store request of this run: the actors' (per shard) and this driver's own; with the

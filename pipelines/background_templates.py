@@ -25,6 +25,13 @@ def templates_config(cfg: Any, recipe: Any) -> dict[str, Any]:
     (Changing it changes the nested run's fingerprint, which a rerun on an existing output refuses.)"""
     n = int(recipe.options.background_templates)
     generator = {k: getattr(cfg.generator, k) for k in ("height", "width", "steps") if getattr(cfg.generator, k)}
+    if cfg.backend.settings.get("family"):
+        # A model family's guidance rule holds for the templates too (e.g. no CFG on SDXL-Turbo); without one the
+        # templates keep D3S's guidance, so outputs made before families existed keep their fingerprint.
+        generator.update({k: getattr(cfg.generator, k) for k in ("guidance_scale",)
+                          if getattr(cfg.generator, k) is not None})
+    if isinstance(cfg.generator.adapter, str):  # one adapter set for every row: the templates' rows too
+        generator["adapter"] = cfg.generator.adapter
     # 10 shards of n templates: never more actors (each loading the model) than there are shards
     ray = {**vars(cfg.ray), "min_actors": min(cfg.ray.min_actors, 10), "max_actors": min(cfg.ray.max_actors, 10)}
     return {"recipe": {"name": "d3s-background-templates"}, "output": join(cfg.output, *TEMPLATES_DIR.split("/")),

@@ -11,6 +11,10 @@ target under the cap stops the run with one line naming the group.
 Which real counts: ``budget.real_counts`` are the counts of the real *training* set as training sees it,
 i.e. after bias-ratio downsampling (``ffr.balance.keep_counts``) — the same counts the usb/asb/ffr variants
 compute their synthetic counts from (``ffr.variants``). ``ffr balance --budget-block`` prints the block.
+
+Which groups: the populated ones the recipe's dataset declares (``GroupSpec.populated``; SpuCo Animals has 8 of
+its 16 (class, background) pairs), so ``per_group: 20000`` plans 8 × 20,000 there, not 16 × 20,000. A budget
+that names a pair which is not a group of the dataset is refused in one line.
 """
 
 from __future__ import annotations
@@ -32,17 +36,25 @@ def _count(value: Any, where: str) -> int:
 
 
 def _group_counts(mapping: dict, spec: GroupSpec, where: str) -> dict[tuple[int, int], int]:
-    """{"y,b": n} in any spelling ffr.options.group_key accepts → {(y, b): n}, range-checked."""
-    return {group_key(k, f"{where} key", spec.n_classes, spec.n_bias): _count(v, f"{where}[{k!r}]")
-            for k, v in mapping.items()}
+    """{"y,b": n} in any spelling ffr.options.group_key accepts → {(y, b): n}, range-checked; a pair that is not
+    one of the dataset's groups is refused, naming it and the groups that exist."""
+    out = {}
+    for k, v in mapping.items():
+        y, b = group_key(k, f"{where} key", spec.n_classes, spec.n_bias)
+        if not spec.is_populated(y, b):
+            groups = ", ".join(f"{gy},{gb} ({spec.pair_name(gy, gb)})" for gy, gb in spec.pairs())
+            raise FFRError(f"{where} names group {k!r} ({spec.pair_name(y, b)}), which this dataset does not have; "
+                           f"expected one of its {len(spec.pairs())} groups: {groups}")
+        out[(y, b)] = _count(v, f"{where}[{k!r}]")
+    return out
 
 
 def group_budgets(spec: GroupSpec, budget: BudgetConfig) -> dict[tuple[int, int], int]:
-    """Accepted images wanted per (y, b): an explicit number (per group or one for all) or FFR's rule."""
+    """Accepted images wanted per populated (y, b): an explicit number (per group or one for all) or FFR's rule."""
     if (budget.per_group is None) == (budget.real_counts is None):
         raise FFRError("config section 'budget' needs exactly one of 'per_group' (images per group) or "
                        "'real_counts' (the real training set's {'y,b': n} after bias-ratio downsampling, with 'mode')")
-    groups = [(y, b) for y in range(spec.n_classes) for b in range(spec.n_bias)]
+    groups = spec.pairs()
     if budget.real_counts is not None:
         if not isinstance(budget.real_counts, dict) or not budget.real_counts:
             raise FFRError(f"budget.real_counts = {budget.real_counts!r}; expected a mapping {{'y,b': count}}")

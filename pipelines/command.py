@@ -20,7 +20,8 @@ import argparse
 import json
 from typing import Any
 
-from ffr.config import add_show_config, format_config, load_config
+from ffr.config import add_config_arguments, format_config, load_config
+from ffr.cost import add_dry_run_arguments
 from ffr.errors import FFRError
 
 LISTED = 8  # groups / contact sheets listed one per line; more are summarized
@@ -30,14 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.splitlines()[0].replace("``", "")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "\n".join(__doc__.splitlines()[2:])
-    parser.add_argument("--config", help="YAML config (see configs/generate-*.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=3")
+    add_config_arguments(parser, "YAML config (see configs/generate-*.yaml)", "config overrides, e.g. seed=3")
     parser.add_argument("--manifest-only", action="store_true",
                         help="build the manifest and print images per group; generate nothing")
     parser.add_argument("--verbose", action="store_true",
                         help="show Ray Data's execution plan, banners and operator progress bars")
     parser.add_argument("--json", action="store_true", help="print the whole summary as JSON at the end")
-    add_show_config(parser)
+    add_dry_run_arguments(parser, "images per group")
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -110,6 +110,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.config is None:
         raise FFRError("ffr generate needs --config FILE (see configs/generate-*.yaml)")
+    if args.dry_run:
+        from ffr.cost import Throughput
+        from pipelines.cost import estimate_generation
+
+        print(estimate_generation(data, args.gpu, Throughput.load(args.throughput)).render())
+        return 0
     if args.manifest_only:
         manifest = plan(data)
         counts = manifest.groupby("group_name", sort=False).size()

@@ -53,6 +53,9 @@ class GeneratorConfig:
     height: int | None = None
     width: int | None = None
     negative_prompt: str | None = None
+    # LoRA adapters each row uses (names declared in backend.settings.adapters, '+' stacks them, '' = none): one
+    # string for every row, or a mapping by group {"y,b": names, "default": names}; None = every declared adapter
+    adapter: str | dict[str, str] | None = None
 
 
 @dataclass

@@ -36,9 +36,10 @@ class ShardActor:
 
 
 @contextlib.contextmanager
-def _ray_data_console(verbose: bool) -> Iterator[None]:
+def ray_data_console(verbose: bool) -> Iterator[None]:
     """Ray Data's execution banners (plan, "Starting execution", timings) and operator progress bars, only
-    when ``verbose``: ``ffr generate`` shows its own one-line-per-round progress and a closing summary."""
+    when ``verbose``: ``ffr generate`` shows its own one-line-per-round progress and a closing summary (and
+    ``ffr d3s eval`` its own tables)."""
     ctx = ray.data.DataContext.get_current()
     logger = logging.getLogger("ray.data")
     saved = ctx.enable_progress_bars, logger.level
@@ -81,6 +82,6 @@ def run_shards(shards: list[int], settings: WorkerSettings, cfg: RayConfig,
         **({"runtime_env": {"env_vars": env_vars}} if env_vars else {}),
         **({"resources": resources} if resources else {}),  # lands actors on the generation node type
     )
-    with _ray_data_console(verbose):
+    with ray_data_console(verbose):
         for row in ds.iter_rows():
             yield json.loads(row["stats"])

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ffr.errors import FFRError
+from ffr.options import group_key
 from ffr.shards import shard_name
 from ffr.storage import ensure_dir, filesystem, join, write_atomic
 from pipelines.config import MUTABLE_KEYS, GeneratorConfig, identity_diff, legacy_identity
@@ -55,9 +56,32 @@ def effective_generator(recipe: Recipe, generator: GeneratorConfig | None = None
     return {**recipe.generator_settings(), **overrides}, negative
 
 
+def group_adapters(value: Any, spec) -> dict[int, str] | None:
+    """``generator.adapter`` as {group id: adapter names} when it is a mapping by group (None otherwise); every
+    group needs a key of its own or a ``default`` one."""
+    if not isinstance(value, dict):
+        if value is not None and not isinstance(value, str):
+            raise FFRError(f"config key 'generator.adapter' = {value!r}; expected adapter names or a mapping "
+                           "{\"y,b\": names, default: names}")
+        return None
+    default = value.get("default")
+    by_group = {spec.group_id(*group_key(k, "generator.adapter key", spec.n_classes, spec.n_bias)): v
+                for k, v in value.items() if k != "default"}
+    out = {}
+    for g in range(spec.n_groups):
+        chosen = by_group.get(g, default)
+        if not isinstance(chosen, str):
+            raise FFRError(f"generator.adapter names no adapter for group {spec.group_name(g)!r} "
+                           f"({','.join(map(str, spec.decode(g)[:2]))}); expected a key for it or a 'default' key "
+                           "('' for the base model)")
+        out[g] = chosen
+    return out
+
+
 def check_generator(recipe: Recipe, generator: GeneratorConfig | None) -> tuple[dict[str, Any], str | None]:
     """:func:`effective_generator`, refusing img2img for a recipe without guide images."""
     settings, negative = effective_generator(recipe, generator)
+    group_adapters(settings.get("adapter"), recipe.spec())
     options = getattr(recipe, "options", None)
     if negative is not None and "negative_prompt" in getattr(options, "model_fields_set", ()):
         raise FFRError("config keys 'generator.negative_prompt' and 'recipe.options.negative_prompt' are both set; "
@@ -78,6 +102,9 @@ def build_manifest(recipe: Recipe, budgets: dict[tuple[int, int], int], run_seed
     """
     spec = recipe.spec()
     settings, negative = check_generator(recipe, generator)
+    per_group = group_adapters(settings.get("adapter"), spec)
+    if per_group is not None:
+        del settings["adapter"]
     start = start or {}
     # (position within this round, group): the i-th new image of every group, then the (i+1)-th...
     order = sorted((i, y, b) for (y, b), n in budgets.items() for i in range(n))
@@ -93,6 +120,8 @@ def build_manifest(recipe: Recipe, budgets: dict[tuple[int, int], int], run_seed
                "seed": seed, **settings, "guide_foreground": "", "guide_background": "", **fields}
         if negative is not None:
             row["negative_prompt"] = negative
+        if per_group is not None:
+            row["adapter"] = per_group[g]
         rows.append(row)
     df = pd.DataFrame(rows)
     df["shard"] = first_shard + np.arange(len(df), dtype=np.int64) // shard_size
@@ -170,9 +199,3 @@ def read_manifest_shard(root: str, shard: int) -> list[dict]:
     with fs.open(join(base, MANIFEST_DIR, f"{shard_name(shard)}.parquet"), "rb") as f:
         return pq.read_table(f).to_pylist()
 
-
-def read_manifest(root: str) -> pd.DataFrame:
-    info = read_manifest_info(root)
-    if info is None:
-        raise FFRError(f"{root!r} has no complete manifest ({MANIFEST_DIR}/manifest.json is missing)")
-    return pd.concat([pd.DataFrame(read_manifest_shard(root, i)) for i in range(info["n_shards"])], ignore_index=True)

@@ -51,13 +51,44 @@ def resolve_model(source: str, cache_dir: str | None = None) -> str:
     return local  # a hub id: from_pretrained downloads it (or finds it in the HF cache when offline)
 
 
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE")
+# What a saved model has at its top: a diffusers pipeline, a transformers / single diffusers model.
+_MODEL_FILES = ("model_index.json", "config.json")
+
+
+def hub_offline() -> str | None:
+    """The variable that turns Hugging Face downloads off, when one does (HF_HUB_OFFLINE=1, ...)."""
+    return next((v for v in _OFFLINE_VARIABLES
+                 if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")), None)
+
+
+def check_hub_cached(repo_id: str) -> None:
+    """Offline, a hub id must be in the local Hugging Face cache (huggingface_hub's, the one ``from_pretrained``
+    reads): else one FFRError line here, on the driver, instead of every actor failing its load (and Ray
+    retrying it) with a misleading "does not appear to have a file named model_index.json". Online, a model
+    that is not cached is downloaded by ``from_pretrained``: nothing to check."""
+    offline = hub_offline()
+    if offline is None:
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in _MODEL_FILES):
+        return
+    raise FFRError(f"model {repo_id!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+                   f"downloads are off ({offline}={os.environ[offline]}); download it where there is a network "
+                   f"(huggingface-cli download {repo_id}), set HF_HOME to a cache that has it, or give a local "
+                   "directory or an s3:// prefix")
+
+
 def check_model_source(source: str) -> None:
-    """FFRError unless the model can be found: a local directory exists, or an s3:// prefix holds files (one
-    listing; nothing is copied). Hub ids are not checked (offline, the actor's load says whether it is cached)."""
+    """FFRError unless the model can be found: a local directory exists, an s3:// prefix holds files (one
+    listing; nothing is copied), or a hub id is in the local Hugging Face cache when downloads are off."""
     if is_remote(str(source).strip()):
         _remote_listing(str(source).strip())
-    else:
-        resolve_model(source)
+        return
+    found = resolve_model(source)
+    if not os.path.isdir(found):
+        check_hub_cached(found)
 
 
 def _local_dir_for(source: str, cache_dir: str) -> Path:

@@ -77,9 +77,12 @@ def summarize(root: str, spec: GroupSpec, info: dict[str, Any], targets: dict[in
     rejects: Counter = Counter()
     per_group: Counter = Counter()
     n_rows = n_accepted = 0
+    samplers: list[dict] = []
     done = complete_shards(root)
     for shard in done:
         st = read_stats(root, shard)
+        if st.get("sampler") and st["sampler"] not in samplers:
+            samplers.append(st["sampler"])
         n_rows += st["n_rows"]
         n_accepted += st["n_accepted"]
         rejects.update(st.get("rejects", {}))
@@ -87,7 +90,7 @@ def summarize(root: str, spec: GroupSpec, info: dict[str, Any], targets: dict[in
     generated = sum(s["n_rows"] for s in run_stats)
     by_name: dict[str, int] = defaultdict(int)
     target_by_name: dict[str, int] = {}
-    for g in range(spec.n_groups):
+    for g in (spec.group_id(y, b) for y, b in spec.pairs()):  # the dataset's groups (SpuCo: 8 of 16 pairs)
         by_name[spec.group_name(g)] = int(per_group.get(g, 0))
         target_by_name[spec.group_name(g)] = int(targets.get(g, 0))
     short = {name: target - by_name[name] for name, target in target_by_name.items() if by_name[name] < target}
@@ -99,6 +102,8 @@ def summarize(root: str, spec: GroupSpec, info: dict[str, Any], targets: dict[in
         "shards_done": len(done), "shards_run": len(run_stats), "shards_skipped": skipped,
         "images_generated_this_run": generated, "seconds": round(seconds, 3),
         "images_per_s": round(generated / seconds, 2) if seconds > 0 else 0.0,
+        # the scheduler(s) that sampled the images: the model's own, or a study's explicit backend setting
+        "sampler": samplers[0] if len(samplers) == 1 else (samplers or None),
     }
 
 

@@ -39,6 +39,7 @@ class WorkerSettings:
     gray_threshold: float = 0.0
     clip_model: str | None = None
     clip_threshold: float = 20.0
+    generator: str = ""  # the output's generator label (backend, model, what changes the images), on every record
 
 
 def encode(image: Image.Image, image_format: str) -> bytes:
@@ -82,7 +83,8 @@ class ShardWorker:
                     key = f"{row['id']}.{s.image_format}"
                     # img2img: the guide is stored beside its image, so the pair can be reviewed later
                     guide_key = f"{row['id']}.guide.{s.image_format}" if guides is not None else ""
-                    out = {**row, "accepted": verdict.accepted, "reject_reason": verdict.reason,
+                    out = {**row, **self.backend.record(row), "generator": s.generator or s.backend,
+                           "accepted": verdict.accepted, "reject_reason": verdict.reason,
                            "clip_score": verdict.clip_score, "image_key": key, "guide_key": guide_key,
                            "image_width": image.width, "image_height": image.height}
                     if verdict.accepted:
@@ -94,6 +96,9 @@ class ShardWorker:
                         rejects[verdict.reason] += 1
             seconds = time.perf_counter() - start
             stats = {"seconds": round(seconds, 4), "rejects": dict(rejects), "accepted_per_group": dict(per_group)}
+            sampler = self.backend.sampler()
+            if sampler is not None:  # in the shard's marker too: the record of how its images were sampled
+                stats["sampler"] = sampler
             sink.finish(stats)
         # object-store retries this shard needed (its own writes; counted by ffr.storage) → summary.json
         return {"shard": shard, "n_rows": len(rows), "n_accepted": sink.n_images, **stats,

@@ -20,7 +20,7 @@ import httpx
 from PIL import Image, ImageDraw
 
 from ffr.groups import GroupSpec
-from ffr.shards import write_groups, write_shard
+from ffr.shards import ShardWriter, write_groups
 from ffr.storage import filesystem, join
 
 CLASSES, BACKGROUNDS = ("goldfish", "tabby cat"), ("grass", "water")
@@ -75,7 +75,10 @@ def build_review_output(root: str, per_group: int = 6, shard_size: int = 10, ass
     images = {r["image_key"]: _png(BG_COLORS[r["b"]], COLORS[r["y"]]) for r in rows if r["accepted"]}
     for shard in range(0, (len(rows) + shard_size - 1) // shard_size):
         part = rows[shard * shard_size:(shard + 1) * shard_size]
-        write_shard(root, shard, part, {r["image_key"]: images[r["image_key"]] for r in part if r["accepted"]}, {})
+        with ShardWriter(root, shard) as sink:  # generation's own writer: the same files, streamed
+            for r in part:
+                sink.add(r, images[r["image_key"]] if r["accepted"] else None)
+            sink.finish({})
     return {"root": root, "references": join(assets, "refs"), "definitions": definitions,
             "n_accepted": len(images), "n_rows": len(rows)}
 

@@ -56,7 +56,11 @@ def test_show_config_lists_every_key_with_default_and_value(capsys):
     assert ffr_main(["train", "--config", "configs/train-colored-digits-ffr.yaml", "--show-config",
                      "stage1.lr=1e-4"]) == 0
     rows = _rows(capsys.readouterr().out)
-    assert rows["stage1.lr"] == ("*", "null", "0.0001") and rows["lr"] == (" ", "0.001", "0.001")
+    # stage1's default is StageOptions(lr=1e-4): setting that value is no change, and nothing else is marked
+    assert rows["stage1.lr"] == (" ", "0.0001", "0.0001") and rows["lr"] == (" ", "0.001", "0.001")
+    assert rows["stage1.epochs"] == ("*", "null", "4") and rows["stage1.optimizer"] == (" ", "null", "null")
+    assert ffr_main(["train", "--show-config"]) == 0  # nothing set: nothing marked
+    assert [k for k, (mark, *_) in _rows(capsys.readouterr().out).items() if mark == "*"] == []
     assert rows["backbone"] == ("*", '"resnet50"', '"small-cnn"') and "fault_injection" in rows
     assert len(rows) >= 30  # every field, the nested stage1.* included
     # the chosen dataset's and backbone's own options, with their defaults, in place of the mapping's one row

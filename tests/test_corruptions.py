@@ -17,7 +17,7 @@ def _digit(index: int = 8, size: int = 32) -> np.ndarray:
 
 
 def _distortion(name: str, severity: int, image: np.ndarray) -> float:
-    out = corruptions.create(name)(image, severity, corruptions.rng_for(0, image))
+    out = corruptions.create(name)(image, severity, np.random.default_rng(0))
     assert out.shape == image.shape and out.dtype == np.uint8
     return float(np.sqrt(np.mean((out.astype(np.float64) - image) ** 2)))
 
@@ -37,18 +37,23 @@ def test_corruption_distorts_more_at_every_higher_severity(name):
 
 
 @pytest.mark.parametrize("name", corruptions.names())
-def test_corruption_is_deterministic_per_image_and_seed(name):
+def test_corruption_is_deterministic_per_draw_and_seed(name):
+    """The same (seed, epoch, position) draw gives the same image; the noisy ones give other noise to another draw
+    (a later epoch) and to another seed."""
     image = _digit()
     step = corruptions.Corrupt(name, 3, seed=1)
-    a, b = (np.asarray(step(Image.fromarray(image))) for _ in range(2))
+    a, b = (np.asarray(step(Image.fromarray(image), step.rng(0, 5))) for _ in range(2))
     assert np.array_equal(a, b)
-    if name == "gaussian-noise":  # the only random one: another seed, other noise
-        assert not np.array_equal(a, np.asarray(corruptions.Corrupt(name, 3, seed=2)(Image.fromarray(image))))
+    noisy = name in ("gaussian-noise", "ffr-stacked")
+    next_epoch = np.asarray(step(Image.fromarray(image), step.rng(1, 5)))
+    other_seed = corruptions.Corrupt(name, 3, seed=2)
+    assert np.array_equal(a, next_epoch) != noisy
+    assert np.array_equal(a, np.asarray(other_seed(Image.fromarray(image), other_seed.rng(0, 5)))) != noisy
 
 
 def test_imagenet_c_parameters_and_bad_values():
     assert corruptions.GAUSSIAN_NOISE_STD[0] == 0.08 and corruptions.PIXELATE_FACTOR[-1] == 0.25
-    assert set(corruptions.names()) >= {"gaussian-noise", "defocus-blur", "pixelate"}
+    assert set(corruptions.names()) >= {"gaussian-noise", "defocus-blur", "pixelate", "ffr-stacked"}
     with pytest.raises(FFRError, match="severity 6 is out of range; expected an integer 1 to 5"):
         corruptions.Corrupt("pixelate", 6)
     with pytest.raises(FFRError, match="unknown corruption 'fog'"):

@@ -119,6 +119,7 @@ def test_every_scheduler_runs_and_changes_the_sampler(name, tiny_sd, backend, de
     expected = SCHEDULERS.get(name)(backend.text2image.scheduler.config)  # built from the model's own config
     assert type(chosen.text2image.scheduler) is type(expected)
     assert chosen.text2image.scheduler.config == expected.config
+    assert chosen.sampler() == {"scheduler": type(expected).__name__, "source": f"backend.settings.scheduler={name}"}
     image = chosen.generate([ROWS[0]])[0]
     assert image.size == (32, 32)
     assert np.array_equal(_pixels(image), _pixels(default_image)) == (name == "ddim")

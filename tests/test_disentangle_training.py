@@ -43,7 +43,7 @@ def test_disentangle_trains_step_based_logs_every_term_resumes_and_reports_probe
     # One epoch, as if the run had stopped there (no result file), untracked; then the full run resumes it.
     first = run_experiment({**config, "epochs": 1, "mlflow": {"enabled": False}})
     directory = runs.run_dir(str(tmp_path), first["run_name"])
-    state = loop.load_state(runs.checkpoint_dir(directory, 0))
+    state = loop.load_state(runs.checkpoint_dir(directory, 1))
     assert state["method"] == {"step": 6, "train_critics": True}  # 4-5 critic (5 % 5 == 0), 6 model: critics next
     assert {"critic_fg", "critic_bg", "model"} <= set(state["method_optimizers"])
     assert state["method_modules"]["critic_fg"]["embedding"].shape == (10, 2)  # int(0.2 * 12 fg features)
@@ -51,10 +51,10 @@ def test_disentangle_trains_step_based_logs_every_term_resumes_and_reports_probe
     (Path(directory) / runs.RESULT).unlink()
     result = run_experiment(config)
     records = runs.read_metrics(directory)
-    assert [r["epoch"] for r in records] == [0, 1] and records[1]["attempt_start_epoch"] == 1
+    assert [r["epoch"] for r in records] == [1, 2] and records[1]["attempt_start_epoch"] == 2
     assert [r["train_steps"] for r in records] == [6, 12]
     assert all(r["train_draws"] == 6 * 8 and r["train_mix_draws"] == 6 * 8 for r in records)
-    assert loop.load_state(runs.checkpoint_dir(directory, 1))["method"]["step"] == 12  # the count survived
+    assert loop.load_state(runs.checkpoint_dir(directory, 2))["method"]["step"] == 12  # the count survived
 
     steps = runs.read_steps(directory)
     assert [s["step"] for s in steps] == list(range(1, 13))
@@ -69,7 +69,7 @@ def test_disentangle_trains_step_based_logs_every_term_resumes_and_reports_probe
     uri = tracking.tracking_uri(tracking.MLflowConfig(), str(tmp_path))
     client = tracking.client(uri)
     (run,) = tracking.runs_named(uri, "d3s", result["run_name"])
-    history = client.get_metric_history(run.info.run_id, "step/dependence_fg")  # epoch 1's steps: 7-12
+    history = client.get_metric_history(run.info.run_id, "step/dependence_fg")  # epoch 2's steps: 7-12
     assert sorted(m.step for m in history) == [s["step"] for s in steps if "dependence_fg" in s and s["step"] > 6]
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "step/ce_class")) == list(range(7, 13))
     assert run.data.metrics["probe/background_from_fg/val"] == pytest.approx(probes["background_from_fg"]["val"])

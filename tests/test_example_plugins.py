@@ -62,6 +62,13 @@ def test_example_method_and_variant_train_end_to_end(example_plugins, tmp_path):
     table = _read_parquet(join(runs.run_dir(str(tmp_path), stage1["run_name"]), runs.SPLITS))
     train1 = table[table["split"] == "train"]
     assert train1.groupby(["y", "b"]).size().nunique() == 1 and (train1["source"] == 0).all()
+    # the dry run counts what the variant's build gave (its stage_counts; the preliminary run is a run of its own)
+    from ffr.training.cost import estimate_training
+
+    preview = estimate_training(config)
+    assert preview.runs[0].draws_per_epoch == len(train1) and set(preview.runs[0].groups.values()) == \
+        set(train1.groupby(["y", "b"]).size())
+    assert [r.what.split(":")[0] for r in preview.runs] == ["stage 1", "stage 2 example-warmup", "stage 2"]
 
     # The method's preliminary run: its own sub-run directory, config and marker file.
     main_dir = runs.run_dir(str(tmp_path), result["run_name"])
@@ -94,17 +101,17 @@ def test_a_method_with_a_critic_steps_checkpoints_and_resumes_it(example_plugins
     directory = str(tmp_path / "run")
     stage_plan = plan.write_plan(directory, load_experiment_data(cfg), spec.stage)
     local.fit_stage(cfg, dataclasses.replace(spec, epochs=1), str(tmp_path), directory, plan=stage_plan)
-    first = loop.load_state(runs.checkpoint_dir(directory, 0))
+    first = loop.load_state(runs.checkpoint_dir(directory, 1))
     batches = int(first["metrics"]["train_draws"] // -cfg.batch_size * -1)
     assert first["method_optimizers"]["critic"]["state"][0]["step"] == batches  # one critic step per batch
     assert first["method_modules"]["critic"]["weight"].shape == (4, first["model"]["head.weight"].shape[1])
 
-    # resumes: epoch 1 only, critic and its optimiser restored
+    # resumes: epoch 2 only, critic and its optimiser restored
     local.fit_stage(cfg, spec, str(tmp_path), directory, plan=stage_plan)
-    second = loop.load_state(runs.checkpoint_dir(directory, 1))
+    second = loop.load_state(runs.checkpoint_dir(directory, 2))
     assert second["method_optimizers"]["critic"]["state"][0]["step"] == 2 * batches
     assert not torch.equal(second["method_modules"]["critic"]["weight"], first["method_modules"]["critic"]["weight"])
-    assert [r["attempt_start_epoch"] for r in runs.read_metrics(directory)] == [0, 1]
+    assert [r["attempt_start_epoch"] for r in runs.read_metrics(directory)] == [1, 2]
 
 
 def _install_plugins(site) -> None:
@@ -126,7 +133,7 @@ def test_an_installed_plugin_is_found_by_name_in_the_cli_and_in_ray_train_worker
     env.pop("MLFLOW_TRACKING_URI", None)
     args = ["dataset=colored-digits", "backbone=small-cnn", "backbone_options={width: 8}", "pretrained=null",
             "image_size=16", "cache_in_memory=true", "epochs=1", "batch_size=256", f"storage_path={tmp_path / 'runs'}",
-            "max_failures=0", "mlflow.enabled=false", "variant=example-balanced-pretrain",
+            "max_failures=0", "mlflow.enabled=false", "executor=ray-train", "variant=example-balanced-pretrain",
             "method=example-group-errors", "method_hparams={boost: 9.0}"]
 
     shown = subprocess.run([sys.executable, "-m", "ffr.cli", "train", "--show-config", *args], env=env,

@@ -124,14 +124,14 @@ def test_a_group_that_cannot_reach_its_target_stops_at_the_cap_with_one_line(tmp
 def test_balance_prints_the_budget_block_of_the_shipped_celeba_config(capsys):
     """`ffr balance --budget-block` and `ffr generate` mean the same counts: the config holds the printed block."""
     shipped = load_config("configs/generate-ffr-celeba.yaml")
-    full = "0,0=914 0,1=5335 1,0=7797 1,1=943"
+    full = "0,0=592 0,1=5335 1,0=7797 1,1=866"  # FFR's train split (its test split has 914 and 943 there)
     assert ffr_main(["balance", "--counts", full, "--bias-ratio", "0.99", "--budget-block", "--mode", "all"]) == 0
     printed = load_yaml(capsys.readouterr().out)["budget"]
     assert printed["real_counts"] == shipped["budget"]["real_counts"] and printed["mode"] == shipped["budget"]["mode"]
     cfg = to_config(shipped)
     budgets = group_budgets(create_recipe("ffr-celeba").spec(), cfg.budget)
     assert budgets == {(0, 0): 7743, (0, 1): 4480, (1, 0): 4480, (1, 1): 7718}  # usb's fill, asb/ffr's k
-    kept = keep_counts({(0, 0): 914, (0, 1): 5335, (1, 0): 7797, (1, 1): 943}, 0.99)
+    kept = keep_counts({(0, 0): 592, (0, 1): 5335, (1, 0): 7797, (1, 1): 866}, 0.99)
     assert f"total {sum(budgets.values())}" in budget_block({}, kept, 0.99, "all")
 
 
@@ -155,3 +155,34 @@ def test_generate_ends_with_the_output_the_contact_sheets_and_the_cumulative_cou
     assert last[6] == f"output: {root}" and last[7] == "contact sheets (4):"
     sheets = [line.strip() for line in last[8:]]
     assert len(sheets) == 4 and all(Path(p).is_file() for p in sheets)
+
+
+def test_spuco_shipped_config_plans_exactly_8_groups_of_20000():
+    """Birds live on land or water, dogs indoors or outdoors: the budget covers the 8 groups SpuCo Animals has,
+    not all 16 (class, background) pairs (320K images, half of them never used)."""
+    from ffr.datasets import spuco_animals
+
+    cfg = to_config(load_config("configs/generate-ffr-spuco-animals.yaml"))
+    recipe = create_recipe(cfg.recipe.name, cfg.recipe.options)
+    budgets = recipe.assign_budgets(group_budgets(recipe.spec(), cfg.budget), cfg.seed)
+    assert budgets == {pair: 20000 for pair in spuco_animals.POPULATED_GROUPS} and len(budgets) == 8
+    assert sum(budgets.values()) == 160_000
+    assert (0, 2) not in budgets and (3, 1) not in budgets  # landbird indoors, big dog on water
+
+
+@pytest.mark.parametrize("budget, named", [
+    ({"per_group": {"0,0": 5, "0,2": 5}}, "'0,2' (landbird/indoors)"),
+    ({"real_counts": {"0,0": 10000, "2,1": 500}, "mode": "ffr"}, "'2,1' (small_dog/water)"),
+])
+def test_a_budget_naming_a_group_the_dataset_lacks_is_one_line(budget, named, tmp_path, capsys):
+    import re
+
+    with pytest.raises(FFRError, match=re.escape(f"names group {named}, which this dataset does not have; expected "
+                                                 "one of its 8 groups: 0,0 (landbird/land), 0,1 (landbird/water)")):
+        group_budgets(create_recipe("ffr-spuco-animals").spec(), to_config(
+            {"recipe": "ffr-spuco-animals", "output": str(tmp_path), "budget": budget}).budget)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"recipe: ffr-spuco-animals\noutput: {tmp_path / 'out'}\nbudget: {json.dumps(budget)}\n")
+    assert ffr_main(["generate", "--config", str(config), "--manifest-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not have" in err and not (tmp_path / "out").exists()

@@ -121,6 +121,8 @@ def test_diffusers_text_to_image_through_ray_to_s3(ray_cluster, s3_bucket, s3_en
     manifest = plan(config)
     summary = generate(config)
     assert summary["complete"] and summary["rows_done"] == 8 and summary["shards_run"] == 3
+    # the run's record says which sampler made the images: here the saved model's own scheduler
+    assert summary["sampler"] == {"scheduler": "DDIMScheduler", "source": "the model's own"}
     meta = read_metadata(root, accepted_only=False)
     assert meta["id"].is_unique and set(meta["id"]) == set(manifest["id"])
     pixels = _check_output(root, manifest) if summary["accepted"] == 8 else {}

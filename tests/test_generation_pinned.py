@@ -25,11 +25,20 @@ CONFIGS = sorted(Path("configs").glob("generate-*.yaml"))
 PINNED = {
     "generate-colored-digits.yaml": "3baee706ef785a439b2b9121108789cf1bc6dbdc645024818ea69e6e977dfea9",
     "generate-custom.yaml": "99495fc04821cd0719775b0d1f016a0fbdc13b4646122cf2d449fbd5b0bde27e",
+    # issue 23's model families (the same recipe; the digests differ only by steps and guidance)
+    "generate-custom-flux-schnell.yaml": "a638961726d01073be695954bc1962d08d384bc820d8aa4fb9b80e6a3b7211b9",
+    "generate-custom-hyper-sd.yaml": "a638961726d01073be695954bc1962d08d384bc820d8aa4fb9b80e6a3b7211b9",
+    "generate-custom-lcm-lora.yaml": "a21acea2519427f25de06205278951eb5d1e66e370b07f049fbc5822855345c6",
+    "generate-custom-sd3-turbo.yaml": "a638961726d01073be695954bc1962d08d384bc820d8aa4fb9b80e6a3b7211b9",
+    "generate-custom-sd3.yaml": "f44e561bf3c26c0a4ae9b45d418cfcbbf3aa3f295cac812886b811a412dded44",
+    "generate-custom-sdxl-turbo.yaml": "75f930b98f857ccea0de22d138f5d2c6093b2f3eba18f65fa7dff8363e04d11b",
+    "generate-custom-tcd.yaml": "a638961726d01073be695954bc1962d08d384bc820d8aa4fb9b80e6a3b7211b9",
     "generate-d3s-background.yaml": "e142268cb424b259ed994997351e19b6a8d384407e1eaab58adb4b1610a0edb6",
     "generate-d3s-geography.yaml": "a41326ea32e4e3e4e250bc4693908ad4bec23dd6680ac5ec2193ce0ae6ab2677",
     "generate-d3s-time.yaml": "c9cb32deffe53d8dd88b07e4b8fc13286ae4b8b3567c06fa1c3c825e17871abc",
     "generate-ffr-celeba.yaml": "a7df79f912e2ea3883652dd5d9f243754cdfba72e6e97c37f62558e92338d787",
-    "generate-ffr-spuco-animals.yaml": "bac30235a2fba1d508a8debae7db46ab826f785ca255e65a3614448a64b3fbe6",
+    "generate-ffr-spuco-animals.yaml":  # issue 20: the 8 groups SpuCo Animals has, no longer all 16 (class, bias) pairs
+        "f0442926de50bd6ab2538907c81190dcf33f689ee0eafb935a1807cc4be31873",
     "generate-ffr-utkface.yaml": "770bb259ab643f006df5a10396ae9664598f2f2baf7ab0de8e95e94c0688a2e8",
 }
 

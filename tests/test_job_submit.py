@@ -131,3 +131,19 @@ def test_the_worker_port_range_holds_none_of_the_heads_own_ports():
     for _ in range(20):
         first, last = _free_port_range(100, low=30000, high=30300, avoid=[30150, 30151])
         assert last - first == 99 and not first <= 30150 <= last and not first <= 30151 <= last
+
+
+def test_a_train_job_with_relative_paths_writes_into_the_jobs_working_directory(head):
+    """`ffr train` with the shipped config's relative paths, submitted as docs/cluster.md says: the job's working
+    directory is the uploaded one, and Ray Train's workers (elsewhere) must read and write there too."""
+    runtime_env = build_runtime_env(REPO / "configs" / "runtime-env.yaml", environ={})
+    check = "ls runs/colored-digits-none-*/ffr_result.json runs/colored-digits-none-*/checkpoint_epoch0001/model.pt"
+    script = ("ffr train --config configs/train-colored-digits-none.yaml epochs=1 executor=ray-train image_size=16 "
+              f"mlflow.enabled=false && echo job-cwd=$PWD && {check}")
+    submit = _ray_job(head, "submit", "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
+                      "--", "bash", "-c", script)
+    output = submit.stdout + submit.stderr
+    assert submit.returncode == 0 and "succeeded" in output, output[-3000:]
+    cwd = next(line.split("=", 1)[1] for line in submit.stdout.splitlines() if line.startswith("job-cwd="))
+    summary = json.loads(next(line for line in submit.stdout.splitlines() if line.startswith('{"run_name"')))
+    assert summary["run_dir"].startswith(f"{cwd}/runs/") and cwd != str(REPO), (cwd, summary)

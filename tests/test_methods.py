@@ -151,3 +151,47 @@ def test_show_config_lists_the_method_options_and_refuses_a_bad_one(capsys):
     assert main(["train", "--show-config", "method=jtt", "method_hparams={upweight: 0}"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.strip().count("\n") == 0 and "'method_hparams.upweight'" in err
+
+
+def _sparse_problem(n: int = 400, d: int = 40, seed: int = 0):
+    """Non-negative features (like pooled ReLU features) where 2 of ``d`` carry the class; 4 balanced groups."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    g = y * 2 + rng.integers(0, 2, n)
+    x = rng.gamma(2.0, 1.0, (n, d))
+    x[:, 0] += 3.0 * y
+    x[:, 1] += 3.0 * (1 - y)
+    return x, y, g
+
+
+def test_dfr_penalty_is_l1_with_liblinear():
+    """FFR's DFR: penalty='l1', solver='liblinear'. An L1 fit zeroes irrelevant coefficients exactly; an L2 fit (an
+    older scikit-learn reading only l1_ratio) never does, so this fails for L2."""
+    from ffr.methods.dfr import DeepFeatureReweighting, l1_logistic_regression
+
+    assert l1_logistic_regression(0.1, 0).solver == "liblinear"
+    x, y, g = _sparse_problem()
+    z = (x - x.mean(0)) / x.std(0)
+    model = DeepFeatureReweighting._fit(z, y, 0.05, 0)
+    assert np.sum(model.coef_[0, 2:] == 0.0) >= 30 and np.all(model.coef_[0, :2] != 0.0)
+    head = create("dfr", n_refits=3, c_grid=[0.05]).fit_last_layer(x, y, g, np.random.default_rng(0))
+    assert np.sum(head.coef[0, 2:] == 0.0) >= 20  # the averaged head too: every refit dropped them
+
+
+def test_dfr_l2_normalises_features_as_ffr():
+    """FFR feeds DFR F.normalize(features): the fit and the head see only each feature vector's direction, so
+    scaling a vector by any positive factor changes nothing. Unnormalised features fail both checks."""
+    x, y, g = _sparse_problem(seed=1)
+    scale = np.random.default_rng(2).uniform(0.2, 5.0, (len(x), 1))
+    dfr = create("dfr", n_refits=3)
+    head = dfr.fit_last_layer(x, y, g, np.random.default_rng(0), scaler_features=x)
+    scaled = dfr.fit_last_layer(x * scale, y, g, np.random.default_rng(0), scaler_features=x * scale)
+    assert head.feature_norm == "l2" and head.best_c == scaled.best_c
+    assert np.allclose(head.coef, scaled.coef, atol=1e-6) and np.allclose(head.intercept, scaled.intercept, atol=1e-6)
+    assert np.allclose(head.decision(x), head.decision(x * scale))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert np.allclose(head.mean, unit.mean(0)) and np.allclose(head.std, unit.std(0))  # standardized after
+
+    raw = create("dfr", n_refits=3, feature_norm="none")  # the control: raw features are not scale-free
+    raw_head = raw.fit_last_layer(x, y, g, np.random.default_rng(0), scaler_features=x)
+    assert not np.allclose(raw_head.decision(x), raw_head.decision(x * scale))

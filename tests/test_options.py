@@ -29,7 +29,9 @@ def test_typed_fields_and_defaults():
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"widht": 3}, "unknown option 'backbone_options.widht' of backbone 'example'; expected one of: lr, names, width"),
+    ({"widht": 3}, "unknown option 'backbone_options.widht' of backbone 'example'; did you mean 'width'?"),
+    ({"momentum": 3},
+     "unknown option 'backbone_options.momentum' of backbone 'example'; expected one of: lr, names, width"),
     ({"width": 0}, "option 'backbone_options.width' of backbone 'example' = 0: input should be greater than or equal"),
     ({"width": "a"}, "option 'backbone_options.width' of backbone 'example' = 'a': input should be a valid integer"),
 ])

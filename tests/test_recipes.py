@@ -60,8 +60,9 @@ def test_every_recipe_builds_a_balanced_manifest(name, d3s_folders):
     per_group = 3
     df = plan({"recipe": {"name": name, "options": _options(name, d3s_folders)}, "output": "unused",
                "budget": {"per_group": per_group}, "shard_size": 5, "seed": 1})
-    assert len(df) == spec.n_groups * per_group
-    assert Counter(df["group"]) == {g: per_group for g in range(spec.n_groups)}
+    groups = [spec.group_id(y, b) for y, b in spec.pairs()]  # the dataset's groups (SpuCo: 8 of 16 pairs)
+    assert len(df) == len(groups) * per_group
+    assert Counter(df["group"]) == {g: per_group for g in groups}
     assert df["id"].is_unique and df["seed"].is_unique
     assert (df["group"] == df["y"] * spec.n_bias + df["b"]).all()
     assert list(df["class_name"]) == [spec.class_names[y] for y in df["y"]]
@@ -70,7 +71,7 @@ def test_every_recipe_builds_a_balanced_manifest(name, d3s_folders):
     assert df["prompt"].str.len().min() > 5 and not df["prompt"].str.contains(r"\bin in\b").any()
     assert list(df["shard"]) == [i // 5 for i in range(len(df))]
     # interleaved: the first n_groups rows cover every group once, so a partial run stays balanced
-    assert set(df["group"][: spec.n_groups]) == set(range(spec.n_groups))
+    assert set(df["group"][: len(groups)]) == set(groups)
     # the same config gives the same manifest; another run seed gives other seeds
     again = plan({"recipe": {"name": name, "options": _options(name, d3s_folders)}, "output": "unused",
                   "budget": {"per_group": per_group}, "shard_size": 5, "seed": 1})
@@ -112,7 +113,9 @@ def test_ffr_recipes_use_the_real_readers_group_indices():
     from ffr.datasets import spuco_animals, utk_face
 
     assert create("ffr-utkface").spec() == GroupSpec(utk_face.CLASS_NAMES, utk_face.BIAS_NAMES)
-    assert create("ffr-spuco-animals").spec() == GroupSpec(spuco_animals.CLASS_NAMES, spuco_animals.BIAS_NAMES)
+    assert create("ffr-spuco-animals").spec() == GroupSpec(spuco_animals.CLASS_NAMES, spuco_animals.BIAS_NAMES,
+                                                           populated=spuco_animals.POPULATED_GROUPS)
+    assert len(create("ffr-spuco-animals").spec().pairs()) == 8  # of 16 (class, background) pairs
     assert create("ffr-celeba").spec() == GroupSpec(("not Smiling", "Smiling"), ("Female", "Male"))  # celeba_hq
     assert create("colored-digits").spec() == colored_digits.SPEC
 

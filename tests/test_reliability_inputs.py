@@ -170,7 +170,8 @@ def _jpeg_folder(root: Path) -> tuple[dict, str]:
 def test_corrupt_jpeg_fails_in_one_line_or_is_skipped_and_counted(ray_cluster, tmp_path, capsys):
     options, bad_key = _jpeg_folder(tmp_path / "data")
     (tmp_path / "data" / bad_key).write_bytes(b"\xff\xd8\xff\xe0 truncated, not a JPEG")
-    base = {**TINY_TRAIN, "dataset": "folder", "dataset_options": options, "storage_path": str(tmp_path / "runs")}
+    base = {**TINY_TRAIN, "dataset": "folder", "dataset_options": options, "storage_path": str(tmp_path / "runs"),
+            "executor": "ray-train"}
     config = _write_yaml(tmp_path / "fail.yaml", base)
     rc = main(["train", "--config", config])  # default bad_images: fail; the image is read in a Train worker
     _one_line_error(capsys, rc, bad_key, "cannot be decoded")

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from ffr import runs
 from ffr.cli import main
 from ffr.storage import filesystem
 
@@ -130,7 +131,7 @@ def test_report_on_s3_runs_to_s3_out(tmp_path, s3_bucket, capsys):
     assert "cd-ffr-stage1-s0" in capsys.readouterr().out
     fs.invalidate_cache()
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket[5:]}/report", detail=False))
-    assert "report.md" in names and "report.csv" in names and len(names) == 8
+    assert "report.md" in names and "report.csv" in names and "protocol.tex" in names and len(names) == 11
     table = pd.read_csv(io.BytesIO(fs.cat_file(f"{s3_bucket[5:]}/report/report.csv")))
     assert set(table["run"]) == {"cd-none-erm-s0", "cd-none-erm-s1", "cd-ffr-stage1-s0", "cd-ffr-groupdro-s0",
                                  "wb-asb-dro-s0"}
@@ -184,7 +185,7 @@ def test_runs_that_differ_in_more_than_the_seed_land_in_different_cells(tmp_path
     # a run directory from before the result file was renamed is still read
     make_run(root, "old-ffr-s0", variant="ffr", method="erm", seed=0, bias_ratio=0.9, test_groups={0: 0.8, 1: 0.3},
              result_file="result.json", **digits)
-    assert main(["report", str(root)]) == 0
+    assert main(["report", str(root), "--select", "none"]) == 0
     printed = capsys.readouterr().out
     rows = _paper_rows(printed, "colored-digits")
     assert rows[""] == ["bias 0.9", "bias 0.99"]
@@ -195,3 +196,107 @@ def test_runs_that_differ_in_more_than_the_seed_land_in_different_cells(tmp_path
     assert rows["erm / FFR [lr=0.001]"] == ["30.0 (n=1)"]
     assert not re.search(r"± [0-9.]+ \(n=1\)", printed)
     assert "digit<5/green (n=20)" in printed  # the size of the group beside its accuracy
+
+
+def test_select_val_wga_picks_the_validation_winner_and_oracle_says_it_selects_on_test(tmp_path, capsys):
+    """Setting A (lr 0.001) is better on validation, B (lr 0.01) on test, over 3 seeds."""
+    digits = dict(dataset="colored-digits", group_names=DIGITS_GROUPS, stage=2, variant="none", method="erm",
+                  test_sizes={0: 100, 1: 100, 2: 100, 3: 100})
+    root = tmp_path / "runs"
+    for seed in range(3):
+        make_run(root, f"a-s{seed}", seed=seed, lr=1e-3, val_wga=[0.7 + 0.01 * seed],
+                 test_groups={0: 0.9, 1: 0.50 + 0.02 * seed, 2: 0.9, 3: 0.9}, **digits)
+        make_run(root, f"b-s{seed}", seed=seed, lr=1e-2, val_wga=[0.5 + 0.01 * seed],
+                 test_groups={0: 0.9, 1: 0.80 + 0.02 * seed, 2: 0.9, 3: 0.9}, **digits)
+    assert main(["report", str(root), "--select", "val-wga", "--out", str(tmp_path / "val")]) == 0
+    printed = capsys.readouterr().out
+    assert "ORACLE" not in printed
+    assert _paper_rows(printed, "colored-digits")["erm / none"] == ["52.0 ± 2.0 (n=3; lr=0.001)"]
+    protocol = next(x for x in printed.split("protocol table (val-wga)\n", 1)[1].splitlines() if x.startswith("erm"))
+    assert re.split(r"\s{2,}", protocol)[2:5] == ["lr=0.001", "3", "52.0 ± 2.0 (SE 1.2)"]
+    assert "Settings compared per cell: 2 (differing in lr)" in printed
+    csv = pd.read_csv(tmp_path / "val" / "protocol.csv")
+    assert json.loads(csv.loc[0, "selected"]) == {"lr": 0.001} and csv.loc[0, "n"] == 3
+    assert csv.loc[0, "test_worst_group_acc_mean"] == pytest.approx(0.52)
+    assert csv.loc[0, "test_worst_group_acc_se"] == pytest.approx(0.02 / 3 ** 0.5)
+    tex = (tmp_path / "val" / "protocol.tex").read_text()
+    assert r"52.0 $\pm$ 2.0 {\scriptsize (1.2)}" in tex and r"\toprule" in tex
+
+    assert main(["report", str(root), "--select", "oracle", "--out", str(tmp_path / "oracle")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("ORACLE SELECTION: hyperparameters chosen on TEST")
+    assert _paper_rows(printed, "colored-digits")["erm / none"] == ["82.0 ± 2.0 (n=3; lr=0.01)"]
+    assert "Selection oracle: ORACLE" in printed
+    assert "Oracle selection" in (tmp_path / "oracle" / "report.md").read_text()
+
+    # Without group labels on validation, val worst-class accuracy ranks the settings: here B's is higher. A run
+    # written before it was recorded has it derived from its val group accuracies and sizes.
+    for seed in range(3):
+        b_groups = {"acc_group_0": 0.9, "acc_group_1": 0.9, "acc_group_2": 0.7, "acc_group_3": 0.8}
+        for name, val in ((f"a-s{seed}", {"worst_class_acc": 0.6}), (f"b-s{seed}", b_groups)):
+            path = root / name / "ffr_result.json"
+            result = json.loads(path.read_text())
+            result["val"].update(val)
+            result["group_sizes"]["val"] = {"0": 10, "1": 10, "2": 10, "3": 30}
+            path.write_text(json.dumps(result))
+    assert main(["report", str(root), "--select", "val-worst-class"]) == 0
+    assert _paper_rows(capsys.readouterr().out, "colored-digits")["erm / none"] == ["82.0 ± 2.0 (n=3; lr=0.01)"]
+
+    assert main(["report", str(root), "--select", "none"]) == 0
+    rows = _paper_rows(capsys.readouterr().out, "colored-digits")
+    assert rows["erm / none [lr=0.001]"] == ["52.0 ± 2.0 (n=3)"]
+    assert rows["erm / none [lr=0.01]"] == ["82.0 ± 2.0 (n=3)"]
+
+
+def test_copies_of_a_run_count_once_and_disagreeing_copies_are_refused(tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "runs"
+    run = make_run(root, "r-s0", dataset="colored-digits", variant="none", method="erm", stage=2, seed=0,
+                   val_wga=[0.5], test_groups={0: 0.6, 1: 0.7}, group_names=DIGITS_GROUPS)
+    shutil.copytree(run, tmp_path / "copy" / "r-s0")  # a copied folder
+    (tmp_path / "link").symlink_to(run)  # a symlink
+    assert main(["report", str(root), str(tmp_path / "copy"), str(tmp_path / "link")]) == 0
+    rows = _paper_rows(capsys.readouterr().out, "colored-digits")
+    assert rows["erm / none"] == ["60.0 (n=1)"]
+
+    result = json.loads((tmp_path / "copy" / "r-s0" / "ffr_result.json").read_text())
+    result["test"]["worst_group_acc"] = 0.1
+    (tmp_path / "copy" / "r-s0" / "ffr_result.json").write_text(json.dumps(result))
+    assert main(["report", str(root), str(tmp_path / "copy")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "two different results" in err
+    assert str(run) in err and str(tmp_path / "copy" / "r-s0") in err
+
+
+def test_local_train_with_default_mlflow_then_report_finds_each_run_once(tmp_path, capsys):
+    """A user's path: `ffr train` (in-process executor, default MLflow tracking: a sqlite store and its artifact
+    store beside the runs), then `ffr report` on the storage folder."""
+    storage = tmp_path / "runs"
+    args = ["train", "dataset=colored-digits", "backbone=small-cnn", "backbone_options={width: 8}",
+            "pretrained=null", "image_size=16", "cache_in_memory=true", "epochs=1", "batch_size=256",
+            "executor=local", f"storage_path={storage}"]
+    assert main(args) == 0
+    assert (storage / "mlflow.db").exists() and list((storage / "mlartifacts").rglob("ffr_result.json"))
+    assert (storage / "mlartifacts" / runs.NOT_RUNS_MARKER).exists()  # discovery does not descend there
+    assert [r.path for r in runs.find_runs(str(storage))] == [str(p.parent) for p in storage.glob("*/ffr_result.json")]
+    capsys.readouterr()
+    assert main(["report", str(storage), "--out", str(tmp_path / "report")]) == 0
+    table = pd.read_csv(tmp_path / "report" / "report.csv")
+    assert len(table) == 1 and table.loc[0, "path"] == str(storage / table.loc[0, "run"])
+    rows = _paper_rows(capsys.readouterr().out, "colored-digits")
+    assert list(rows["erm / none"][0].split("(")[1:]) == ["n=1)"]
+
+
+def test_a_setting_run_twice_under_two_names_counts_each_seed_once(tmp_path, capsys):
+    """A run named before names came from resolved options and its rerun: one setting, one seed, two names."""
+    root = tmp_path / "runs"
+    for name, test in (("old-name-s0", 0.6), ("new-name-s0", 0.6), ("new-name-s1", 0.8)):
+        make_run(root, name, dataset="colored-digits", variant="none", method="erm", stage=2,
+                 seed=int(name[-1]), val_wga=[0.5], test_groups={0: test, 1: 0.9}, group_names=DIGITS_GROUPS)
+    with pytest.warns(UserWarning, match="one setting with one seed"):
+        assert main(["report", str(root)]) == 0
+    printed = capsys.readouterr().out
+    assert _paper_rows(printed, "colored-digits")["erm / none"] == ["70.0 ± 14.1 (n=2)"]
+    summary = printed.split("every setting: mean ± std over seeds")[1]
+    assert "0,1 " in summary and "0,0" not in summary and "70.0 ± 14.1 (n=2)" in summary

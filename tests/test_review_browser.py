@@ -1,7 +1,9 @@
 """A real browser (Debian's chromium through Playwright) rates images in the review app: an invite link, a
 task rated with the mouse, another with the keyboard, reloads mid-task; then the database holds K votes per
-image with no duplicate, and the veto rule and export run. Takes the screenshot of docs/review.md
-(written there with FFR_UPDATE_SCREENSHOTS=1).
+image with no duplicate, and the veto rule and export run. Under the app's content security policy (no inline
+script or style) nothing is blocked, the browser's own form posts pass the origin check, and a page on another
+port of the same host — same-site, so the SameSite=Strict cookie goes along — cannot vote, even holding a valid
+CSRF token. Takes the screenshot of docs/review.md (written there with FFR_UPDATE_SCREENSHOTS=1).
 
 Chromium comes from the project's set-up (``make`` installs Debian's ``chromium`` when it can); without it
 this test is skipped with the reason. Nothing is downloaded at run time.
@@ -9,12 +11,14 @@ this test is skipped with the reason. Nothing is downloaded at run time.
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
-from review_fixtures import Server, build_review_output
+from review_fixtures import Server, build_review_output, free_port
 from sqlalchemy import func, select
 
 from ffr.cli import main as ffr_main
@@ -54,6 +58,27 @@ def _rate(page, use_keyboard: bool, answer, reload_after: int) -> list[str]:
     return rated
 
 
+def _attacker_site(review_url: str, image_id: str, csrf: str) -> http.server.ThreadingHTTPServer:
+    """A page on another port of 127.0.0.1 with a form that votes in the review app (a leaked CSRF token in it)."""
+    page = (f'<form method="post" action="{review_url}/vote"><input name="image_id" value="{image_id}">'
+            f'<input name="present" value="no"><input name="csrf" value="{csrf}">'
+            '<button id="go" type="submit">win a prize</button></form>').encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    return site
+
+
 def test_raters_in_a_real_browser(tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -67,6 +92,11 @@ def test_raters_in_a_real_browser(tmp_path):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
             try:
                 alice = browser.new_context(viewport={"width": 1000, "height": 860}).new_page()
+                blocked = []  # content security policy violations, as the browser reports them
+                alice.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+                sent = []  # what the browser's own vote posts say about their origin
+                alice.on("request", lambda r: sent.append((r.header_value("origin"), r.header_value("sec-fetch-site")))
+                         if r.method == "POST" else None)
                 alice.goto(f"{server.url}/r/{links['alice']}")
                 assert alice.locator("#class-name").inner_text() in ("goldfish", "tabby cat")
                 assert alice.locator("#guide").is_visible() and alice.locator(".refs img").count() in (0, 4)
@@ -82,6 +112,23 @@ def test_raters_in_a_real_browser(tmp_path):
                 if os.environ.get("FFR_UPDATE_SCREENSHOTS") or not SCREENSHOT.exists():
                     SCREENSHOT.parent.mkdir(exist_ok=True)
                     SCREENSHOT.write_bytes(shot)
+                # another port of the same host: same-site, so the cookie goes along; the origin check refuses it
+                image_id = alice.locator("input[name=image_id]").input_value()
+                own_before = len(sent)
+                site = _attacker_site(server.url, image_id, alice.locator("input[name=csrf]").input_value())
+                try:
+                    alice.goto(f"http://127.0.0.1:{site.server_address[1]}/")
+                    with alice.expect_response(f"{server.url}/vote") as refused:
+                        alice.locator("#go").click()
+                    assert refused.value.status == 403
+                finally:
+                    site.shutdown()
+                assert "refused POST /vote from another origin" in server.log.read_text()
+                attack = sent.pop(own_before)
+                assert attack[1] == "same-site"  # not cross-site: SameSite=Strict alone would have let it through
+                with review.sessions() as s:
+                    assert s.scalar(select(func.count()).select_from(Vote)) == len(sent)  # nothing recorded
+                alice.goto(f"{server.url}/task")
                 _rate(alice, False, lambda i: (True, i == "g0001-000002"), reload_after=3)
                 bob = browser.new_context().new_page()
                 bob.goto(f"{server.url}/r/{links['bob']}")
@@ -89,6 +136,10 @@ def test_raters_in_a_real_browser(tmp_path):
                 # a wrong link is refused in the browser too
                 stranger = browser.new_context().new_page()
                 assert stranger.goto(f"{server.url}/r/wrong-token").status == 403
+                assert not blocked, blocked
+                # with Referrer-Policy: no-referrer chromium sends "Origin: null" on a form post; Sec-Fetch-Site
+                # says same-origin, and that passes
+                assert set(sent) <= {(server.url, "same-origin"), ("null", "same-origin")}, set(sent)
             finally:
                 browser.close()
     finally:

@@ -66,7 +66,7 @@ def test_migrations_create_exactly_the_models_schema(output):
     from ffr.review.migrate import current_revision
 
     review, admin = open_review(output["root"], create=True)
-    assert admin and current_revision(review.engine) == "0001"
+    assert admin and current_revision(review.engine) == "0002"
     with review.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     again, admin_again = open_review(output["root"])  # idempotent: same settings, no second admin token
@@ -76,6 +76,35 @@ def test_migrations_create_exactly_the_models_schema(output):
         open_review(other, review.url)
     with pytest.raises(FFRError, match="is not a generation output"):
         open_review(output["root"] + "-missing", create=True)
+
+
+def test_a_database_of_revision_0001_upgrades_keeping_its_raters_and_dropping_the_stored_csrf_key(output):
+    from alembic import command
+    from sqlalchemy import text
+
+    from ffr.review import migrate
+    from ffr.review.db import Meta, default_url, make_engine, make_private
+    from ffr.review.sessions import session_rater, sign_in_rater
+    from ffr.review.tokens import token_hash
+
+    url = default_url(output["root"])
+    make_private(url)
+    with make_engine(url).begin() as connection:
+        command.upgrade(migrate._config(connection), "0001")
+        meta = {"data_uri": output["root"], "votes_per_image": "3", "task_size": "5", "lease_seconds": "60.0",
+                "secret": "a-csrf-key-in-clear", "admin_token_hash": token_hash("admin"), "lock": "0"}
+        for key, value in meta.items():
+            connection.execute(text("INSERT INTO meta VALUES (:k, :v)"), {"k": key, "v": value})
+        connection.execute(text("INSERT INTO raters (name, token_hash, created_at) VALUES ('alice', :h, 0)"),
+                           {"h": token_hash("alice-link")})
+    review, admin = open_review(output["root"])
+    assert admin is None and migrate.current_revision(review.engine) == "0002"
+    assert review.settings.votes_per_image == 3 and review.settings.public_url == ""
+    with review.sessions() as s:
+        assert s.get(Meta, "secret") is None
+    session = sign_in_rater(review, "alice-link")  # her link still works; the cookie gets a session id
+    assert session and session != "alice-link" and session_rater(review, session).name == "alice"
+    assert session_rater(review, "alice-link") is None  # an old cookie holding the invite token does not
 
 
 def test_selection_all_sample_and_evaluation_candidates(output, tmp_path):
@@ -259,3 +288,40 @@ def test_cli_init_invite_progress_export_and_one_line_errors(output, capsys):
     assert "cannot open review database" in capsys.readouterr().err
     assert main(["review", "export", "--data", root]) == 0
     assert len(accepted_ids(root)) == 23 - 8  # 8 under review and pending (no votes yet): not accepted
+
+
+def test_cli_public_url_is_checked_stored_and_used_for_the_links(output, capsys):
+    from ffr.cli import main
+
+    root = output["root"]
+    assert main(["review", "init", "--data", root, "--public-url", "https://review.example.org/review"]) == 2
+    assert "--public-url 'https://review.example.org/review'; expected http(s)://host[:port]" in capsys.readouterr().err
+    assert main(["review", "init", "--data", root, "--public-url", "https://review.example.org"]) == 0
+    assert "admin link (shown once; 'ffr review admin-link' makes a new one): https://review.example.org/admin/" \
+        in capsys.readouterr().out
+    assert main(["review", "invite", "ann", "--data", root]) == 0
+    assert capsys.readouterr().out.startswith("https://review.example.org/r/")
+    assert main(["review", "revoke", "nobody", "--data", root]) == 2
+    assert "no rater named 'nobody' (raters: ann)" in capsys.readouterr().err
+    assert main(["review", "revoke", "ann", "--data", root]) == 0
+    assert main(["review", "invite", "ann", "--data", root]) == 2
+    assert "'ann' was revoked; --reissue gives them a new link" in capsys.readouterr().err
+
+
+def test_a_database_from_before_the_private_folder_is_used_in_place_and_tightened(output, tmp_path, caplog):
+    import os
+    import stat
+    from pathlib import Path
+
+    root = output["root"]
+    legacy = Path(root, "review", "review.sqlite")
+    review, _ = open_review(root, f"sqlite:///{legacy}", create=True)
+    review.engine.dispose()
+    os.chmod(legacy, 0o644)
+    with caplog.at_level("WARNING", logger="ffr.review"):
+        again, admin = open_review(root)
+    assert again.url == f"sqlite:///{legacy}" and admin is None and stat.S_IMODE(legacy.stat().st_mode) == 0o600
+    assert "predates the private folder; stop the server, then move it" in caplog.text
+    chosen = tmp_path / "chosen" / "deeper" / "r.sqlite"  # --db in a folder that does not exist yet
+    open_review(root, f"sqlite:///{chosen}", create=True)
+    assert stat.S_IMODE(chosen.parent.stat().st_mode) == 0o700 and stat.S_IMODE(chosen.stat().st_mode) == 0o600

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from review_fixtures import Server, build_review_output
 from sqlalchemy import func, select
 
+from ffr.errors import FFRError
 from ffr.review.app import ADMIN_COOKIE, RATER_COOKIE, create_app
 from ffr.review.db import ReviewImage, Vote
 from ffr.review.images import ImageSource
@@ -66,10 +67,12 @@ def test_images_guides_and_references_are_served(app):
     c = signed_in(app)
     page = c.get("/task")
     assert page.status_code == 200 and "Is the object of the guide image" in page.text
-    image = c.get("/img/g0000-000000/generated")
+    ids = c.get("/api/task").json()["image_ids"]
+    image = c.get(f"/img/{ids[0]}/generated")
     assert image.status_code == 200 and image.headers["content-type"] == "image/png" and image.content[:4] == b"\x89PNG"
-    assert c.get("/img/g0000-000000/guide").content[:4] == b"\x89PNG"
-    assert c.get("/ref/0/3").status_code == 200
+    assert c.get(f"/img/{ids[0]}/guide").content[:4] == b"\x89PNG"
+    assert 0 in {int(i[1:5]) // 2 for i in ids}  # a goldfish in her task (group g = 2 * y + b): its references
+    assert c.get("/ref/0/3").status_code == 200 and c.get("/ref/1/0").status_code == 404  # class 1 has none
 
 
 def test_posts_without_the_csrf_token_are_refused(app):
@@ -136,8 +139,8 @@ async def _swarm(url: str, tokens: list[str]) -> tuple[int, int, float]:
     limits = httpx.Limits(max_connections=8)
     clients = [httpx.AsyncClient(base_url=url, limits=limits, timeout=120) for _ in tokens]
     try:
-        for client, token in zip(clients, tokens):
-            client.cookies.set(RATER_COOKIE, token)
+        signed = await asyncio.gather(*(c.get(f"/r/{token}") for c, token in zip(clients, tokens)))
+        assert {r.status_code for r in signed} == {303} and all(RATER_COOKIE in c.cookies for c in clients)
         tasks = await asyncio.gather(*(c.get("/api/task") for c in clients))
         tasks = [t.json() for t in tasks]
         assert all(len(t["image_ids"]) == VOTES_EACH for t in tasks)
@@ -156,3 +159,71 @@ async def _swarm(url: str, tokens: list[str]) -> tuple[int, int, float]:
     assert {a.status_code for a in answers} == {303}, {a.status_code for a in answers}
     kinds = [a.headers["x-ffr-vote"] for a in answers]
     return kinds.count("recorded"), kinds.count("duplicate"), elapsed
+
+
+def test_behind_a_tls_proxy_cookies_are_secure_and_posts_must_come_from_the_public_origin(app):
+    review, _ = open_review(app["root"], public_url="https://Review.Example.org:443/")
+    assert review.settings.public_url == "https://review.example.org"  # stored, normalized
+    client = TestClient(create_app(review, ImageSource(app["root"])), base_url="https://review.example.org",
+                        follow_redirects=False)
+    signed = client.get(f"/r/{app['token']}")
+    cookie = signed.headers["set-cookie"].lower()
+    assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    task = client.get("/api/task").json()
+    vote = {"image_id": task["image_ids"][0], "present": "yes", "csrf": task["csrf"]}
+    # the origin an SSH tunnel would have is not the public one; the Host header does not matter behind a proxy
+    tunnel = client.post("/vote", data=vote, headers={"Origin": "http://127.0.0.1:8765", "Host": "127.0.0.1:8765"})
+    assert tunnel.status_code == 403
+    ok = client.post("/vote", data=vote, headers={"Origin": "https://review.example.org", "Host": "127.0.0.1:8765"})
+    assert ok.headers["x-ffr-vote"] == "recorded"
+    with pytest.raises(FFRError, match="a path prefix is not supported"):
+        open_review(app["root"], public_url="https://example.org/review")
+
+
+def test_a_user_error_inside_any_request_is_a_400_with_one_line(app, monkeypatch, caplog):
+    import ffr.review.app as review_app
+
+    def broken(*args, **kwargs):
+        raise FFRError("shard 3 of 's3://bucket/out' is missing\nsecond line")
+
+    monkeypatch.setattr(review_app, "export", broken)
+    admin = TestClient(app["client"].app, follow_redirects=False)
+    assert admin.get(f"/admin/{app['admin']}").status_code == 303
+    csrf = admin.get("/admin").text.split('name="csrf" value="')[1].split('"')[0]
+    with caplog.at_level("WARNING", logger="ffr.review"):
+        answer = admin.post("/admin/export", data={"csrf": csrf})
+    assert answer.status_code == 400 and answer.json() == {"detail": "shard 3 of 's3://bucket/out' is missing"}
+    assert [r.getMessage() for r in caplog.records] == ["POST /admin/export: shard 3 of 's3://bucket/out' is missing"]
+
+
+def test_guides_are_built_once_per_image_and_a_few_at_a_time(app, monkeypatch):
+    import threading
+
+    from ffr.review.images import BuiltCache
+
+    source = ImageSource(app["root"])
+    ids = [i for i in source.rows if source.has_guide(i)][:3]
+    threads = [threading.Thread(target=source.guide_png, args=(ids[n % 3],)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert source.guides.builds == 3 and source.guide_png(ids[0])[:4] == b"\x89PNG" and source.guides.builds == 3
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def slow(key: str) -> bytes:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        threading.Event().wait(0.02)
+        with lock:
+            running[0] -= 1
+        return key.encode() * 100
+
+    cache = BuiltCache(slow, max_bytes=1000, parallel=2)
+    threads = [threading.Thread(target=cache.get, args=(f"k{n:02d}",)) for n in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 2 and cache.builds == 10 and cache._size <= 1000 and len(cache._items) == 3

@@ -130,6 +130,6 @@ def test_two_methods_starting_at_once_train_ffr_stage1_once(ray_cluster, tmp_pat
     stage1_dir = runs.run_dir(base["storage_path"], pretrain_stage(parse({**base, "method": "erm"})).run_name)
     assert erm["stage1"]["run_name"] == groupdro["stage1"]["run_name"] == stage1_dir.rsplit("/", 1)[-1]
     records = runs.read_metrics(stage1_dir)
-    assert [r["epoch"] for r in records] == list(range(6))  # trained once: no epoch twice, no second attempt
-    assert {r["attempt_start_epoch"] for r in records} == {0}
+    assert [r["epoch"] for r in records] == list(range(1, 7))  # trained once: no epoch twice, no second attempt
+    assert {r["attempt_start_epoch"] for r in records} == {1}
     assert erm["init_checkpoint"] == groupdro["init_checkpoint"] == erm["stage1"]["checkpoint"]

@@ -33,6 +33,10 @@ def test_group_names_become_metric_keys():
     assert tracking.epoch_metrics(record, names) == {
         "train_loss": 0.5, "val_worst_group_acc": 0.25, "val_acc/small 0-4/red": 0.9,
         "val_acc/digit ge 5/green": 0.25, "train_draws/digit ge 5/green": 12.0}
+    # USB/ASB count draws by (class, bias, source) groups: train_draws_group_1 is small/red *synthetic*
+    usb = ["small (0-4)/red/real", "small (0-4)/red/synthetic", "small (0-4)/green/real"]
+    assert tracking.epoch_metrics({"val_acc_group_1": 0.5, "train_draws_group_1": 19}, names[:2], usb) == {
+        "val_acc/digit ge 5/green": 0.5, "train_draws/small 0-4/red/synthetic": 19.0}
     result = {"group_names": {"0": names[0]}, "best_epoch": 1, "val": {"worst_group_acc": 0.5, "acc_group_0": 0.5},
               "test": {"worst_group_acc": 0.4, "acc_group_0": 0.4}, "group_sizes": {"test": {"0": 40}, "val": {"0": 9}}}
     assert tracking.final_metrics(result) == {

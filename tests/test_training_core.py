@@ -10,7 +10,7 @@ from ffr import runs
 from ffr.cli import main
 from ffr.errors import FFRError
 from ffr.runs import selection_score
-from ffr.training.config import TrainConfig, method_stage, parse, pretrain_stage
+from ffr.training.config import TrainConfig, method_stage, parse, pretrain_stage, resolved
 from ffr.training.data import load_experiment_data
 from ffr.training.evaluation import evaluate_checkpoint
 from ffr.training.loop import save_state
@@ -53,7 +53,7 @@ def test_usb_groupdro_trains_on_real_plus_synthetic_groups_in_process(synthetic_
     # The final evaluation of the epoch's checkpoint reproduces its validation numbers exactly.
     save_state(session.states[0], str(tmp_path / "ckpt"))
     out = evaluate_checkpoint(cfg, spec, str(tmp_path / "ckpt"), data=data)
-    assert out["epoch"] == 0
+    assert out["epoch"] == 1  # numbered from 1, as on the console
     for key, value in out["val"].items():
         assert key == "train_weighted_acc" or record[f"val_{key}"] == value
     assert set(out["test"]) >= {"worst_group_acc", "mean_group_acc", "overall_acc", "acc_group_3"}
@@ -77,6 +77,23 @@ def test_run_names_follow_the_experiment_not_the_infrastructure():
     assert pretrain_stage(a).run_name == pretrain_stage(d).run_name  # stage 1 is shared by stage-2 methods
     assert pretrain_stage(a).lr == 1e-4 and pretrain_stage(a).method == "erm"
     assert method_stage(parse({**TINY, "run_name": "mine"})).run_name == "mine"
+
+
+def test_writing_out_default_options_leaves_the_run_name_unchanged():
+    base = {**TINY, "variant": "ffr", "synthetic_root": "x", "method": "groupdro"}
+    bare = parse(base)
+    typed = parse({**base, "method_hparams": {"step_size": 0.01},  # every option at its default, written out
+                   "dataset_options": {"bias_ratio": 0.95, "seed": 0, "pre_skew": 0.75, "balanced_val": True},
+                   "backbone_options": {"width": 8}})
+    assert method_stage(typed).run_name == method_stage(bare).run_name
+    assert pretrain_stage(typed).run_name == pretrain_stage(bare).run_name
+    # config.json records the effective hyperparameters, not the ones typed
+    written = resolved(bare, method_stage(bare))
+    assert written["method_hparams"] == {"step_size": 0.01, "adjustment": 0.0}
+    assert written["dataset_options"]["pre_skew"] == 0.75 and written["backbone_options"] == {"width": 8}
+    other = parse({**base, "method_hparams": {"step_size": 0.05}})
+    assert method_stage(other).run_name != method_stage(bare).run_name
+    assert pretrain_stage(other).run_name == pretrain_stage(bare).run_name  # stage 1 does not use them
 
 
 def test_selection_prefers_best_wga_then_earliest_epoch():

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 TINY = {"dataset": "colored-digits", "dataset_options": {"bias_ratio": 0.95}, "backbone": "small-cnn",
         "backbone_options": {"width": 8}, "pretrained": None, "image_size": 32, "cache_in_memory": True,
         "epochs": 2, "batch_size": 128, "lr": 3e-3, "stage1": {"epochs": 2, "lr": 3e-3},
-        "num_workers": 1, "max_failures": 0, "controller_failure_limit": 2}
+        "num_workers": 1, "max_failures": 0, "controller_failure_limit": 2,
+        "executor": "ray-train"}  # this module is about Ray Train (auto would train one CPU worker in-process)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def _check_run_dir(result: dict, epochs: int) -> list[dict]:
     for name in (runs.CONFIG, runs.SPLITS, runs.RESULT):
         assert fs.exists(join(inner, name)), name
     records = runs.read_metrics(directory)
-    assert [r["epoch"] for r in records] == list(range(epochs))
+    assert [r["epoch"] for r in records] == list(range(1, epochs + 1))  # numbered from 1, as on the console
     best = _best_record(records)
     # The checkpoint with the best validation WGA is the result, and it is the one evaluated.
     assert result["best_epoch"] == best["epoch"]
@@ -118,28 +119,28 @@ def test_dfr_on_a_given_trained_model_without_training(ffr_setup):
 def test_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tmp_path):
     marker = tmp_path / "killed"
     result = run_experiment({**TINY, "epochs": 3, "num_workers": 2, "max_failures": 1, "storage_path": str(tmp_path),
-                             "fault_injection": {"kill_at_epoch": 1, "marker": str(marker), "rank": 1,
+                             "fault_injection": {"kill_at_epoch": 2, "marker": str(marker), "rank": 1,
                                                  "after_batches": 2}})
-    assert marker.exists()  # the worker really died mid-epoch 1
+    assert marker.exists()  # the worker really died mid-epoch 2
     records = _check_run_dir(result, 3)
-    # Epoch 0 ran in the first attempt; the restarted workers began at epoch 1, from epoch 0's checkpoint.
-    assert [r["attempt_start_epoch"] for r in records] == [0, 1, 1]
+    # Epoch 1 ran in the first attempt; the restarted workers began at epoch 2, from epoch 1's checkpoint.
+    assert [r["attempt_start_epoch"] for r in records] == [1, 2, 2]
 
 
 def test_rerun_after_driver_death_resumes_on_s3(ray_cluster, s3_bucket, tmp_path, capsys):
     config = {**TINY, "method": "reweight", "storage_path": f"{s3_bucket}/runs"}
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(config))
-    kill = "fault_injection={kill_at_epoch: 1, marker: %s, after_batches: 1}" % (tmp_path / "killed")
+    kill = "fault_injection={kill_at_epoch: 2, marker: %s, after_batches: 1}" % (tmp_path / "killed")
     from ray.train import TrainingFailedError
 
-    with pytest.raises(TrainingFailedError):  # no failures allowed: it dies after epoch 0's checkpoint, like a driver
+    with pytest.raises(TrainingFailedError):  # no failures allowed: it dies after epoch 1's checkpoint, like a driver
         main(["train", "--config", str(path), kill])
     assert main(["train", "--config", str(path)]) == 0  # the same command again
     summary = yaml.safe_load(capsys.readouterr().out.strip().splitlines()[-1])
     result = runs.read_result(summary["run_dir"])
     assert result["checkpoint"].startswith(f"{s3_bucket}/runs/")
     records = _check_run_dir(result, 2)
-    assert [r["attempt_start_epoch"] for r in records] == [0, 1]  # resumed, did not start over
+    assert [r["attempt_start_epoch"] for r in records] == [1, 2]  # resumed, did not start over
     assert main(["train", "--config", str(path)]) == 0  # finished: reported again, not retrained
     assert "already finished" in capsys.readouterr().out

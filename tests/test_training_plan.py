@@ -54,12 +54,15 @@ def test_plan_round_trip_reproduces_every_table_and_image(synthetic_root, tmp_pa
         _assert_same(read.real[name], data.real[name])
     _assert_same(read.stages[stage].train, data.stages[stage].train)
     assert read.stages[stage].train_spec == data.stages[stage].train_spec
+    # every stage's plan carries the experiment's held-out synthetic images, for the (B, G) diagnostic
+    assert data.heldout is not None and len(data.heldout) > 0
+    _assert_same(read.heldout, data.heldout)
     rows = pd.read_parquet(path)
-    synthetic = rows[rows["source"] == 1]
+    synthetic = rows[(rows["source"] == 1) & (rows["@table"] != plan.HELDOUT)]
     # Shard images carry their tar member's address: workers read them by byte range, no tar indexing.
     assert len(synthetic) == int((read.stages[stage].train.source == 1).sum())
-    if (variant, stage) == ("ffr", 2):  # FFR's stage 2 is real data only: its plan names no shard
-        assert len(synthetic) == 0 and "@offset" not in rows
+    if (variant, stage) == ("ffr", 2):  # FFR's stage 2 trains on real data only: no shard image to train on
+        assert len(synthetic) == 0
     else:
         assert synthetic["@offset"].notna().all() and synthetic["@tar"].str.endswith(".tar").all()
 
@@ -95,7 +98,7 @@ def test_a_run_lists_and_indexes_its_s3_data_once(ray_cluster, s3_bucket, s3_req
     synthetic = _generate(f"{s3_bucket}/synthetic")
     bucket = s3_bucket.removeprefix("s3://")
     config = {**TINY, "variant": "usb", "method": "jtt", "method_hparams": {"identification_epochs": 1},
-              "synthetic_root": synthetic, "storage_path": str(tmp_path / "runs")}
+              "synthetic_root": synthetic, "storage_path": str(tmp_path / "runs"), "executor": "ray-train"}
     s3_requests.clear()
     result = run_experiment(config)
     whole_run = _counts(s3_requests, bucket)

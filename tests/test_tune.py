@@ -1,5 +1,7 @@
 """Sweeps: search spaces from the method registry, and a real Ray Tune sweep tracked in a sqlite MLflow store."""
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -39,14 +41,32 @@ def test_sweep_config_errors():
 
 def test_trial_config_merges_method_hparams():
     cfg = parse_sweep({"methods": ["erm", "groupdro"], "search": {"lr": ["loguniform", 1e-4, 1e-2]}})
-    space = param_space(cfg)
-    assert "groupdro" in space["method_hparams"] and "erm" not in space["method_hparams"]
-    params = {"method": "groupdro", "seed": 1, "train": {"lr": 0.005},
-              "method_hparams": {"groupdro": {"step_size": 0.05, "adjustment": 1.0}}}
+    configurations = param_space(cfg)["configuration"]["grid_search"]
+    assert [c["method"] for c in configurations] == ["erm", "groupdro"]
+    assert configurations[0]["method_hparams"] == {}  # a trial holds only its own method's options
+    assert set(configurations[1]["method_hparams"]) == {"step_size", "adjustment"}
+    params = {"seed": 1, "configuration": {"method": "groupdro", "train": {"lr": 0.005},
+                                           "method_hparams": {"step_size": 0.05, "adjustment": 1.0}}}
     train = trial_train_config({"dataset": "colored-digits", "method_hparams": {"adjustment": 0.0}}, params, "abc")
     assert train["method"] == "groupdro" and train["seed"] == 1 and train["lr"] == 0.005
     assert train["method_hparams"] == {"step_size": 0.05, "adjustment": 1.0}
     assert train["run_name"] == "colored-digits-none-groupdro-s1-abc"
+
+
+def test_seeds_are_the_inner_loop_of_a_sweep():
+    """Every drawn configuration runs with every seed (a sweep used to draw a fresh lr per seed: n = 1 per cell);
+    the same sweep draws the same configurations."""
+    cfg = parse_sweep({"methods": ["groupdro"], "seeds": [0, 1, 2], "num_samples": 3,
+                       "search": {"lr": ["loguniform", 1e-4, 1e-2], "weight_decay": ["grid", [0.0, 1e-4]]}})
+    space = param_space(cfg)
+    assert space["seed"] == {"grid_search": [0, 1, 2]}
+    configurations = space["configuration"]["grid_search"]
+    assert len(configurations) == 3 * 2  # samples × grid, each then × 3 seeds
+    assert len({c["train"]["lr"] for c in configurations}) == 6
+    assert sorted(c["train"]["weight_decay"] for c in configurations) == [0.0] * 3 + [1e-4] * 3
+    assert all(1e-4 <= c["train"]["lr"] <= 1e-2 and 1e-3 <= c["method_hparams"]["step_size"] <= 0.1
+               for c in configurations)
+    assert param_space(cfg)["configuration"] == space["configuration"]  # seeded: reproducible, resumable
 
 
 def test_config_checks_fail_in_one_line_before_ray_starts(tmp_path, capsys):
@@ -86,7 +106,7 @@ def test_a_trial_asha_stopped_is_marked_stopped_not_failed(tmp_path, capsys):
     from tune.sweep import _trial_row
 
     base = {"dataset": "colored-digits", "storage_path": str(tmp_path / "sweep")}
-    params = {"method": "erm", "seed": 0, "train": {"lr": 0.001}}
+    params = {"seed": 0, "configuration": {"method": "erm", "train": {"lr": 0.001}, "method_hparams": {}}}
     name = "colored-digits-none-erm-s0-abc_00001"
     run = tmp_path / "sweep" / name
     runs.write_config(str(run), {"dataset": "colored-digits", "variant": "none", "method": "erm", "stage": 2,
@@ -98,7 +118,7 @@ def test_a_trial_asha_stopped_is_marked_stopped_not_failed(tmp_path, capsys):
     stopped = SimpleNamespace(config=params, metrics={METRIC: 0.25}, error=None, path=str(tmp_path / "tune-abc_00001"))
     row = _trial_row(stopped, base, 3, uri, "sweep")
     assert (row["run_name"], row["status"], row["epochs_run"], row["error"]) == (name, "stopped", 1, None)
-    assert runs.read_stopped(str(run)) == {"stopped_by": "asha", "epochs_run": 1, "epochs": 3}
+    assert runs.read_json(f"{run}/{runs.STOPPED}") == {"stopped_by": "asha", "epochs_run": 1, "epochs": 3}
     (mlflow_run,) = tracking.runs_named(uri, "sweep", name)
     assert mlflow_run.info.status == "KILLED" and mlflow_run.data.tags["ffr.status"] == "stopped"
     assert main(["report", str(tmp_path / "sweep")]) == 0
@@ -111,25 +131,50 @@ def test_a_trial_asha_stopped_is_marked_stopped_not_failed(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_shipped_asha_sweep_then_report_and_mlflow(ray_cluster, tmp_path, capsys):
+def _tune_results(folder: Path, run_name: str) -> list[str]:
+    """The lines of Tune's own result.json of the trial whose ffr run is ``run_name``."""
+    trial_id = run_name.rsplit("-", 1)[-1]
+    return (folder / f"tune-{trial_id}" / "result.json").read_text().strip().splitlines()
+
+
+def test_shipped_asha_sweep_then_report_and_mlflow(ray_cluster, tmp_path, capsys, monkeypatch):
     """configs/sweep-colored-digits.yaml, shrunk: every trial that trains all its epochs is test-evaluated,
     ASHA-stopped ones are marked stopped, ``ffr report`` reads the sweep folder, and MLflow holds one run per
     trial, named after the ffr run, with only its own method's hyperparameters."""
+    import shutil
+
     import mlflow
 
-    sweeps = tmp_path / "sweeps"
-    overrides = [f"storage_path={sweeps}", "methods=[erm, groupdro]", "seeds=[0]", "train.epochs=2",
+    # As a user runs it: from the project root (here a fresh copy of configs/), storage_path as written
+    # (runs/sweeps, relative). Tune runs each trial in its own working directory (a trial folder), so a
+    # relative path reaching a trial unresolved would put its run somewhere else, or nowhere.
+    shutil.copytree(Path(SHIPPED).parent, tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    sweeps = tmp_path / "runs" / "sweeps"
+    overrides = ["methods=[erm, groupdro]", "seeds=[0]", "train.epochs=2",
                  "train.image_size=16", "train.backbone_options={width: 8}", "train.batch_size=256",
                  "train.controller_failure_limit=1", "scheduler.grace_period=1",
                  "mlflow.tags={team: fairness, api_token: s3cr3t-value}"]
-    assert main(["sweep", "--config", SHIPPED, *overrides]) == 0
+    assert main(["sweep", "--config", "configs/sweep-colored-digits.yaml", *overrides]) == 0
     printed = capsys.readouterr().out
     folder = sweeps / "colored-digits-stage2"
     uri = f"sqlite:///{sweeps}/mlflow.db"
     assert f"mlflow ui --backend-store-uri {uri}" in printed and f"ffr report {folder}" in printed
+    lines = printed.splitlines()
+    assert lines.count("executor: local for every trial (auto: one CPU worker, no GPU; executor=ray-train trains "
+                       "on Ray Train)") == 1
+    assert not any("Trial status" in line or "tensorboard" in line.lower() for line in lines)  # Tune's tables
 
     table = pd.read_csv(folder / "sweep_results.csv")
     assert len(table) == 2 and set(table["status"]) <= {"finished", "stopped"}, table.to_string()
+    # Every trial's run is in the sweep's folder, nowhere else (not in a Tune trial's working directory)
+    assert all(Path(d).parent == folder for d in table["run_dir"]), table["run_dir"].tolist()
+    written = {p.parent for p in tmp_path.rglob(runs.METRICS) if "mlartifacts" not in p.parts}  # not MLflow's copy
+    assert written == {folder / n for n in table["run_name"]}, written
+    for row in table.itertuples():  # one line per trial event, and Tune counted one iteration per epoch
+        assert sum(line.startswith(f"[sweep] {row.run_name}: ") for line in lines) == 2, printed
+        iterations = [json.loads(x)["training_iteration"] for x in _tune_results(folder, row.run_name)]
+        assert iterations == list(range(1, row.epochs_run + 1)), iterations
     finished, stopped = table[table["status"] == "finished"], table[table["status"] == "stopped"]
     assert len(finished) >= 1
     assert finished["test_worst_group_acc"].between(0, 1).all() and (finished["epochs_run"] == 2).all()
@@ -185,3 +230,16 @@ def test_sweep_exits_1_naming_the_trials_that_failed(ray_cluster, tmp_path, caps
     assert "colored-digits-none-erm-s1-" in summary and "batch_size = 0" in summary
     table = pd.read_csv(tmp_path / "colored-digits-stage2" / "sweep_results.csv")
     assert list(table["status"]) == ["error", "error"]
+
+
+def test_a_finished_trial_whose_run_is_elsewhere_is_an_error_not_stopped(tmp_path):
+    """Before paths were resolved on the driver, a trial with a relative storage_path trained into Tune's trial
+    folder and the sweep called it "stopped early by ASHA" with no test number; now that is an error row."""
+    from tune.sweep import _trial_row
+
+    base = {"dataset": "colored-digits", "storage_path": str(tmp_path / "sweep")}
+    result = SimpleNamespace(config={"method": "erm", "seed": 0, "train": {}}, error=None,
+                             metrics={METRIC: 0.5, "finished": True}, path=str(tmp_path / "tune-abc_00001"))
+    row = _trial_row(result, base, 2, None, "sweep")
+    assert row["status"] == "error" and "holds no ffr_result.json" in row["error"], row
+    assert not (tmp_path / "sweep").exists()  # no stopped.json written anywhere

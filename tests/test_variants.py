@@ -10,7 +10,7 @@ from ffr.datasets import create
 from ffr.datasets.base import GroupedSplit
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec, group_counts
-from ffr.variants import REAL, REAL_AND_SYNTHETIC, SYNTHETIC, VARIANTS, stages
+from ffr.variants import REAL, REAL_AND_SYNTHETIC, SYNTHETIC, VARIANTS, StageData
 from ffr.variants import create as create_variant
 
 
@@ -25,6 +25,12 @@ def _synthetic(per_group: int, spec: GroupSpec = cd.SPEC) -> GroupedSplit:
     return GroupedSplit(spec, pd.DataFrame(rows), lambda key: None, "train")
 
 
+def stages(variant: str, real_train: GroupedSplit, synthetic: GroupedSplit | None, seed: int) -> list[StageData]:
+    """Every stage of ``variant``, in order, as training builds them (``Variant.build``)."""
+    built = create_variant(variant)
+    return [built.build(stage, real_train, synthetic, seed) for stage in built.stages]
+
+
 @pytest.mark.parametrize("variant", VARIANTS.names())
 def test_every_variant_builds_its_stages(variant, real_train):
     synthetic = _synthetic(600)
@@ -36,6 +42,11 @@ def test_every_variant_builds_its_stages(variant, real_train):
     assert [s.stage for s in built] == list(declared)
     for s in built:
         assert set(s.train.source) == {REAL: {0}, SYNTHETIC: {1}, REAL_AND_SYNTHETIC: {0, 1}}[declared[s.stage]]
+        # what cost previews count without data is what build gives
+        got = pd.Series(1, index=pd.MultiIndex.from_arrays([s.train.y, s.train.b, s.train.source])).groupby(
+            level=[0, 1, 2]).sum()
+        assert {tuple(int(v) for v in k): int(n) for k, n in got.items()} == \
+            create_variant(variant).stage_counts(s.stage, real)
     if variant == "none":
         assert len(built) == 1 and final.train is real_train and not final.uses_synthetic
         return

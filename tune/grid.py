@@ -15,7 +15,7 @@ from typing import Any
 from ray import tune
 
 from ffr.errors import FFRError
-from ffr.ray_session import ensure_ray
+from ffr.ray_session import ensure_ray, quiet_tune_console
 from ffr.storage import pyarrow_filesystem
 
 
@@ -46,6 +46,10 @@ def run_grid(chains: list[list[dict[str, Any]]], name: str, storage_path: str, m
     """Run every chain as one Tune trial, ``max_concurrent`` at a time; raises FFRError naming failed trials."""
     if not chains or not all(chains):
         raise FFRError("a grid needs at least one chain, and every chain at least one training config")
+    from ffr.training.config import resolve_paths
+
+    # Paths against the directory the grid was started in, here: each trial runs in its own trial folder.
+    chains = [[resolve_paths(config) for config in chain] for chain in chains]
     _create_tracking_stores([config for chain in chains for config in chain])
     ensure_ray()
     pa_fs, tune_path = pyarrow_filesystem(storage_path)
@@ -57,7 +61,8 @@ def run_grid(chains: list[list[dict[str, Any]]], name: str, storage_path: str, m
         run_config=tune.RunConfig(name=name, storage_path=tune_path, storage_filesystem=pa_fs, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
-    results = tuner.fit()
+    with quiet_tune_console():
+        results = tuner.fit()
     failed = [f"{r.path.rstrip('/').rsplit('/', 1)[-1]}: {str(r.error).splitlines()[0][:160]}"
               for r in results if r.error is not None]
     if failed:

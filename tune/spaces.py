@@ -7,8 +7,10 @@ written in sweep configs) into ``ray.tune`` sampling objects.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
+import numpy as np
 from ray import tune
 
 from ffr.errors import FFRError
@@ -39,3 +41,31 @@ def to_domain(space: Any, where: str):
 def method_space(name: str) -> dict[str, Any]:
     """The declared search space of one registered method (empty when it has no hyperparameters)."""
     return {key: to_domain(space, f"{name}.{key}") for key, space in search_spaces(METHODS.get(name)).items()}
+
+
+def _sample(space: Any, rng: np.random.Generator) -> Any:
+    """One draw of a random kind, with numpy (seeded by the caller), as Tune would draw it."""
+    kind, *args = space
+    if kind == "choice":
+        values = [list(v) if isinstance(v, tuple) else v for v in args[0]]
+        return values[int(rng.integers(len(values)))]
+    lo, hi = args
+    if kind == "loguniform":
+        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    if kind == "uniform":
+        return float(rng.uniform(lo, hi))
+    return int(rng.integers(lo, hi))  # randint: hi excluded, as in Tune
+
+
+def expand(spaces: dict[str, Any], rng: np.random.Generator, where: str = "") -> list[dict[str, Any]]:
+    """Every combination of the ``grid`` entries, each with one seeded draw of the random ones
+    (loguniform / uniform / randint / choice): the configurations a sweep or study runs, each with every seed."""
+    for key, space in spaces.items():
+        to_domain(space, f"{where}{key}")  # validated: one line naming a bad space
+    grid = {k: [list(v) if isinstance(v, tuple) else v for v in s[1]] for k, s in spaces.items() if s[0] == "grid"}
+    out = []
+    for values in itertools.product(*grid.values()):
+        combination = dict(zip(grid, values))
+        combination.update({k: _sample(s, rng) for k, s in spaces.items() if s[0] != "grid"})
+        out.append(combination)
+    return out

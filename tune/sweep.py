@@ -2,8 +2,12 @@
 
 One Tune trial = one ``ffr.training.run_experiment`` (a Ray Train driver; the V2 Train-in-Tune pattern): the
 trial's TorchTrainer forwards rank-0 epoch metrics to Tune with ``TuneReportCallback``, so ASHA can stop bad
-trials early. The search space is the product of: methods × seeds (grid), the sweep's own ``search`` entries
-over training-config keys, and each method's declared hyperparameter space (``ffr.methods``: ``searchable`` options).
+trials early. The driver draws the *configurations* first (``tune.spaces.expand``, seeded by ``search_seed``):
+``num_samples`` × methods × the grid entries of ``search``, each with one draw of the sweep's random ``search``
+entries over training-config keys and of its method's declared hyperparameter space (``ffr.methods``:
+``searchable`` options). Tune then grids configurations × seeds: **seeds are the inner loop**, every drawn
+configuration runs with every seed (so each setting has n = len(seeds) in ``ffr report``), and a trial's config
+holds only its own method's options.
 
 Every trial is an ordinary ffr run: its run directory is ``{storage_path}/{name}/{run name}`` (next to Tune's
 own trial folders), it is test-evaluated when its epochs are done, and ``ffr.tracking`` logs it to MLflow as
@@ -16,23 +20,26 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from ffr import runs, tracking
-from ffr.config import build, load_config, redact, set_dotted, to_dict
+from ffr.config import build, load_config, set_dotted
 from ffr.errors import FFRError, unwrap_user_errors, user_error
-from ffr.methods import METHODS
-from ffr.ray_session import ensure_ray
-from ffr.storage import ensure_dir, filesystem, join, require_bucket
+from ffr.methods import METHODS, search_spaces
+from ffr.ray_session import ensure_ray, quiet_tune_console
+from ffr.storage import absolute, filesystem, join, require_bucket
 from ffr.tracking import MLflowConfig
-from ffr.training.config import TrainConfig, parse
-from tune.spaces import method_space, to_domain
+from ffr.training.config import TrainConfig, parse, resolve_executor, resolve_paths
+from tune.outputs import write_outcome
+from tune.spaces import expand, method_space, to_domain
 
 METRIC = "val_worst_group_acc"
 TRIAL_PREFIX = "tune-"  # Tune trial folders are named tune-<trial id>
@@ -56,6 +63,7 @@ class SweepConfig:
     search: dict[str, Any] = field(default_factory=dict)  # training-config key → [kind, ...]
     search_method_hparams: bool = True
     num_samples: int = 1
+    search_seed: int = 0  # seeds the draws of the random search entries (the same sweep draws the same configs)
     max_concurrent_trials: int = 1  # ≈ GPUs // (workers per trial): extra trials would only wait
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # experiment_name defaults to the sweep's name; tracking_uri as in ffr.tracking, beside storage_path
@@ -67,6 +75,11 @@ def parse_sweep(config: SweepConfig | dict) -> SweepConfig:
     cfg = config if isinstance(config, SweepConfig) else build(SweepConfig, dict(config))
     for m in cfg.methods:
         METHODS.get(m)
+    if not isinstance(cfg.search, dict):
+        raise FFRError(f"config key 'search' = {cfg.search!r}; expected a mapping of training-config key → "
+                       "[kind, ...]")
+    for key, space in cfg.search.items():  # the kinds, before Ray starts (Tune would find them after)
+        to_domain(space, key)
     if not cfg.methods or not cfg.seeds:
         raise FFRError("a sweep needs at least one method and one seed")
     if cfg.scheduler.type not in ("asha", "fifo"):
@@ -106,12 +119,23 @@ def base_train_config(cfg: SweepConfig) -> dict[str, Any]:
     return base
 
 
+def configurations(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """The configurations the sweep runs, each with every seed: {"method", "train": {key: value},
+    "method_hparams": {option: value}} (only the trial's own method's options)."""
+    rng = np.random.default_rng(cfg.search_seed)
+    out = []
+    for _ in range(cfg.num_samples):
+        for method in cfg.methods:
+            spaces = search_spaces(METHODS.get(method)) if cfg.search_method_hparams else {}
+            for train in expand(cfg.search, rng):
+                for hparams in expand(spaces, rng, f"{method}."):
+                    out.append({"method": method, "train": train, "method_hparams": hparams})
+    return out
+
+
 def param_space(cfg: SweepConfig) -> dict[str, Any]:
-    space: dict[str, Any] = {"method": tune.grid_search(list(cfg.methods)), "seed": tune.grid_search(list(cfg.seeds))}
-    space["train"] = {key: to_domain(value, key) for key, value in cfg.search.items()}
-    if cfg.search_method_hparams:
-        space["method_hparams"] = {m: method_space(m) for m in cfg.methods if method_space(m)}
-    return space
+    """Configurations × seeds, a grid (:func:`configurations`): the seed is the inner loop."""
+    return {"configuration": tune.grid_search(configurations(cfg)), "seed": tune.grid_search(list(cfg.seeds))}
 
 
 def trial_run_name(train: dict[str, Any], trial_id: str) -> str:
@@ -122,16 +146,40 @@ def trial_run_name(train: dict[str, Any], trial_id: str) -> str:
 
 
 def trial_train_config(base: dict[str, Any], params: dict[str, Any], trial_id: str) -> dict[str, Any]:
-    """The training config one trial runs: base + sampled keys + its method's sampled hyperparameters."""
+    """The training config one trial runs: base + its configuration's keys and method hyperparameters + seed."""
+    configuration = params["configuration"]
     train = copy.deepcopy(base)
-    for key, value in params.get("train", {}).items():
+    for key, value in configuration.get("train", {}).items():
         set_dotted(train, key, value)
-    train["method"], train["seed"] = params["method"], int(params["seed"])
+    train["method"], train["seed"] = configuration["method"], int(params["seed"])
     hparams = dict(train.get("method_hparams") or {})
-    hparams.update(params.get("method_hparams", {}).get(params["method"], {}))
+    hparams.update(configuration.get("method_hparams", {}))
     train["method_hparams"] = hparams
     train["run_name"] = trial_run_name(train, trial_id)
     return train
+
+
+def trial_configs(cfg: SweepConfig) -> tuple[list[dict[str, Any]], list[str]]:
+    """The training config of every trial the sweep would run, for cost previews (``ffr sweep --dry-run``): methods ×
+    seeds × the grid values × num_samples. Keys searched at random stay at the base config's values; the notes say
+    which."""
+    import itertools
+
+    base = base_train_config(cfg)
+    grid = {k: v[1] for k, v in cfg.search.items() if v[0] == "grid"}
+    sampled = [k for k, v in cfg.search.items() if v[0] != "grid"]
+    notes = []
+    if sampled or (cfg.search_method_hparams and any(method_space(m) for m in cfg.methods)):
+        notes.append(f"keys searched at random ({', '.join(sampled) or 'method hyperparameters'}) are counted at the "
+                     "base config's values")
+    if cfg.scheduler.type == "asha":
+        notes.append("ASHA stops weak trials early: every trial is counted with all its epochs (an upper bound)")
+    out = []
+    for method, seed, values, _sample in itertools.product(cfg.methods, cfg.seeds, itertools.product(*grid.values()),
+                                                          range(cfg.num_samples)):
+        params = {"method": method, "seed": seed, "train": dict(zip(grid, values))}
+        out.append(trial_train_config(base, params, f"dry-run-{len(out):05d}"))
+    return out, notes
 
 
 class FinishingASHA(ASHAScheduler):
@@ -152,17 +200,69 @@ class FinishingASHA(ASHAScheduler):
         return action
 
 
-def _trainable(params: dict[str, Any], base: dict[str, Any]) -> None:
-    from ray.tune.integration.ray_train import TuneReportCallback
+class EpochReports(TuneReportCallback):
+    """Tune's ``TuneReportCallback`` for every epoch but the last: the trial's own final report carries the
+    last epoch's record together with the test numbers, so Tune counts one iteration per epoch (its
+    ``training_iteration`` is the epoch number, as on the console, in the results and in MLflow). Runs in Ray
+    Train's controller, or in the trial itself under ``executor: local`` (ffr.training.local asks ``forwards``)."""
 
+    def __init__(self, last_epoch: int) -> None:
+        super().__init__()
+        self.last_epoch = last_epoch
+
+    def forwards(self, record: dict) -> bool:
+        return int(record.get("epoch", 0)) < self.last_epoch
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        if metrics and not self.forwards(metrics[0]):
+            return
+        super().after_report(run_context, metrics, checkpoint)
+
+
+def _trainable(params: dict[str, Any], base: dict[str, Any], launch_dir: str) -> None:
     from ffr.training import run_experiment
+    from ffr.training.config import resolve_paths
 
-    train = trial_train_config(base, params, tune.get_context().get_trial_id())
-    result = run_experiment(train, callbacks=[TuneReportCallback()])
-    # The test numbers, once, after the last epoch (FinishingASHA lets this report through). A restored
-    # sweep re-entering a finished trial reports only this.
-    tune.report({METRIC: result["best_val_worst_group_acc"], "best_epoch": result.get("best_epoch") or 0,
-                 "test_worst_group_acc": result["test"]["worst_group_acc"], "finished": True})
+    # A sampled path (search over synthetic_root, ...) is relative to where `ffr sweep` was started, not to
+    # this trial's working directory (Tune's trial folder).
+    train = resolve_paths(trial_train_config(base, params, tune.get_context().get_trial_id()), launch_dir)
+    epochs = int(parse(train).epochs)
+    result = run_experiment(train, callbacks=[EpochReports(epochs)], log_executor=False)
+    # The last epoch's record with the test numbers, once (FinishingASHA lets it through). A restored sweep
+    # re-entering a finished trial reports only this.
+    directory = runs.run_dir(result["storage_path"], result["run_name"])
+    last = next((r for r in reversed(runs.read_metrics(directory)) if r.get("stage") == result["stage"]), {})
+    record = {k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tune.report({**record, "last_val_worst_group_acc": record.get(METRIC), METRIC: result["best_val_worst_group_acc"],
+                 "best_epoch": result.get("best_epoch") or 0, "test_worst_group_acc": result["test"]["worst_group_acc"],
+                 "finished": True})
+
+
+class TrialLines(tune.Callback):
+    """One console line per trial when it starts, finishes, is stopped early or fails (Tune's own progress
+    output is off): what a person watching a sweep needs, with the trial's ffr run name."""
+
+    def __init__(self, base: dict[str, Any], epochs: int, scheduler: str) -> None:
+        self.base, self.epochs, self.scheduler = base, epochs, scheduler
+
+    def _line(self, trial, what: str) -> None:
+        print(f"[sweep] {_trial_name(trial, self.base)}: {what}", flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._line(trial, "started")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result or {}
+        if result.get("finished"):
+            self._line(trial, f"finished {self.epochs} epochs, best epoch {result.get('best_epoch')}, val WGA "
+                              f"{result.get(METRIC, float('nan')):.3f}, test WGA "
+                              f"{result.get('test_worst_group_acc', float('nan')):.3f}")
+        else:
+            self._line(trial, f"stopped early by {self.scheduler.upper()} after epoch "
+                              f"{result.get('training_iteration', 0)} of {self.epochs}")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._line(trial, "failed (its error is in the summary below)")
 
 
 def tracking_uri_for(cfg: SweepConfig) -> str | None:
@@ -186,15 +286,22 @@ def _trial_id(result) -> str | None:
 def _trial_row(result, base: dict[str, Any], epochs: int, uri: str | None, experiment: str) -> dict[str, Any]:
     """One trial's row; marks a trial ASHA stopped early (run directory and MLflow run)."""
     params = result.config or {}
+    configuration = params.get("configuration") or {}
     metrics = result.metrics or {}
-    method = params.get("method")
+    method = configuration.get("method")
     trial_id = _trial_id(result)
     run_name = trial_run_name(trial_train_config(base, params, trial_id), trial_id) if trial_id and method else None
     directory = runs.run_dir(base["storage_path"], run_name) if run_name else None
     record = runs.read_run(directory) if directory else None
     finished = record is not None and record.finished
     epochs_run = len({r.get("epoch") for r in record.metrics if r.get("stage") == 2}) if record else 0
-    if result.error is not None:
+    lost = None
+    if result.error is None and not finished and metrics.get("finished"):
+        # The trial trained and tested its run, but the run is not where the sweep keeps it: written elsewhere
+        # (e.g. a path resolved in the trial's own working directory). Never report that as stopped.
+        lost = (f"trial finished, but its run directory {directory!r} holds no {runs.RESULT}; its run was "
+                "written somewhere else")
+    if result.error is not None or lost:
         status = "error"
     elif finished:
         status = "finished"
@@ -207,12 +314,12 @@ def _trial_row(result, base: dict[str, Any], epochs: int, uri: str | None, exper
                 tracking.client(uri).set_terminated(run.info.run_id, "KILLED")
     result_file = record.result if finished else {}
     return {"run_name": run_name, "status": status, "run_dir": directory, "method": method, "seed": params.get("seed"),
-            **{f"train.{k}": v for k, v in params.get("train", {}).items()},
-            **{f"hp.{k}": v for k, v in params.get("method_hparams", {}).get(method, {}).items()},
+            **{f"train.{k}": v for k, v in configuration.get("train", {}).items()},
+            **{f"hp.{k}": v for k, v in configuration.get("method_hparams", {}).items()},
             METRIC: (result_file or {}).get("best_val_worst_group_acc", metrics.get(METRIC)),
             "test_worst_group_acc": ((result_file or {}).get("test") or {}).get("worst_group_acc"),
             "epochs_run": epochs_run,
-            "error": None if result.error is None else _error_line(result.error),
+            "error": lost if result.error is None else _error_line(result.error),
             "user_error": result.error is not None and user_error(result.error) is not None}
 
 
@@ -242,13 +349,28 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
     that folder."""
     from ray.tune.schedulers import FIFOScheduler
 
+    from ffr.training.experiment import check_weights
+
     cfg = parse_sweep(config)
-    base = base_train_config(cfg)
+    # Every path against the directory the sweep was started in, once, here: trials run in Tune's trial folders.
+    launch_dir = os.getcwd()
+    cfg = dataclasses.replace(cfg, storage_path=absolute(cfg.storage_path),
+                              train_config=absolute(cfg.train_config))
+    base = resolve_paths(base_train_config(cfg))
+    check_weights(parse(base))  # unreachable pretrained weights stop the sweep before Ray starts
     epochs = int(parse(base).epochs)
+    chosen = None
+    if parse(base).executor == "auto" and not {"executor", "num_workers", "use_gpu"} & set(cfg.search):
+        executor, why = resolve_executor(parse(base))
+        base["executor"] = executor  # chosen once for every trial, and said once (after the checks)
+        chosen = f"executor: {executor} for every trial ({why})"
     check_scheduler(cfg, epochs)
     fs, inner = filesystem(cfg.storage_path)
     require_bucket(fs, inner)  # before Ray: Tune's storage layer would create a missing bucket
     _check_inputs(parse(base), cfg.seeds)
+    space = param_space(cfg)  # draws (and checks) every configuration before Ray starts
+    if chosen:
+        print(chosen, flush=True)
     uri = tracking_uri_for(cfg)
     experiment = cfg.mlflow.experiment_name or cfg.name
     base["mlflow"] = {"enabled": uri is not None, "tracking_uri": uri, "experiment_name": experiment,
@@ -266,21 +388,20 @@ def run_sweep(config: SweepConfig | dict) -> pd.DataFrame:
 
     pa_fs, tune_path = pyarrow_filesystem(cfg.storage_path)
     tuner = tune.Tuner(
-        tune.with_parameters(_trainable, base=base),
-        param_space=param_space(cfg),
+        tune.with_parameters(_trainable, base=base, launch_dir=launch_dir),
+        param_space=space,
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, num_samples=cfg.num_samples,
                                     max_concurrent_trials=cfg.max_concurrent_trials,
                                     trial_name_creator=lambda trial: _trial_name(trial, base),
                                     trial_dirname_creator=lambda trial: f"{TRIAL_PREFIX}{trial.trial_id}"),
-        run_config=tune.RunConfig(name=cfg.name, storage_path=tune_path, storage_filesystem=pa_fs,
+        # verbose=0: Tune's status tables (every 30 s), trial config boxes and TensorBoard hint made a 4-trial
+        # sweep print ~220 lines; the trials' epoch lines and one line per trial event (TrialLines) remain.
+        run_config=tune.RunConfig(name=cfg.name, storage_path=tune_path, storage_filesystem=pa_fs, verbose=0,
+                                  callbacks=[TrialLines(base, epochs, cfg.scheduler.type)],
                                   failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),
     )
-    results = tuner.fit()
+    with quiet_tune_console():
+        results = tuner.fit()
     table = pd.DataFrame([_trial_row(r, base, epochs, uri, experiment) for r in results])
-    fs, inner = filesystem(join(cfg.storage_path, cfg.name))
-    ensure_dir(fs, inner)
-    with fs.open(join(inner, "sweep_results.csv"), "w") as f:
-        table.to_csv(f, index=False)
-    with fs.open(join(inner, "sweep_config.json"), "w") as f:
-        f.write(json.dumps(redact(to_dict(cfg)), indent=2, default=str))
+    write_outcome(join(cfg.storage_path, cfg.name), table, "sweep_results.csv", cfg, "sweep_config.json")
     return table

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ffr import metrics
+from ffr import backbones, metrics
 from ffr.datasets.d3s_shift import held_out_views
 from ffr.datasets.synthetic import ShardImages
 from ffr.errors import FFRError
@@ -73,9 +73,8 @@ class CorrelationConfig:
     review: str | None = None
 
 
-def _features(model, spec: ModelSpec, images: ShardImages, keys: list[str], image_size: int,
+def _features(model, spec: ModelSpec, images: ShardImages, keys: list[str], transform,
               batch_size: int, device: torch.device) -> np.ndarray:
-    transform = loop.make_transform(image_size)
     out = []
     with torch.no_grad():
         for start in range(0, len(keys), batch_size):
@@ -118,8 +117,9 @@ def run_correlation(cfg: CorrelationConfig) -> dict[str, Any]:
     for spec in specs:
         checkpoint = resolve_checkpoint(spec.path, cfg.seed)
         model, config = load_trained_model(checkpoint, device)
+        transform = backbones.preprocessing(config["backbone"]).at(int(config.get("image_size", 224))).transform()
         feats = {name: _features(model, spec, loaders[where[name]], view["image_key"].astype(str).tolist(),
-                                 int(config.get("image_size", 224)), cfg.batch_size, device)
+                                 transform, cfg.batch_size, device)
                  for name, view in views.items()}
 
         def select(head, feats=feats):  # D3S selected nothing; here: the best correlated-val WGA, as ffr selects

@@ -87,7 +87,7 @@ def train_plain_classifier(train_folder: str, out_path: str | Path, epochs: int 
                            size: int = IMAGE_SIZE) -> str:
     """A small CNN trained on plain-background digits, saved as a self-describing checkpoint: architecture,
     class count and its preprocessing travel with the weights (what ``ffr d3s eval`` reads)."""
-    from ffr.backbones import create_backbone
+    from ffr.backbones import Preprocessing, create_backbone, describe
 
     torch.manual_seed(seed)
     table = load_class_table(CLASS_TABLE)
@@ -106,9 +106,9 @@ def train_plain_classifier(train_folder: str, out_path: str | Path, epochs: int 
                 opt.step()
     finally:
         torch.set_num_threads(threads)
-    ckpt = {"arch": "ffr/small-cnn", "arch_options": {"width": 16}, "num_classes": len(table),
-            "categories": list(table.names), "state_dict": model.state_dict(),
-            "preprocess": {"resize": size, "crop": size, "mean": list(MEAN), "std": list(STD)}}
+    # the format `ffr train` writes: the weights beside the backbone, its options, the classes and preprocessing
+    ckpt = {"model": model.state_dict(),
+            **describe("small-cnn", {"width": 16}, table.names, Preprocessing(size, MEAN, STD))}
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, out_path)
     return str(out_path)

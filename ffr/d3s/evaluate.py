@@ -6,7 +6,7 @@ index and background), from all accepted images or from a split view, optionally
 (``ActorPoolStrategy``, ``num_gpus`` per actor, 0 on CPU); each actor loads its model once. Outputs under
 ``output``:
 
-    predictions.parquet            id, model, y, background, top5, top5_scores (the contract in CONTRACTS.md)
+    predictions.parquet            id, model, y, background, top5, top5_scores (docs/d3s.md, Outputs)
     per_background.csv             model, background, n, top1, top5   (+ reference_top1, drop_top1 with a reference)
     per_class_background.parquet   model, y, class_name, background, n, top1, top5
     reference.parquet              predictions on the reference folder (ImageNet val layout), when given
@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ffr.d3s import metrics
+from ffr.d3s.models import DEFAULT_TEMPLATES
 from ffr.errors import FFRError
 from ffr.shards import ShardReader
 from ffr.storage import filesystem, join, write_atomic
@@ -51,7 +52,10 @@ class EvalConfig:
     num_gpus_per_actor: float = 0.0
     num_cpus_per_actor: float = 1.0
     local: bool = False  # run the same Predictor in this process, without Ray
+    verbose: bool = False  # Ray Data's execution banners and progress bars (off: ffr prints its own tables)
     limit: int | None = None  # first N plan rows (smoke runs)
+    # CLIP zero-shot prompts, one text embedding per class averaged over them; {class} = the class table's name
+    clip_templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
 
 
 def shard_plan(cfg: EvalConfig) -> pd.DataFrame:
@@ -93,10 +97,17 @@ def reference_plan(folder: str, class_table: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _predict_local(plan: pd.DataFrame, spec: str, batch_size: int) -> pd.DataFrame:
+def _head(cfg: EvalConfig) -> dict:
+    """What a zero-shot classifier builds its head from: the class table's names (read here, on the driver, so
+    actors need no access to a local table file) and the prompt templates."""
+    return {"class_names": load_class_table(cfg.class_table).names, "templates": tuple(cfg.clip_templates)}
+
+
+def _predict_local(plan: pd.DataFrame, spec: str, cfg: EvalConfig) -> pd.DataFrame:
     from ffr.d3s.predict import Predictor
 
-    predictor = Predictor(spec)
+    batch_size = cfg.batch_size
+    predictor = Predictor(spec, **_head(cfg))
     parts = []
     for start in range(0, len(plan), batch_size):
         chunk = plan.iloc[start:start + batch_size]
@@ -111,22 +122,24 @@ def _predict_ray(plan: pd.DataFrame, spec: str, cfg: EvalConfig) -> pd.DataFrame
 
     from ffr.d3s.predict import Predictor
     from ffr.ray_session import ensure_ray
+    from pipelines.job import ray_data_console
 
     ensure_ray()
     # blocks of a few batches each, in tar order: the pool streams through the plan, bounded in memory
     step = max(cfg.batch_size * BLOCK_BATCHES, -(-len(plan) // 1000))
     ds = ray.data.from_pandas([plan.iloc[i:i + step] for i in range(0, len(plan), step)]).map_batches(
-        Predictor, fn_constructor_kwargs={"spec": spec, "threads": max(1, int(cfg.num_cpus_per_actor))},
+        Predictor, fn_constructor_kwargs={"spec": spec, "threads": max(1, int(cfg.num_cpus_per_actor)), **_head(cfg)},
         batch_size=cfg.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
         num_gpus=cfg.num_gpus_per_actor, num_cpus=cfg.num_cpus_per_actor)
     parts = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):  # streamed; only small arrays return
-        if not parts:
-            first = (time.perf_counter(), len(batch["id"]))
-        parts.append(pd.DataFrame({"id": batch["id"], "model": batch["model"], "y": batch["y"].astype(np.int64),
-                                   "background": batch["background"], "top5": list(batch["top5"]),
-                                   "top5_scores": list(batch["top5_scores"])}))
+    with ray_data_console(cfg.verbose):
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):  # streamed; only small arrays return
+            if not parts:
+                first = (time.perf_counter(), len(batch["id"]))
+            parts.append(pd.DataFrame({"id": batch["id"], "model": batch["model"],
+                                       "y": batch["y"].astype(np.int64), "background": batch["background"],
+                                       "top5": list(batch["top5"]), "top5_scores": list(batch["top5_scores"])}))
     span = time.perf_counter() - first[0]
     out = pd.concat(parts, ignore_index=True)
     # after the pool is up and the first batch is back: the rate a long run settles at
@@ -135,7 +148,7 @@ def _predict_ray(plan: pd.DataFrame, spec: str, cfg: EvalConfig) -> pd.DataFrame
 
 
 def predict(plan: pd.DataFrame, spec: str, cfg: EvalConfig) -> pd.DataFrame:
-    out = _predict_local(plan, spec, cfg.batch_size) if cfg.local else _predict_ray(plan, spec, cfg)
+    out = _predict_local(plan, spec, cfg) if cfg.local else _predict_ray(plan, spec, cfg)
     out["top5"] = [np.asarray(t, np.int64).tolist() for t in out["top5"]]
     out["top5_scores"] = [np.asarray(t, np.float32) for t in out["top5_scores"]]
     return out.sort_values("id", kind="stable").reset_index(drop=True)

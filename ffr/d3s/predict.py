@@ -49,12 +49,14 @@ def read_bytes(paths: np.ndarray, offsets: np.ndarray, sizes: np.ndarray) -> lis
 class Predictor:
     """Loads one classifier once (on the GPU when there is one), then predicts batches of plan rows."""
 
-    def __init__(self, spec: str, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, spec: str, device: str = "auto", threads: int | None = None,
+                 class_names: tuple[str, ...] = (), templates: tuple[str, ...] = ()) -> None:
         """``threads``: decode threads and torch CPU threads — the actor's CPU share under Ray, so actors on
-        one node do not oversubscribe it; None keeps torch's default (a plain in-process loop)."""
+        one node do not oversubscribe it; None keeps torch's default (a plain in-process loop).
+        ``class_names``/``templates``: what a zero-shot model (clip:) builds its class head from."""
         if threads is not None:
             torch.set_num_threads(max(1, threads))
-        self.model = load_classifier(spec)
+        self.model = load_classifier(spec, class_names, templates)
         want = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         self.device = torch.device(want)
         self.model.module.to(self.device)

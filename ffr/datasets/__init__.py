@@ -18,11 +18,19 @@ import ffr.datasets.spuco_animals  # noqa: F401
 import ffr.datasets.synthetic  # noqa: F401
 import ffr.datasets.utk_face  # noqa: F401
 import ffr.datasets.waterbirds  # noqa: F401
-from ffr.datasets.base import DATASETS, SPLITS, GroupedImageDataset, GroupedSplit
+from ffr.datasets.base import DATASETS, SPLITS, GroupedImageDataset, GroupedSplit, ReferenceCounts
 
 
 def create(name: str, **options: Any) -> dict[str, GroupedSplit]:
     return DATASETS.get(name)(DATASETS.options(name, options, "dataset_options"))
 
 
-__all__ = ["create", "DATASETS", "SPLITS", "GroupedSplit", "GroupedImageDataset"]
+def reference_counts(name: str, **options: Any) -> ReferenceCounts | None:
+    """The dataset's published group counts for these options (see ReferenceCounts), or None; reads no data."""
+    entry = DATASETS.get(name)
+    reference = getattr(entry, "reference", None)
+    return None if reference is None else reference(DATASETS.options(name, options, "dataset_options"))
+
+
+__all__ = ["create", "reference_counts", "DATASETS", "SPLITS", "GroupedSplit", "GroupedImageDataset",
+           "ReferenceCounts"]

@@ -34,12 +34,37 @@ DATASETS: Registry = Registry("dataset", plugins="ffr.datasets")
 IMAGE_SOURCES: Registry = Registry("image source")
 
 
-def reader(name: str, options: type[Options]) -> Callable:
+@dataclass(frozen=True)
+class ReferenceCounts:
+    """A dataset's published split sizes per (y, b) group, before the config's bias ratio, and its typical image
+    size: what cost previews (``ffr train --dry-run``) count with when they read no data. ``source`` says where the
+    numbers come from."""
+
+    source: str
+    spec: GroupSpec
+    splits: dict[str, dict[tuple[int, int], int]]
+    pixels: int  # width × height of a typical stored image
+
+    def at_bias_ratio(self, bias_ratio: float | None) -> dict[str, dict[tuple[int, int], int]]:
+        """The counts training sees: FFR's rule at ``bias_ratio`` (train floor 0, val floor 10, test untouched)."""
+        from ffr.balance import VAL_FLOOR, keep_counts
+
+        if bias_ratio is None:
+            return {k: dict(v) for k, v in self.splits.items()}
+        return {name: dict(counts) if name == "test" else
+                keep_counts(counts, bias_ratio, VAL_FLOOR if name == "val" else 0)
+                for name, counts in self.splits.items()}
+
+
+def reader(name: str, options: type[Options], reference: Callable[[Options], ReferenceCounts | None] | None = None
+           ) -> Callable:
     """Register dataset reader ``fn(options) -> {split: GroupedSplit}`` under ``name``; ``options`` is its
-    :class:`ffr.options.Options` model, which ``ffr.datasets.create`` validates (and ``--show-config`` prints)."""
+    :class:`ffr.options.Options` model, which ``ffr.datasets.create`` validates (and ``--show-config`` prints).
+    ``reference(options)``: the dataset's :class:`ReferenceCounts` for those options (None when unknown)."""
 
     def decorator(fn: Callable) -> Callable:
         fn.Options = options
+        fn.reference = reference
         return DATASETS.register(name)(fn)
 
     return decorator
@@ -143,12 +168,3 @@ def save_splits(splits: dict[str, GroupedSplit], path: str) -> None:
     with fs.open(inner, "wb") as f:
         pd.concat(frames, ignore_index=True).to_parquet(f, index=False)
 
-
-def load_split_table(path: str) -> pd.DataFrame:
-    from ffr.storage import filesystem
-
-    fs, inner = filesystem(path)
-    if not fs.exists(inner):
-        raise FFRError(f"split file {path!r} does not exist")
-    with fs.open(inner, "rb") as f:
-        return pd.read_parquet(f)

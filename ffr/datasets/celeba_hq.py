@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ffr.datasets.base import GroupedSplit, reader
-from ffr.datasets.readers import DatasetRoot, ReaderOptions, build_splits
+from ffr.datasets.base import GroupedSplit, ReferenceCounts, reader
+from ffr.datasets.ffr_splits import ffr_split_table
+from ffr.datasets.readers import DatasetRoot, FFRSplitOptions, build_splits
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
 from ffr.options import Field
@@ -58,14 +59,28 @@ def parse_annotations(text: str, where: str) -> pd.DataFrame:
     return pd.DataFrame(rows, index=files, columns=names).astype("int64")
 
 
-class CelebaHQOptions(ReaderOptions):
+class CelebaHQOptions(FFRSplitOptions):
     target: str = Field("Smiling", description="the attribute to predict (class)")
     bias: str = Field("Male", description="the spurious attribute (bias)")
     oppose_bias: bool = Field(True, description="FFR's forced-direction pre-downsampling (opposite majority biases "
                                                 "per class); false keeps the natural correlation")
 
 
-@reader("celeba-hq", CelebaHQOptions)
+def _reference(options: CelebaHQOptions) -> ReferenceCounts | None:
+    """FFR's CelebA-HQ split (Smiling × Male) as its code ships it: train and val already cut to 0.9 in FFR's
+    forced direction, test as is."""
+    if (options.target, options.bias) != ("Smiling", "Male") or not options.oppose_bias:
+        return None
+    return ReferenceCounts(
+        "FFR's CelebA-HQ split (mqraitem/From-Fake-to-Real data/celeba_Smiling_*.pkl: train at 0.9, test; val's "
+        "minorities derived by the same 0.9 rule)", GroupSpec(CLASS_NAMES, BIAS_NAMES),
+        {"train": {(0, 0): 592, (0, 1): 5335, (1, 0): 7797, (1, 1): 866},
+         "val": {(0, 0): 74, (0, 1): 666, (1, 0): 989, (1, 1): 110},
+         "test": {(0, 0): 914, (0, 1): 693, (1, 0): 943, (1, 1): 450}},
+        pixels=1024 * 1024)
+
+
+@reader("celeba-hq", CelebaHQOptions, reference=_reference)
 def celeba_hq(options: CelebaHQOptions) -> dict[str, GroupedSplit]:
     """CelebA-HQ grouped by (target attribute, bias attribute)."""
     target, bias, bias_ratio = options.target, options.bias, options.bias_ratio
@@ -81,6 +96,16 @@ def celeba_hq(options: CelebaHQOptions) -> dict[str, GroupedSplit]:
     rows = pd.DataFrame({"key": [f"{IMAGE_DIR}/{name}" for name in table.index],
                          "y": table[target].to_numpy(), "b": table[bias].to_numpy()})
     spec = GroupSpec(_names(target), _names(bias))
+    if options.split_file is not None:  # FFR's own splits: as published, checked against the attribute file
+        split = ffr_split_table(data, options.split_file, bias_ratio)
+        labels = rows.set_index("key").reindex(split["key"])
+        wrong = (labels["y"].to_numpy() != split["y"].to_numpy()) | (labels["b"].to_numpy() != split["b"].to_numpy())
+        if wrong.any():
+            raise FFRError(f"celeba-hq: split_file labels disagree with {ANNOTATION_FILE} (target {target!r}, bias "
+                           f"{bias!r}) for {int(wrong.sum())} images, e.g. {split['key'][wrong].iloc[0]!r}; expected "
+                           "the target and bias the split files were made with")
+        return build_splits(data, split, spec, bias_ratio=None, seed=options.seed, verify=options.verify,
+                            check_files=False)
     pre = min(FFR_PRE_RATIO, float(bias_ratio)) if bias_ratio is not None else FFR_PRE_RATIO
     return build_splits(data, rows, spec, bias_ratio=bias_ratio, seed=options.seed, verify=options.verify,
                         oppose_bias_ratio=pre if options.oppose_bias else None)

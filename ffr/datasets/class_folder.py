@@ -25,18 +25,18 @@ from ffr.datasets.readers import DatasetRoot, ImageLoader
 from ffr.datasets.splitting import random_split
 from ffr.errors import FFRError
 from ffr.groups import REAL, GroupSpec
-from ffr.options import Field, Options
+from ffr.options import Field, Options, PathField
 from ffr.storage import filesystem
 
 UNLABELLED = "unlabelled"  # the one bias name: these images carry no bias (background) label
 
 
 class ClassFolderOptions(Options):
-    root: str = Field(description="an ImageNet-layout folder, root/{class folder}/*.jpg (local or s3://)")
+    root: str = PathField(description="an ImageNet-layout folder, root/{class folder}/*.jpg (local or s3://)")
     classes: list[str] | str | None = Field(
         None, description="class folder names in index order, or a class table (.tsv with columns wnid[, name]); "
                           "default: the sorted folder names")
-    val_root: str | None = Field(None, description="another class folder for val and test (halves, by the seed)")
+    val_root: str | None = PathField(None, description="another class folder for val and test (halves, by the seed)")
     fractions: tuple[float, float, float] = Field((1.0, 0.0, 0.0),
                                                   description="train/val/test shares of root without val_root")
     seed: int = Field(0, ge=0, strict=True, description="seed of the val/test split")

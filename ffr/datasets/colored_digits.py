@@ -26,7 +26,7 @@ from ffr import colored_digits as cd
 from ffr.datasets.base import IMAGE_SOURCES, GroupedSplit, reader
 from ffr.datasets.splitting import apply_bias_ratio, random_split
 from ffr.errors import FFRError
-from ffr.options import Field, Options
+from ffr.options import Field, Options, PathField
 
 MAJORITY_COLOR = {0: 0, 1: 1}  # class → bias index: small ↔ red, large ↔ green
 PRE_SKEW = 0.75  # share of train/val digits drawn on their class's majority color before the bias ratio
@@ -63,7 +63,7 @@ class DigitImages:
 
 
 class ColoredDigitsOptions(Options):
-    root: str | None = Field(None, description="unused: the digits are embedded (scikit-learn)")
+    root: str | None = PathField(None, description="unused: the digits are embedded (scikit-learn)")
     bias_ratio: float | None = Field(0.95, gt=0.5, lt=1.0, description="share of each class's majority color kept "
                                                                        "in train (FFR's downsampling)")
     seed: int = Field(0, ge=0, strict=True, description="seed of the split, the colors and the downsampling")

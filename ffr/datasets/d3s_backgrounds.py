@@ -20,13 +20,13 @@ from ffr.datasets.reviewed import filter_reviewed
 from ffr.datasets.synthetic import ShardImages
 from ffr.errors import FFRError
 from ffr.groups import SYNTHETIC
-from ffr.options import Field, Options
+from ffr.options import Field, Options, PathField
 from ffr.shards import ShardReader
 
 
 class D3SOptions(Options):
-    root: str = Field(description="a D3S generation output (recipe d3s-background; local or s3://)")
-    val_root: str | None = Field(None, description="a second output for val and test (halves, by the seed)")
+    root: str = PathField(description="a D3S generation output (recipe d3s-background; local or s3://)")
+    val_root: str | None = PathField(None, description="a second output for val and test (halves, by the seed)")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="without val_root: the share of root held out "
                                                                   "for val + test (by a hash of seed and id)")
     seed: int = Field(0, ge=0, strict=True, description="seed of the held-out share and of the val/test halves")

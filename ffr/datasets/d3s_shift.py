@@ -22,11 +22,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ffr.datasets.base import GroupedSplit, reader
+from ffr.datasets.base import GroupedSplit, ReferenceCounts, reader
 from ffr.datasets.synthetic import ShardImages
 from ffr.errors import FFRError
 from ffr.groups import SYNTHETIC, GroupSpec
-from ffr.options import Field, Options
+from ffr.options import Field, Options, PathField
 from ffr.shards import ShardReader
 
 
@@ -36,12 +36,12 @@ def _table(view: pd.DataFrame) -> pd.DataFrame:
 
 
 class D3SShiftOptions(Options):
-    root: str = Field(description="a D3S generation output (local or s3://)")
+    root: str = PathField(description="a D3S generation output (local or s3://)")
     split: str = Field(description="the split views' name under root/splits/ (ffr d3s splits --name)")
     validation: Literal["correlated", "anti-correlated"] = Field(
         "correlated", description="correlated: val = held-out correlated images, test = held-out anti-correlated "
                                   "(D3S); anti-correlated: val and test = halves of the anti-correlated view")
-    val_root: str | None = Field(None, description="a second D3S output holding the held-out images (with a view "
+    val_root: str | None = PathField(None, description="a second D3S output holding the held-out images (with a view "
                                                    "of the same name and assignment)")
     held_out_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="without val_root: the share of root held "
                                                                        "out (by a hash of seed and image id)")
@@ -50,6 +50,56 @@ class D3SShiftOptions(Options):
     val_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="validation anti-correlated only: share of the "
                                                                  "anti-correlated view going to val")
     review: Literal["accepted"] | None = Field(None, description="'accepted': only images human review accepted")
+
+
+D3S_PER_CELL = 12  # configs/generate-d3s-background.yaml: 1000 classes × 10 backgrounds × 12 = 120K
+
+
+def _background_labels() -> tuple[str, ...]:
+    """The D3S background labels, from the recipe's word list (a data file of the pipelines package, read, not
+    imported: datasets sit below generation)."""
+    import pathlib
+
+    from ffr.config import load_yaml
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "pipelines" / "recipes" / "data" / "d3s_shifts.yaml"
+    try:
+        return tuple(load_yaml(path.read_text())["background"]["values"])
+    except (OSError, KeyError, TypeError):
+        return tuple(f"background {i}" for i in range(10))
+
+
+def _reference(options: D3SShiftOptions) -> ReferenceCounts | None:
+    """The views ``ffr d3s splits`` makes of the shipped 120K D3S config (12 images per class × background),
+    for ImageNet-9 split names ``imagenet9-seed<N>``."""
+    import re
+
+    from ffr.datasets.d3s_splits import assign_backgrounds, load_mapping
+
+    match = re.fullmatch(r"imagenet9-seed(\d+)", options.split)
+    if match is None:
+        return None
+    mapping, labels = load_mapping(), _background_labels()
+    per_superclass = np.bincount(list(mapping["classes"].values()), minlength=len(mapping["names"])) * D3S_PER_CELL
+    assigned = assign_backgrounds(len(mapping["names"]), len(labels), int(match[1]))
+    unused = set(range(len(labels))) - {int(a) for a in assigned}
+    correlated = {(s, int(a)): int(per_superclass[s]) for s, a in enumerate(assigned)}
+    anti = {(s, b): int(per_superclass[s]) for s in range(len(assigned)) for b in range(len(labels))
+            if b != assigned[s] and b not in unused}
+    if options.validation == "anti-correlated":
+        splits = {"train": correlated, "val": {g: round(n * options.val_fraction) for g, n in anti.items()},
+                  "test": {g: n - round(n * options.val_fraction) for g, n in anti.items()}}
+    elif options.val_root is None:  # the held-out share of the one output, in expectation
+        share = options.held_out_fraction
+        splits = {"train": {g: n - round(n * share) for g, n in correlated.items()},
+                  "val": {g: round(n * share) for g, n in correlated.items()},
+                  "test": {g: round(n * share) for g, n in anti.items()}}
+    else:
+        return None  # val and test come from another output, of a size the config does not say
+    return ReferenceCounts(
+        f"the views of configs/generate-d3s-background.yaml's 120K images ({D3S_PER_CELL} per class × background, "
+        "ImageNet-9's 370 classes), split by `ffr d3s splits`", GroupSpec(tuple(mapping["names"]), labels),
+        splits, pixels=512 * 512)
 
 
 def load_views(root: str, split: str, review: str | None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:

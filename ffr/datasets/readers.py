@@ -124,12 +124,21 @@ class ImageLoader:
 class ReaderOptions(options.Options):
     """What every real-world reader takes; validated before any storage is touched."""
 
-    root: str = options.Field(description="the dataset's directory: a local path or an s3:// prefix")
+    root: str = options.PathField(description="the dataset's directory: a local path or an s3:// prefix")
     bias_ratio: float | None = options.Field(
         None, gt=0.5, lt=1.0, description="share of each class's majority bias kept in train and val (FFR's "
                                           "downsampling; null keeps the data as found)")
     seed: int = options.Field(0, ge=0, strict=True, description="seed of the split and of the downsampling")
     verify: bool = options.Field(False, description="decode every image up front instead of when it is read")
+
+
+class FFRSplitOptions(ReaderOptions):
+    """A reader that can also take FFR's published split files (ffr.datasets.ffr_splits)."""
+
+    split_file: str | dict[str, str] | None = options.Field(
+        None, description="FFR's split pickles (data/*.pkl of From-Fake-to-Real): a template with {split} and "
+                          "{bias_ratio}, or {train, val, test} → path; paths remapped onto root; used as they are "
+                          "(bias_ratio only picks the file)")
 
 
 def check_present(root: DatasetRoot, keys: list[str], what: str = "image") -> None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ffr.datasets.base import SPLITS, GroupedSplit, reader
-from ffr.datasets.readers import DatasetRoot, ReaderOptions, build_splits
+from ffr.datasets.base import SPLITS, GroupedSplit, ReferenceCounts, reader
+from ffr.datasets.ffr_splits import ffr_split_table
+from ffr.datasets.readers import DatasetRoot, FFRSplitOptions, build_splits
 from ffr.groups import GroupSpec
 
 CLASS_NAMES = ("landbird", "waterbird", "small_dog", "big_dog")
@@ -25,12 +26,34 @@ LAYOUT = (
     ("spuco_birds", {"landbirds": 0, "waterbirds": 1}, {"land": 0, "water": 1}),
     ("spuco_dogs", {"small_dogs": 2, "big_dogs": 3}, {"indoor": 2, "outdoor": 3}),
 )
+# The (class, background) pairs that exist: every bird on land or water, every dog indoors or outdoors. The
+# synthetic recipe (pipelines/recipes/ffr_recipes.py) reads it, so generation budgets cover these 8 groups only.
+POPULATED_GROUPS = tuple((y, b) for _, classes, backgrounds in LAYOUT for y in classes.values()
+                         for b in backgrounds.values())
+SPEC = GroupSpec(CLASS_NAMES, BIAS_NAMES, populated=POPULATED_GROUPS)
 
 
-@reader("spuco-animals", ReaderOptions)
-def spuco_animals(options: ReaderOptions) -> dict[str, GroupedSplit]:
-    """SpuCo Animals with its native train/val/test folders."""
+MAJORITY = {(0, 0), (1, 1), (2, 2), (3, 3)}  # landbird/land, waterbird/water, small dog/indoors, big dog/outdoors
+
+
+def _reference(options: FFRSplitOptions) -> ReferenceCounts:
+    def sizes(majority: int, minority: int) -> dict[tuple[int, int], int]:
+        return {g: majority if g in MAJORITY else minority for g in POPULATED_GROUPS}
+
+    return ReferenceCounts("SpuCo Animals' native splits (SpuCo; FFR's datasets/spuco_animals.py): 10,000/500 train, "
+                           "500/25 val, 500/500 test per majority/minority group; image size a guess",
+                           SPEC, {"train": sizes(10000, 500), "val": sizes(500, 25), "test": sizes(500, 500)},
+                           pixels=256 * 256)
+
+
+@reader("spuco-animals", FFRSplitOptions, reference=_reference)
+def spuco_animals(options: FFRSplitOptions) -> dict[str, GroupedSplit]:
+    """SpuCo Animals with its native train/val/test folders (or FFR's split files, ``split_file``)."""
     data = DatasetRoot(options.root, "spuco-animals")
+    spec = SPEC
+    if options.split_file is not None:  # FFR's own splits, as published
+        return build_splits(data, ffr_split_table(data, options.split_file, options.bias_ratio), spec,
+                            bias_ratio=None, seed=options.seed, verify=options.verify, check_files=False)
     frames = []
     for top, classes, backgrounds in LAYOUT:
         data.require_dir(top, "folder")
@@ -41,5 +64,5 @@ def spuco_animals(options: ReaderOptions) -> dict[str, GroupedSplit]:
                     keys = data.list_files(folder)
                     frames.append(pd.DataFrame({"key": keys, "y": y, "b": b, "split": split}))
     table = pd.concat(frames, ignore_index=True)
-    return build_splits(data, table, GroupSpec(CLASS_NAMES, BIAS_NAMES), bias_ratio=options.bias_ratio,
+    return build_splits(data, table, spec, bias_ratio=options.bias_ratio,
                         seed=options.seed, verify=options.verify, check_files=False)

@@ -7,6 +7,8 @@ seeded, deterministic subset per (class, bias) group; too few images for a group
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -15,9 +17,9 @@ from ffr.datasets.reviewed import filter_reviewed
 from ffr.datasets.splitting import random_split
 from ffr.errors import FFRError
 from ffr.groups import SYNTHETIC
-from ffr.options import Field, Options, group_keyed
+from ffr.options import Field, Options, PathField, group_keyed
 from ffr.shards import ShardReader
-from ffr.storage import filesystem
+from ffr.storage import filesystem, join
 
 
 def select_per_group(y: np.ndarray, b: np.ndarray, counts: dict[tuple[int, int], int], seed: int,
@@ -33,6 +35,22 @@ def select_per_group(y: np.ndarray, b: np.ndarray, counts: dict[tuple[int, int],
         if n > 0:
             chosen.append(np.sort(rng.choice(members, int(n), replace=False)))
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def generator_labels(meta: pd.DataFrame, root: str) -> np.ndarray:
+    """Each image's generator label (backend, model and what changes the images: the ``generator`` column every
+    record carries). Outputs written before the column existed are named from their recorded identity (backend
+    and model), so runs on them still group by generator."""
+    labels = meta["generator"] if "generator" in meta.columns else pd.Series([None] * len(meta), index=meta.index)
+    if labels.notna().all():
+        return labels.astype(str).to_numpy()
+    fs, base = filesystem(root)
+    path = join(base, "manifest", "manifest.json")
+    identity = json.loads(fs.cat_file(path)).get("identity", {}) if fs.exists(path) else {}
+    name = str(identity.get("backend.name") or "unknown")
+    model = identity.get("backend.settings.model")
+    fallback = f"{name}:{str(model).rstrip('/').rsplit('/', 1)[-1]}" if model else name
+    return labels.fillna(fallback).astype(str).to_numpy()
 
 
 @IMAGE_SOURCES.register("shards")
@@ -73,7 +91,7 @@ class ShardImages:
 
 
 class SyntheticOptions(Options):
-    root: str = Field(description="a generation output (local or s3://)")
+    root: str = PathField(description="a generation output (local or s3://)")
     bias_ratio: float | None = Field(None, description="ignored: synthetic data is selected per group")
     seed: int = Field(0, ge=0, strict=True, description="seed of the per-group selection and of the split")
     counts: dict[str | tuple[int, int], int] | None = Field(
@@ -92,7 +110,8 @@ def synthetic(options: SyntheticOptions) -> dict[str, GroupedSplit]:
     shards = ShardReader(root)
     meta = shards.metadata
     table = pd.DataFrame({"key": meta["image_key"].astype(str), "y": meta["y"].astype(np.int64),
-                          "b": meta["b"].astype(np.int64), "source": SYNTHETIC, "id": meta["id"].astype(str)})
+                          "b": meta["b"].astype(np.int64), "source": SYNTHETIC, "id": meta["id"].astype(str),
+                          "generator": generator_labels(meta, root)})
     # Shards finish in any order; sort by id so a selection depends on the images, not on shard timing.
     table = table.sort_values("id", kind="stable").reset_index(drop=True)
     table = filter_reviewed(table, root, options.review).reset_index(drop=True)

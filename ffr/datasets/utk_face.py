@@ -15,8 +15,9 @@ import warnings
 
 import pandas as pd
 
-from ffr.datasets.base import GroupedSplit, reader
-from ffr.datasets.readers import DatasetRoot, ReaderOptions, build_splits
+from ffr.datasets.base import GroupedSplit, ReferenceCounts, reader
+from ffr.datasets.ffr_splits import ffr_split_table
+from ffr.datasets.readers import DatasetRoot, FFRSplitOptions, build_splits
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
 from ffr.options import Field
@@ -41,16 +42,33 @@ def age_group(age: int) -> int | None:
     return 1 if age <= YOUNG_MAX_AGE else None
 
 
-class UTKFaceOptions(ReaderOptions):
+class UTKFaceOptions(FFRSplitOptions):
     oppose_bias: bool = Field(True, description="FFR's forced-direction pre-downsampling (opposite majority biases "
                                                 "per class); false keeps the natural correlation")
 
 
-@reader("utk-face", UTKFaceOptions)
+def _reference(options: UTKFaceOptions) -> ReferenceCounts | None:
+    """FFR's UTKFace split as its code ships it: train and val cut to 0.9 in FFR's forced direction, test as is."""
+    if not options.oppose_bias:
+        return None
+    return ReferenceCounts(
+        "FFR's UTKFace split (mqraitem/From-Fake-to-Real data/utk_face_*.pkl: train at 0.9, test; val's minorities "
+        "derived by the same 0.9 rule)", GroupSpec(CLASS_NAMES, BIAS_NAMES),
+        {"train": {(0, 0): 103, (0, 1): 934, (1, 0): 5731, (1, 1): 636},
+         "val": {(0, 0): 14, (0, 1): 119, (1, 0): 724, (1, 1): 81},
+         "test": {(0, 0): 723, (0, 1): 103, (1, 0): 710, (1, 1): 121}},
+        pixels=200 * 200)
+
+
+@reader("utk-face", UTKFaceOptions, reference=_reference)
 def utk_face(options: UTKFaceOptions) -> dict[str, GroupedSplit]:
     """UTKFace grouped by (gender, age group)."""
     bias_ratio = options.bias_ratio
     data = DatasetRoot(options.root, "utk-face")
+    if options.split_file is not None:  # FFR's own splits, as published
+        return build_splits(data, ffr_split_table(data, options.split_file, bias_ratio),
+                            GroupSpec(CLASS_NAMES, BIAS_NAMES), bias_ratio=None, seed=options.seed,
+                            verify=options.verify, check_files=False)
     keys = data.list_files()
     rows, malformed = [], []
     for key in keys:

@@ -11,7 +11,7 @@ import io
 
 import pandas as pd
 
-from ffr.datasets.base import GroupedSplit, reader
+from ffr.datasets.base import GroupedSplit, ReferenceCounts, reader
 from ffr.datasets.readers import DatasetRoot, ReaderOptions, build_splits, integer_column, normalize_split_names
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
@@ -36,7 +36,15 @@ def read_metadata_csv(data: DatasetRoot, rel: str, required: tuple[str, ...]) ->
     return table
 
 
-@reader("waterbirds", ReaderOptions)
+def _reference(options: ReaderOptions) -> ReferenceCounts:
+    return ReferenceCounts("Waterbirds' official splits (Sagawa et al. 2020, waterbird_complete95_forest2water2); "
+                           "image size a guess", GroupSpec(CLASS_NAMES, BIAS_NAMES),
+                           {"train": {(0, 0): 3498, (0, 1): 184, (1, 0): 56, (1, 1): 1057},
+                            "val": {(0, 0): 467, (0, 1): 466, (1, 0): 133, (1, 1): 133},
+                            "test": {(0, 0): 2255, (0, 1): 2255, (1, 0): 642, (1, 1): 642}}, pixels=400 * 300)
+
+
+@reader("waterbirds", ReaderOptions, reference=_reference)
 def waterbirds(options: ReaderOptions) -> dict[str, GroupedSplit]:
     """Waterbirds grouped by (bird type, place), native splits."""
     data = DatasetRoot(options.root, "waterbirds")

@@ -12,7 +12,7 @@ import time
 
 from sqlalchemy import and_, case, delete, exists, func, select
 
-from ffr.review.db import Assignment, ReviewImage, take_write_lock
+from ffr.review.db import Assignment, Rater, ReviewImage, take_write_lock
 from ffr.review.store import ReviewSettings
 
 
@@ -23,6 +23,8 @@ def open_task(session, rater_id: int, settings: ReviewSettings, now: float | Non
     cutoff = now - settings.lease_seconds
     with session.begin():
         take_write_lock(session)
+        if session.scalar(select(Rater.revoked_at).where(Rater.id == rater_id)) is not None:
+            return 0, []  # revoked while this request was on its way: no new leases for them
         current = session.execute(
             select(Assignment.task, Assignment.image_id)
             .where(Assignment.rater_id == rater_id, Assignment.voted.is_(False), Assignment.assigned_at > cutoff)

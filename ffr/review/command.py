@@ -1,10 +1,12 @@
-"""``ffr review init|serve|invite|export|progress|admin-link``: human review of a generation output.
+"""``ffr review init|serve|invite|revoke|export|progress|admin-link``: human review of a generation output.
 
 Examples::
 
     ffr review init --data s3://bucket/d3s --select candidates --predictions eval/predictions.parquet
     ffr review serve --data s3://bucket/d3s --references imagenet_refs/ --port 8765   # binds 127.0.0.1
+    ffr review serve --data s3://bucket/d3s --public-url https://review.example.org   # behind a TLS proxy
     ffr review invite alice                     --data s3://bucket/d3s   # prints alice's personal link
+    ffr review revoke alice --drop-votes        --data s3://bucket/d3s   # her link dies, her votes go
     ffr review export --data s3://bucket/d3s    # → s3://bucket/d3s/review/accepted.parquet (+ topup.json)
 """
 
@@ -12,16 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 
 from ffr.errors import FFRError
 
 DEFAULT_PORT = 8765
+DEFAULT_BASE = f"http://127.0.0.1:{DEFAULT_PORT}"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="generation output under review (local path or s3://)")
-    p.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite in <data>/review/ for local data, "
-                                              "./ffr-review.sqlite for s3://)")
+    p.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite, private, in <data>/review/private/ "
+                                              "for local data, ./ffr-review/ for s3://)")
 
 
 def _selection(p: argparse.ArgumentParser) -> None:
@@ -34,6 +39,9 @@ def _selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task-size", type=int, default=None, help="images per task, N (default 25)")
     p.add_argument("--lease-minutes", type=float, default=None,
                    help="an unfinished task's images are offered to others after this long (default 30)")
+    p.add_argument("--public-url", default=None,
+                   help="where browsers reach the app, e.g. https://review.example.org behind a TLS proxy: POSTs "
+                        "must come from that origin, cookies are Secure for https, links use it (stored; '' resets)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,17 +62,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("invite", help="add a rater and print their personal link")
     p.add_argument("name")
     _common(p)
-    p.add_argument("--base-url", default=f"http://127.0.0.1:{DEFAULT_PORT}", help="where raters reach the app")
-    p.add_argument("--reissue", action="store_true", help="replace an existing rater's link")
+    p.add_argument("--base-url", default=None, help=f"where raters reach the app (default: the review's "
+                                                    f"--public-url, else {DEFAULT_BASE})")
+    p.add_argument("--reissue", action="store_true",
+                   help="replace an existing rater's link (signs out their browsers; reinstates a revoked rater)")
+    p = sub.add_parser("revoke", help="remove a rater: their link and sessions stop working at once")
+    p.add_argument("name")
+    _common(p)
+    p.add_argument("--drop-votes", action="store_true",
+                   help="also delete their votes: the images get other raters' votes instead, and an existing "
+                        "export is redone")
     p = sub.add_parser("export", help="apply the veto rule; write review/accepted.parquet and review/topup.json")
     _common(p)
     p.add_argument("--min-present", type=int, default=None,
                    help="accept when at least m of K votes say the object is present (default m = K)")
     p = sub.add_parser("progress", help="votes and accepted images per group")
     _common(p)
-    p = sub.add_parser("admin-link", help="replace the admin token and print the admin link")
+    p = sub.add_parser("admin-link", help="replace the admin token and print the admin link (the old one and its "
+                                          "sessions stop working)")
     _common(p)
-    p.add_argument("--base-url", default=f"http://127.0.0.1:{DEFAULT_PORT}")
+    p.add_argument("--base-url", default=None, help=f"default: the review's --public-url, else {DEFAULT_BASE}")
 
 
 def _init(args: argparse.Namespace):
@@ -76,7 +93,7 @@ def _init(args: argparse.Namespace):
 
     lease = args.lease_minutes * 60 if args.lease_minutes is not None else None
     review, admin_token = open_review(args.data, args.db, create=True, votes_per_image=args.votes,
-                                      task_size=args.task_size, lease_seconds=lease)
+                                      task_size=args.task_size, lease_seconds=lease, public_url=args.public_url)
     with review.readers() as s:
         empty = not s.scalar(select(func.count()).select_from(ReviewImage))
     added = 0
@@ -86,10 +103,16 @@ def _init(args: argparse.Namespace):
             added = add_images(s, rows)
     print(f"review database {review.url}: {added} image(s) added to review "
           f"(K={review.settings.votes_per_image} votes, N={review.settings.task_size} per task)")
-    if admin_token:
-        base = f"http://{getattr(args, 'host', '127.0.0.1')}:{getattr(args, 'port', DEFAULT_PORT)}"
-        print(f"admin link (shown once; 'ffr review admin-link' makes a new one): {base}/admin/{admin_token}")
+    if admin_token and args.review_command == "init":
+        print(f"admin link (shown once; 'ffr review admin-link' makes a new one): "
+              f"{_base_url(review, None)}/admin/{admin_token}")
+    elif admin_token:  # serve: its output usually ends up in a service log that others can read
+        print(f"admin link not shown by serve: run 'ffr review admin-link --data {args.data}' to get one")
     return review
+
+
+def _base_url(review, given: str | None) -> str:
+    return (given or review.settings.public_url or DEFAULT_BASE).rstrip("/")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,11 +129,13 @@ def run(args: argparse.Namespace) -> int:
         from ffr.review.store import add_rater, reissue_rater
 
         token = reissue_rater(review, args.name) if args.reissue else add_rater(review, args.name)
-        print(f"{args.base_url.rstrip('/')}/r/{token}")
+        print(f"{_base_url(review, args.base_url)}/r/{token}")
+    elif action == "revoke":
+        _revoke(review, args.name, args.drop_votes)
     elif action == "admin-link":
         from ffr.review.store import rotate_admin_token
 
-        print(f"{args.base_url.rstrip('/')}/admin/{rotate_admin_token(review)}")
+        print(f"{_base_url(review, args.base_url)}/admin/{rotate_admin_token(review)}")
     elif action == "export":
         from ffr.review.decisions import export
 
@@ -119,9 +144,26 @@ def run(args: argparse.Namespace) -> int:
         from ffr.review.progress import group_progress, rater_votes
 
         print(group_progress(review).to_string(index=False))
-        for name, n in rater_votes(review):
-            print(f"rater {name}: {n} votes")
+        for name, n, revoked in rater_votes(review):
+            print(f"rater {name}: {n} votes" + (" (revoked)" if revoked else ""))
     return 0
+
+
+def _revoke(review, name: str, drop_votes: bool) -> None:
+    from ffr.review.decisions import export_again
+    from ffr.review.store import revoke_rater
+
+    done = revoke_rater(review, name, drop_votes)
+    if drop_votes:
+        print(f"revoked rater {name}: link and sessions no longer work; {done['votes_dropped']} vote(s) dropped, "
+              "their images are offered to other raters")
+        redone = export_again(review)
+        if redone:
+            print(f"export redone without them: {redone['accepted']} accepted ({redone['review_rejected']} rejected, "
+                  f"{redone['review_pending']} pending in review) → {redone['path']}")
+    else:
+        print(f"revoked rater {name}: link and sessions no longer work; their {done['votes']} vote(s) still count "
+              "(--drop-votes deletes them)")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -134,7 +176,19 @@ def _serve(args: argparse.Namespace) -> int:
         raise FFRError(f"--port {args.port}; expected 1..65535")
     review = _init(args)
     images = ImageSource(args.data, args.references, args.definitions)
-    print(f"serving {args.data} at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    # Refused requests and user errors: one line each on stderr (uvicorn's access log stays off: invite and
+    # admin URLs carry tokens)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s ffr review: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger = logging.getLogger("ffr.review")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    public = review.settings.public_url
+    print(f"serving {args.data} at http://{args.host}:{args.port}/" + (f" for {public}" if public else "")
+          + " (Ctrl-C stops)", flush=True)
+    # proxy_headers off: X-Forwarded-* from any local process would be believed; --public-url says what the
+    # proxy serves instead
     uvicorn.run(create_app(review, images), host=args.host, port=args.port, log_level="warning",
-                timeout_keep_alive=30)  # raters pause between images; keep their connection
+                proxy_headers=False, timeout_keep_alive=30)  # raters pause between images; keep their connection
     return 0

@@ -3,20 +3,29 @@
 One database holds one review of one generation output (its URI is stored in ``meta``). Votes carry a
 unique (image, rater) constraint, so a double submit can never produce a second vote, and ``images.n_votes``
 is only ever changed in the same transaction as the vote row it counts.
+
+The database holds the hashes of every credential (invite links, the admin link, browser sessions), so a SQLite
+file is private: created 0600 in a 0700 folder, and tightened to 0600 if it was made earlier with looser modes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, UniqueConstraint, create_engine, event, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from ffr.errors import FFRError
 from ffr.storage import is_remote
 
 ID_LENGTH = 128
+PRIVATE_DIR = "private"  # <output>/review/private/: the database only; exports stay in <output>/review/ for readers
+DB_NAME = "review.sqlite"
+SQLITE_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+log = logging.getLogger("ffr.review")
 
 
 class Base(DeclarativeBase):
@@ -24,7 +33,7 @@ class Base(DeclarativeBase):
 
 
 class Meta(Base):
-    """Settings of this review (data URI, K, N, lease timeout, admin token hash, CSRF secret) and the lock row."""
+    """Settings of this review (data URI, K, N, lease timeout, public URL, admin token hash) and the lock row."""
 
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -37,6 +46,22 @@ class Rater(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex; the token itself is never stored
     created_at: Mapped[float] = mapped_column(Float)
+    # Revoked raters keep their row (their votes, unless dropped, still count) but can no longer sign in.
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
+
+
+class BrowserSession(Base):
+    """A signed-in browser. The cookie holds a random session id (only its hash is stored here), never the invite
+    or admin token: a leaked cookie dies with its session, and revoking a rater or rotating the admin link ends
+    every session it opened. ``rater_id`` is NULL for the admin."""
+
+    __tablename__ = "sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    rater_id: Mapped[int | None] = mapped_column(ForeignKey("raters.id"), index=True, nullable=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
 
 
 class ReviewImage(Base):
@@ -78,12 +103,61 @@ class Vote(Base):
 
 
 def default_url(data_uri: str) -> str:
-    """SQLite beside a local output (``<output>/review/review.sqlite``); in the working directory for S3 outputs."""
+    """SQLite in a private folder beside a local output (``<output>/review/private/review.sqlite``), or in the
+    working directory for S3 outputs (``./ffr-review/review.sqlite``).
+
+    A database at the location used before the private folder (``<output>/review/review.sqlite``,
+    ``./ffr-review.sqlite``) is still used where it is — moving a live SQLite file under a running server could
+    lose votes — with its files tightened to 0600 and one line saying how to move it."""
     if is_remote(data_uri):
-        return f"sqlite:///{os.path.abspath('ffr-review.sqlite')}"
-    folder = os.path.join(os.path.abspath(data_uri.removeprefix("file://")), "review")
-    os.makedirs(folder, exist_ok=True)
-    return f"sqlite:///{os.path.join(folder, 'review.sqlite')}"
+        folder, legacy = os.path.abspath("ffr-review"), os.path.abspath("ffr-review.sqlite")
+    else:
+        review_dir = os.path.join(os.path.abspath(data_uri.removeprefix("file://")), "review")
+        folder, legacy = os.path.join(review_dir, PRIVATE_DIR), os.path.join(review_dir, DB_NAME)
+    path = os.path.join(folder, DB_NAME)
+    if not os.path.exists(path) and os.path.exists(legacy):
+        log.warning("review database %s predates the private folder; stop the server, then move it (and its "
+                    "-wal/-shm files) to %s/", legacy, folder)
+        return f"sqlite:///{legacy}"
+    return f"sqlite:///{path}"
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL; None for other databases and in-memory SQLite."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # malformed: make_engine reports it
+        return None
+    database = parsed.database or ""
+    if not parsed.drivername.startswith("sqlite") or database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return os.path.abspath(database)
+
+
+def make_private(url: str) -> None:
+    """Before SQLite opens the file: create its folder 0700 and the file 0600 (SQLite then creates the -wal and
+    -shm files with the database file's mode), or tighten an existing file to 0600. Folders the user chose are
+    never chmod-ed, only folders created here."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        try:
+            os.makedirs(folder, mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise FFRError(f"cannot create the folder of review database {url!r}: {e}") from None
+        os.chmod(folder, 0o700)  # makedirs' mode is masked by the umask
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # an empty file is an empty SQLite database
+    except OSError as e:
+        raise FFRError(f"cannot create review database {url!r}: {e}") from None
+    for suffix in SQLITE_SIDE_FILES:
+        with contextlib.suppress(OSError):  # absent side file, or a file someone else owns: leave it
+            if os.stat(path + suffix).st_mode & 0o077:
+                os.chmod(path + suffix, 0o600)
 
 
 def make_engine(url: str, immediate: bool = True) -> Engine:

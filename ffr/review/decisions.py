@@ -20,12 +20,13 @@ from sqlalchemy import case, func, select
 
 from ffr.datasets.reviewed import ACCEPTED_FILE, REVIEW_DIR
 from ffr.errors import FFRError
-from ffr.review.db import ReviewImage, Vote
+from ffr.review.db import Meta, ReviewImage, Vote
 from ffr.review.store import Review
 from ffr.shards import read_groups, read_metadata
 from ffr.storage import ensure_dir, filesystem, join, write_atomic
 
 DECISIONS_FILE = "decisions.parquet"
+LAST_EXPORT_M = "last_export_min_present"  # meta key: the m of the files on disk, to redo them after a revoke
 TOPUP_FILE = "topup.json"
 ACCEPT, REJECT, PENDING = "accept", "reject", "pending"
 
@@ -99,13 +100,25 @@ def export(review: Review, min_present: int | None = None) -> dict:
     # accepted.parquet last: readers see a complete export or the previous one, never a mix.
     write_atomic(fs, join(base, REVIEW_DIR, ACCEPTED_FILE),
                  _parquet_bytes(pd.DataFrame({"id": accepted["id"].astype(str)})))
+    m = check_min_present(min_present, review.settings.votes_per_image)
+    with review.sessions.begin() as s:
+        s.merge(Meta(key=LAST_EXPORT_M, value=str(m)))
     by = decided["decision"].value_counts()
     return {"accepted": int(len(accepted)), "generated": int(len(generated)), "reviewed": int(len(decided)),
             "review_accepted": int(by.get(ACCEPT, 0)), "review_rejected": int(by.get(REJECT, 0)),
-            "review_pending": int(by.get(PENDING, 0)), "min_present": check_min_present(min_present,
-                                                                                         review.settings.votes_per_image),
+            "review_pending": int(by.get(PENDING, 0)), "min_present": m,
             "path": join(data_uri, REVIEW_DIR, ACCEPTED_FILE), "topup": join(data_uri, REVIEW_DIR, TOPUP_FILE),
             "exported_at": time.time()}
+
+
+def export_again(review: Review) -> dict | None:
+    """Redo the export on disk with the rule it was made with (after votes were dropped); None if there is none."""
+    fs, base = filesystem(review.settings.data_uri)
+    if not fs.exists(join(base, REVIEW_DIR, ACCEPTED_FILE)):
+        return None
+    with review.sessions() as s:
+        stored = s.get(Meta, LAST_EXPORT_M)
+    return export(review, int(stored.value) if stored else None)
 
 
 def topup_request(data_uri: str, decided: pd.DataFrame) -> dict:

@@ -3,7 +3,10 @@ index (one ranged read each, local or ``s3://``), the img2img guide rebuilt from
 the class definition and up to four reference images of the class from a folder.
 
 Ids from a URL are checked against a strict pattern and then looked up in the index: nothing a client sends
-is ever used as a path.
+is ever used as a path. (Who may see which image is the app's business: a rater, only their own tasks'.)
+
+Guides cost CPU (a composite of two files, PNG-encoded), so they are built at most once per id at a time, a
+few at a time overall, and kept in a cache bounded in bytes.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import io
 import json
 import re
-from functools import lru_cache
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 
 from ffr.errors import FFRError
 from ffr.shards import ShardReader
@@ -21,6 +26,8 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
                "bmp": "image/bmp"}
 MAX_REFERENCES = 4  # D3S showed four ImageNet images of the class
+GUIDE_CACHE_BYTES = 64 << 20  # ~200 guides of 512 px: every open task's guides, a bounded amount of memory
+GUIDE_BUILDS_AT_ONCE = 2  # of the server's worker threads, at most this many rebuild guides at any moment
 
 
 def valid_id(sample_id: str) -> bool:
@@ -41,7 +48,10 @@ class ImageSource:
         self.rows = {str(r["id"]): r for r in self.reader.metadata.to_dict("records")}
         self._definitions = _read_definitions(definitions) if definitions else {}
         self._references = _reference_files(references, self.spec.class_names) if references else {}
-        self.guide_png = lru_cache(maxsize=512)(self._guide_png)
+        self.guides = BuiltCache(self._guide_png, GUIDE_CACHE_BYTES, GUIDE_BUILDS_AT_ONCE)
+
+    def guide_png(self, sample_id: str) -> bytes:
+        return self.guides.get(sample_id)
 
     def row(self, sample_id: str) -> dict | None:
         return self.rows.get(sample_id) if valid_id(sample_id) else None
@@ -83,6 +93,52 @@ class ImageSource:
         path = self._references[int(y)][int(k)]
         fs, inner = filesystem(path)
         return fs.cat_file(inner), media_type(path)
+
+
+class BuiltCache:
+    """``build(key)`` results kept up to ``max_bytes`` (least recently used out first). Concurrent requests for
+    one key wait for a single build; at most ``parallel`` builds run at once, whatever the keys."""
+
+    def __init__(self, build: Callable[[str], bytes], max_bytes: int, parallel: int) -> None:
+        self._build, self.max_bytes = build, max_bytes
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+        self._pending: dict[str, threading.Lock] = {}
+        self._slots = threading.BoundedSemaphore(parallel)
+        self.builds = 0  # how many times build ran (tests, and a hint when sizing max_bytes)
+
+    def _cached(self, key: str) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def get(self, key: str) -> bytes:
+        data = self._cached(key)
+        if data is not None:
+            return data
+        with self._lock:
+            key_lock = self._pending.setdefault(key, threading.Lock())
+        with key_lock:
+            data = self._cached(key)  # built while this request waited
+            if data is not None:
+                return data
+            try:
+                with self._slots:
+                    data = self._build(key)
+                with self._lock:
+                    self.builds += 1
+                    if len(data) <= self.max_bytes:
+                        self._items[key] = data
+                        self._size += len(data)
+                        while self._size > self.max_bytes:
+                            self._size -= len(self._items.popitem(last=False)[1])
+            finally:
+                with self._lock:
+                    self._pending.pop(key, None)
+            return data
 
 
 def _read_definitions(path: str) -> dict[str, str]:

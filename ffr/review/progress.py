@@ -36,8 +36,9 @@ def group_progress(review: Review, min_present: int | None = None) -> pd.DataFra
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def rater_votes(review: Review) -> list[tuple[str, int]]:
+def rater_votes(review: Review) -> list[tuple[str, int, bool]]:
+    """(name, votes that count, revoked) per rater; a revoked rater's votes count unless they were dropped."""
     with review.sessions() as s:
-        return [(name, int(n)) for name, n in s.execute(
-            select(Rater.name, func.count(Vote.id)).outerjoin(Vote, Vote.rater_id == Rater.id)
-            .group_by(Rater.id, Rater.name).order_by(Rater.name))]
+        return [(name, int(n), revoked is not None) for name, n, revoked in s.execute(
+            select(Rater.name, func.count(Vote.id), Rater.revoked_at).outerjoin(Vote, Vote.rater_id == Rater.id)
+            .group_by(Rater.id, Rater.name, Rater.revoked_at).order_by(Rater.name))]

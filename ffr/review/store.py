@@ -1,4 +1,5 @@
-"""Opening a review: migrate the database, then read or create its settings, raters and admin token."""
+"""Opening a review: migrate the database, then read or create its settings, raters and admin token; adding,
+re-linking and revoking raters."""
 
 from __future__ import annotations
 
@@ -8,13 +9,25 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from ffr.errors import FFRError
 from ffr.review import migrate
-from ffr.review.db import Meta, Rater, default_url, make_engine, session_factory
+from ffr.review.db import (
+    Assignment,
+    BrowserSession,
+    Meta,
+    Rater,
+    ReviewImage,
+    Vote,
+    default_url,
+    make_engine,
+    make_private,
+    session_factory,
+)
+from ffr.review.origins import check_public_url
 from ffr.review.tokens import new_token, token_hash
 from ffr.shards import read_groups
 
@@ -29,8 +42,8 @@ class ReviewSettings:
     votes_per_image: int
     task_size: int
     lease_seconds: float
-    secret: str
     admin_token_hash: str
+    public_url: str = ""  # where browsers reach the app (a TLS proxy); "" = http://<the Host header>
 
 
 @dataclass
@@ -66,7 +79,7 @@ def _read_meta(engine: Engine) -> dict[str, str]:
 
 def _settings(meta: dict[str, str]) -> ReviewSettings:
     return ReviewSettings(meta["data_uri"], int(meta["votes_per_image"]), int(meta["task_size"]),
-                          float(meta["lease_seconds"]), meta["secret"], meta["admin_token_hash"])
+                          float(meta["lease_seconds"]), meta["admin_token_hash"], meta.get("public_url", ""))
 
 
 def _positive(name: str, value: int) -> int:
@@ -76,12 +89,16 @@ def _positive(name: str, value: int) -> int:
 
 
 def open_review(data_uri: str, db_url: str | None = None, *, create: bool = False, votes_per_image: int | None = None,
-                task_size: int | None = None, lease_seconds: float | None = None) -> tuple[Review, str | None]:
+                task_size: int | None = None, lease_seconds: float | None = None,
+                public_url: str | None = None) -> tuple[Review, str | None]:
     """Migrate and open the review of ``data_uri``. With ``create``, a fresh database gets its settings and an
-    admin token, which is returned once (None otherwise). K, N and the lease given for an existing review
-    replace the stored ones (K only upwards: votes already cast stay valid)."""
+    admin token, which is returned once (None otherwise). K, N, the lease and the public URL given for an
+    existing review replace the stored ones (K only upwards: votes already cast stay valid)."""
     read_groups(data_uri)  # one clear line if data_uri is not a generation output (before creating anything)
+    if public_url is not None:
+        public_url = check_public_url(public_url)
     url = db_url or default_url(data_uri)
+    make_private(url)  # before SQLite touches it: 0600 in a 0700 folder (also tightens an older, looser file)
     engine = make_engine(url)
     try:
         migrate.upgrade(engine)
@@ -96,8 +113,8 @@ def open_review(data_uri: str, db_url: str | None = None, *, create: bool = Fals
         admin_token = new_token()
         meta = {"data_uri": data_uri, "votes_per_image": str(_positive("--votes", votes_per_image or DEFAULT_VOTES)),
                 "task_size": str(_positive("--task-size", task_size or DEFAULT_TASK_SIZE)),
-                "lease_seconds": str(float(lease_seconds or DEFAULT_LEASE_S)), "secret": new_token() + new_token(),
-                "admin_token_hash": token_hash(admin_token), "lock": "0"}
+                "lease_seconds": str(float(lease_seconds or DEFAULT_LEASE_S)),
+                "admin_token_hash": token_hash(admin_token), "public_url": public_url or "", "lock": "0"}
         with session_factory(engine).begin() as s:
             s.add_all([Meta(key=k, value=v) for k, v in meta.items()])
     elif meta["data_uri"] != data_uri:
@@ -114,10 +131,12 @@ def open_review(data_uri: str, db_url: str | None = None, *, create: bool = Fals
             changes["task_size"] = str(_positive("--task-size", task_size))
         if lease_seconds is not None:
             changes["lease_seconds"] = str(float(lease_seconds))
+        if public_url is not None and public_url != meta.get("public_url", ""):
+            changes["public_url"] = public_url
         if changes:
             with session_factory(engine).begin() as s:
                 for k, v in changes.items():
-                    s.get(Meta, k).value = v
+                    s.merge(Meta(key=k, value=v))
             meta.update(changes)
     return Review(engine, _settings(meta), url), admin_token
 
@@ -132,24 +151,60 @@ def add_rater(review: Review, name: str) -> str:
         with review.sessions.begin() as s:
             s.add(Rater(name=name, token_hash=token_hash(token), created_at=time.time()))
     except IntegrityError:
-        raise FFRError(f"a rater named {name!r} exists already; pick another name (or --reissue to replace the "
-                       "link)") from None
+        with review.sessions() as s:
+            revoked = s.scalar(select(Rater.revoked_at).where(Rater.name == name))
+        again = "was revoked; --reissue gives them a new link" if revoked else \
+            "exists already; pick another name (or --reissue to replace the link)"
+        raise FFRError(f"a rater named {name!r} {again}") from None
     return token
+
+
+def _rater(s, name: str) -> Rater:
+    rater = s.scalar(select(Rater).where(Rater.name == name))
+    if rater is None:
+        known = ", ".join(s.scalars(select(Rater.name).order_by(Rater.name).limit(20))) or "none yet"
+        raise FFRError(f"no rater named {name!r} (raters: {known})")
+    return rater
 
 
 def reissue_rater(review: Review, name: str) -> str:
-    """A fresh link for an existing rater (the old one stops working); their votes stay theirs."""
+    """A fresh link for an existing (or revoked) rater: the old link and every browser signed in with it stop
+    working; their votes stay theirs."""
     token = new_token()
     with review.sessions.begin() as s:
-        rater = s.scalar(select(Rater).where(Rater.name == name))
-        if rater is None:
-            raise FFRError(f"no rater named {name!r}")
+        rater = _rater(s, name)
         rater.token_hash = token_hash(token)
+        rater.revoked_at = None
+        s.execute(delete(BrowserSession).where(BrowserSession.rater_id == rater.id))
     return token
 
 
+def revoke_rater(review: Review, name: str, drop_votes: bool = False) -> dict:
+    """Remove a rater: their link and sessions stop working at once (also in a running server) and their open
+    task goes back to the pool. With ``drop_votes`` their votes are deleted too and each affected image's vote
+    count is recomputed from the votes left, so it is offered to other raters until it has K again. The rater's
+    row stays (marked revoked) so the name is not silently reused."""
+    with review.sessions.begin() as s:
+        rater = _rater(s, name)
+        rater.revoked_at = rater.revoked_at or time.time()
+        s.execute(delete(BrowserSession).where(BrowserSession.rater_id == rater.id))
+        voted = list(s.scalars(select(Vote.image_id).where(Vote.rater_id == rater.id)))
+        if drop_votes:
+            s.execute(delete(Vote).where(Vote.rater_id == rater.id))
+            s.execute(delete(Assignment).where(Assignment.rater_id == rater.id))
+            left = select(func.count()).where(Vote.image_id == ReviewImage.id).scalar_subquery()
+            for chunk in range(0, len(voted), 500):  # bounded IN lists
+                s.execute(update(ReviewImage).where(ReviewImage.id.in_(voted[chunk:chunk + 500]))
+                          .values(n_votes=left).execution_options(synchronize_session=False))
+        else:
+            s.execute(delete(Assignment).where(Assignment.rater_id == rater.id, Assignment.voted.is_(False)))
+    return {"rater": name, "votes": len(voted), "votes_dropped": len(voted) if drop_votes else 0}
+
+
 def rotate_admin_token(review: Review) -> str:
+    """A new admin link; the old link and every admin session stop working."""
     token = new_token()
     with review.sessions.begin() as s:
         s.get(Meta, "admin_token_hash").value = token_hash(token)
+        s.execute(delete(BrowserSession).where(BrowserSession.is_admin.is_(True)))
     return token

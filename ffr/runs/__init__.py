@@ -10,36 +10,53 @@ chosen by one rule (:func:`selection_score`) in both places.
 The result file is not called ``result.json``: Ray Tune writes its own ``result.json`` (JSON lines) into every
 trial folder of the same sweep tree. Run directories written before the rename are still read: their
 ``result.json`` counts when a ``config.json`` sits beside it (a Tune trial folder has none).
+
+Each run is counted once (:func:`unique_runs`), whatever copies of its files exist: a run's identity is its
+name plus a digest of what it computed (config.json minus where/how it ran), so a copied folder, a symlink, the
+same run found under a sweep folder and a runs folder, or the copies MLflow keeps as artifacts are one run.
+MLflow's artifact store carries a marker file (:data:`NOT_RUNS_MARKER`, written by ``ffr.tracking``) and
+discovery does not descend into a folder that holds one. Two copies of one identity with different results
+are refused in one line naming both paths: averaging either would be wrong.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ffr.config import redact
-from ffr.datasets.base import GroupedSplit, save_splits
 from ffr.errors import FFRError
 from ffr.storage import ensure_dir, filesystem, is_remote, join, write_atomic
+
+if TYPE_CHECKING:  # the dataset readers import torch; readers of run directories (``ffr report``) need neither
+    from ffr.datasets.base import GroupedSplit
 
 CONFIG, SPLITS, METRICS, RESULT = "config.json", "splits.parquet", "metrics.jsonl", "ffr_result.json"
 LEGACY_RESULT = "result.json"  # ffr's result file before it was renamed (see above)
 STOPPED = "stopped.json"  # written by the sweep driver for a trial its scheduler (ASHA) stopped early
+DIAGNOSTIC = "bg_diagnostic"  # the result file's (B, G) diagnostic (ffr.training.diagnostic)
 CHECKPOINT_PREFIX, CHECKPOINT_FILE = "checkpoint_epoch", "model.pt"
 STEPS_DIR = "steps"  # per-step loss terms of a method that logs them (Method.step_log): one JSON-lines file per epoch
+# A folder holding this file, and everything below it, holds no runs (MLflow's artifact store keeps copies of
+# every run's files; see ffr.tracking). Discovery skips it.
+NOT_RUNS_MARKER = ".ffr-not-runs"
+# Result-file fields that say where a copy lives, not what the run found: left out when two copies are compared.
+_LOCATION_FIELDS = {"checkpoint", "init_checkpoint", "storage_path", "run_dir"}
 SCORE = "selection_score"  # each epoch's metrics record carries it; checkpoints are ranked by it
 # Fields of a training config that change where/how a run executes but not what it computes: left out of
 # run-name hashes and of "same setting" comparisons.
+# ``diagnostic`` is here too: it adds measurements to a run's evaluation, never changes what it trains or tests.
 INFRA_FIELDS = ("storage_path", "run_name", "num_workers", "use_gpu", "cpus_per_worker", "max_failures",
                 "controller_failure_limit", "keep_checkpoints", "cache_in_memory", "loader_workers", "fault_injection",
-                "mlflow", "executor", "skipped_images")
+                "mlflow", "executor", "skipped_images", "diagnostic")
 # Besides the seeds (top-level seed and dataset_options.seed, the split's seed): settings that follow the seed
 # or the place a run was written, so runs that differ only in them are seeds of one setting.
 _SEED_KEYS = {"seed"}
@@ -121,6 +138,8 @@ def write_config(directory: str, config: dict) -> None:
 
 
 def write_splits(directory: str, splits: dict[str, GroupedSplit]) -> None:
+    from ffr.datasets.base import save_splits
+
     fs, inner = filesystem(directory)
     ensure_dir(fs, inner)
     save_splits(splits, join(directory, SPLITS))
@@ -257,10 +276,6 @@ def read_result(directory: str) -> dict | None:
     return None if path is None else read_json(path)
 
 
-def read_stopped(directory: str) -> dict | None:
-    return read_json(join(directory, STOPPED))
-
-
 # --- run records and discovery ----------------------------------------------------------------------------
 
 
@@ -346,15 +361,59 @@ class RunRecord:
 
     def settings(self) -> dict[str, Any]:
         """What this run computed, as flat keys: its config minus seeds, the paths that depend on the seed
-        (synthetic_root, init_checkpoint) and where/how it ran. Runs equal here differ only by seed."""
+        (synthetic_root, init_checkpoint) and where/how it ran, plus the generator of its synthetic images.
+        Runs equal here differ only by seed."""
         if not self.config:  # a run directory without config.json: only what the result says
-            return {k: self.get(k) for k in ("dataset", "variant", "method", "stage")}
-        return {k: v for k, v in _flatten(self.config).items()
-                if k.rsplit(".", 1)[-1] not in _SEED_KEYS and k.split(".", 1)[0] not in _NOT_SETTINGS}
+            out = {k: self.get(k) for k in ("dataset", "variant", "method", "stage")}
+        else:
+            if "_settings" not in self.__dict__:  # resolving options validates them: once per record
+                self.__dict__["_settings"] = {
+                    k: v for k, v in _flatten(with_option_defaults(self.config)).items()
+                    if k.rsplit(".", 1)[-1] not in _SEED_KEYS and k.split(".", 1)[0] not in _NOT_SETTINGS}
+            out = dict(self.__dict__["_settings"])
+        # synthetic_root is left out above (it often follows the seed), but what made its images is not: runs on
+        # two generators' outputs are two settings, the generator a study axis (issue 23)
+        if (self.result or {}).get("generator"):
+            out["generator"] = self.result["generator"]
+        return out
 
     def setting_key(self) -> str:
         """:meth:`settings` as one comparable string."""
         return json.dumps(self.settings(), sort_keys=True, default=str)
+
+    @property
+    def identity(self) -> str:
+        """The run's name and a digest of what it computed (config.json without where and how it ran):
+        every copy of one run has the same identity, wherever it is stored."""
+        computed = {k: v for k, v in self.config.items() if k not in INFRA_FIELDS}
+        digest = hashlib.sha256(json.dumps(computed, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return f"{self.name}#{digest}"
+
+    def outcome(self) -> str | None:
+        """What a finished run found (its result file without the paths of this copy), for comparing copies."""
+        if self.result is None:
+            return None
+        return json.dumps({k: v for k, v in self.result.items() if k not in _LOCATION_FIELDS}, sort_keys=True,
+                          default=str)
+
+
+def with_option_defaults(config: dict) -> dict:
+    """A config.json with its entries' options filled with their defaults, as training now writes them: a run
+    written before that (``method_hparams: {}``) is the same setting as one that records the defaults. An entry
+    this process cannot resolve (a plugin not installed here, an option since removed) is left as written."""
+    from ffr.backbones import BACKBONES
+    from ffr.datasets import DATASETS
+    from ffr.methods import METHODS
+
+    out = dict(config)
+    for registry, name_key, key in ((DATASETS, "dataset", "dataset_options"),
+                                    (BACKBONES, "backbone", "backbone_options"), (METHODS, "method", "method_hparams")):
+        if isinstance(config.get(name_key), str) and isinstance(config.get(key, {}), dict):
+            try:
+                out[key] = registry.options(config[name_key], config.get(key) or {}, key).to_dict()
+            except FFRError:
+                pass
+    return out
 
 
 def _read_run(fs, root: str, directory: str, names: set[str]) -> RunRecord:
@@ -367,23 +426,43 @@ def _read_run(fs, root: str, directory: str, names: set[str]) -> RunRecord:
     return RunRecord(where, result, config, metrics, stopped)
 
 
+def _preferred(a: RunRecord, b: RunRecord) -> RunRecord:
+    """Of two copies of one run: the finished one, then the one with more epochs recorded, then the shorter
+    (then the first) path. Two finished copies with different results are refused."""
+    if a.finished and b.finished and a.outcome() != b.outcome():
+        raise FFRError(f"run {a.name!r} has two different results with one identity: {a.path!r} and {b.path!r}; "
+                       "expected copies of one run to agree (remove or rename the stale copy)")
+    return min((a, b), key=lambda r: (not r.finished, -len(r.metrics), len(r.path), r.path))
+
+
+def unique_runs(records: list[RunRecord]) -> list[RunRecord]:
+    """One record per run identity (:attr:`RunRecord.identity`), in path order; see the module docstring."""
+    kept: dict[str, RunRecord] = {}
+    for record in records:
+        kept[record.identity] = _preferred(kept[record.identity], record) if record.identity in kept else record
+    return sorted(kept.values(), key=lambda r: r.path)
+
+
 def find_runs(root: str) -> list[RunRecord]:
-    """Every run directory under ``root`` (recursively; ``root`` itself may be one), finished or not:
-    a folder with a result file or a ``metrics.jsonl`` (checkpoint folders and Tune's trial folders aside)."""
+    """Every run under ``root`` (recursively; ``root`` itself may be one), finished or not, each once: a folder
+    with a result file or a ``metrics.jsonl`` (checkpoint folders, Tune's trial folders and folders marked with
+    :data:`NOT_RUNS_MARKER` aside)."""
     fs, inner = filesystem(root)
     if is_remote(root):
         fs.invalidate_cache()  # runs may have been written by other processes since the last listing
     if not fs.exists(inner):
         raise FFRError(f"runs root {root!r} does not exist")
     files = [str(p) for p in fs.find(inner)] if fs.isdir(inner) else []
+    marked = sorted({path.rpartition("/")[0] + "/" for path in files if path.endswith("/" + NOT_RUNS_MARKER)})
     by_dir: dict[str, set[str]] = {}
     for path in files:
         directory, _, name = path.rpartition("/")
         if name in (RESULT, LEGACY_RESULT, METRICS, CONFIG, STOPPED) and \
-                not re.search(r"/checkpoint_[^/]*(/|$)", directory + "/"):
+                not re.search(r"/checkpoint_[^/]*(/|$)", directory + "/") and \
+                not any((directory + "/").startswith(m) for m in marked):
             by_dir.setdefault(directory, set()).add(name)
-    return [_read_run(fs, root, directory, names) for directory, names in sorted(by_dir.items())
-            if _result_name(names) or METRICS in names]
+    return unique_runs([_read_run(fs, root, directory, names) for directory, names in sorted(by_dir.items())
+                        if _result_name(names) or METRICS in names])
 
 
 def read_run(directory: str) -> RunRecord:
@@ -417,16 +496,35 @@ def best_run_of_sweep(root: str, seed: int, stage: int = 1) -> str:
     return by_key[best_key][seed][0]
 
 
+def _holds_model(directory: str) -> bool:
+    fs, inner = filesystem(directory)
+    return fs.exists(join(inner, CHECKPOINT_FILE))
+
+
+def run_checkpoint(reference: str) -> str | None:
+    """A checkpoint directory (has model.pt) as it is, or a finished run directory's best checkpoint: the one its
+    result file names, else ``checkpoint_epoch{best_epoch}`` inside it (a run copied or moved elsewhere still
+    finds its own); None when ``reference`` is neither."""
+    if _holds_model(reference):
+        return reference
+    result = read_result(reference)
+    if not result:
+        return None
+    named = result.get("checkpoint")
+    if named and _holds_model(named):
+        return named
+    if result.get("best_epoch") is not None and _holds_model(checkpoint_dir(reference, int(result["best_epoch"]))):
+        return checkpoint_dir(reference, int(result["best_epoch"]))
+    return named or None
+
+
 def resolve_checkpoint(reference: str, seed: int) -> str:
     """A stage-1 reference → a checkpoint directory: a checkpoint dir (has model.pt), a finished run dir
     (its result file's checkpoint), or ``best:<sweep dir>`` (the best stage-1 run for this seed)."""
     if reference.startswith("best:"):
         reference = best_run_of_sweep(reference[len("best:"):], seed, stage=1)
-    fs, inner = filesystem(reference)
-    if fs.exists(join(inner, CHECKPOINT_FILE)):
-        return reference
-    result = read_result(reference)
-    if result and result.get("checkpoint"):
-        return result["checkpoint"]
+    found = run_checkpoint(reference)
+    if found is not None:
+        return found
     raise FFRError(f"init_checkpoint {reference!r} is neither a checkpoint directory (with model.pt) nor a "
                    f"finished run directory (with {RESULT}); expected one of those or best:<sweep dir>")

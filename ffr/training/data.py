@@ -11,6 +11,7 @@ from ffr import variants
 from ffr.datasets.base import GroupedSplit
 from ffr.errors import FFRError
 from ffr.training.config import TrainConfig
+from ffr.training.diagnostic import heldout_synthetic
 from ffr.variants import StageData
 
 
@@ -19,6 +20,9 @@ class ExperimentData:
     real: dict[str, GroupedSplit]
     stages: dict[int, StageData]
     skipped_images: list[str] = field(default_factory=list)  # keys dropped under bad_images: skip
+    generator: str | None = None  # the synthetic images' generator label(s), for results and report grouping
+    # synthetic images no variant of this seed trains on, for the (B, G) diagnostic (ffr.training.diagnostic)
+    heldout: GroupedSplit | None = None
     mix: GroupedSplit | None = None  # the class-only stream mixed into every batch (TrainConfig.mix)
 
     @property
@@ -49,14 +53,21 @@ def load_experiment_data(cfg: TrainConfig, stage: int | None = None) -> Experime
     synthetic = None
     # The variant says which stages to build and what they train on: synthetic data is read only when a
     # wanted stage trains on it (not by a real-only stage's workers, nor when a given checkpoint replaces it).
-    variant = variants.create(cfg.variant)
+    variant = variants.create(cfg.variant, cfg.stage1.per_group)
     wanted = variant.wanted_stages(stage, cfg.init_checkpoint is not None)
     if variant.needs_synthetic(wanted):
         if not cfg.synthetic_root:
             raise FFRError(f"variant {cfg.variant!r} needs synthetic_root (a generation output directory)")
         synthetic = ffr.datasets.create("synthetic", root=cfg.synthetic_root, review=cfg.synthetic_review)["train"]
     by_stage = {s: variant.build(s, real["train"], synthetic, data_seed) for s in wanted}
-    return ExperimentData(real, by_stage, list(skipped), load_mix(cfg, real["train"]))
+    generator = None
+    if synthetic is not None and "generator" in synthetic.table.columns:
+        generator = " | ".join(sorted(set(synthetic.table["generator"].astype(str)))) or None
+    heldout = None
+    if synthetic is not None and cfg.diagnostic.enabled:
+        heldout = heldout_synthetic(synthetic, real["train"], [d.train for d in by_stage.values()], data_seed,
+                                    cfg.diagnostic.holdout_per_group)
+    return ExperimentData(real, by_stage, list(skipped), generator, heldout, load_mix(cfg, real["train"]))
 
 
 def load_mix(cfg: TrainConfig, main_train: GroupedSplit) -> GroupedSplit | None:

@@ -5,7 +5,8 @@ A method that fits on features (``Method.fit_on_features``, e.g. DFR's last-laye
 selected model's penultimate features of the real train/val/test splits, extracted once per split; its head
 then gives the val/test numbers and the model's own head's are kept as ``base_val``/``base_test``. A method
 that analyses features (``Method.analyze_features``, e.g. D3S's probes) gets them for its stage's training
-set, val, test and the class-only stream, and its results join the result as they are.
+set, val, test and the class-only stream, and its results join the result as they are. An experiment with
+synthetic data also gets FFR's (B, G) diagnostic (``ffr.training.diagnostic``) of the checkpoint.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from ffr.backbones import create_backbone
 from ffr.errors import FFRError
 from ffr.methods.base import Features
 from ffr.metrics import group_counts_of, summarize
+from ffr.runs import DIAGNOSTIC
 from ffr.training import loop
 from ffr.training.config import StageSpec, TrainConfig
 from ffr.training.data import ExperimentData
+from ffr.training.diagnostic import bg_diagnostic
 from ffr.training.stage import EVAL_BATCH
 
 MIX_FEATURES = 50_000  # at most this many images of the class-only stream go to a method's feature analyses
@@ -38,13 +41,13 @@ def _model(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, state: dict,
 
 
 def _features(model, split, cfg: TrainConfig, device) -> np.ndarray:
-    dataset = loop.image_dataset(split, cfg.image_size)
+    dataset = loop.image_dataset(split, loop.preprocessing(cfg))
     feats, _ = loop.extract_features(model, loop.loader(dataset, EVAL_BATCH), device)
     return feats
 
 
 def _predictions(model, split, cfg: TrainConfig, device, spec=None) -> np.ndarray:
-    dataset = loop.image_dataset(split, cfg.image_size, spec)
+    dataset = loop.image_dataset(split, loop.preprocessing(cfg), spec)
     preds, _ = loop.predict(model, loop.loader(dataset, EVAL_BATCH), device)
     return preds
 
@@ -67,6 +70,7 @@ def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, 
            "group_sizes": {"train": {str(g): int(n) for g, n in sorted(train_counts.items())},
                            "val": {str(g): int(n) for g, n in sorted(group_counts_of(val.groups()).items())},
                            "test": {str(g): int(n) for g, n in sorted(group_counts_of(test.groups()).items())}}}
+    predict = _head(model, device)
     if method.fits_on_features():
         splits = {"train": data.real["train"], "val": val, "test": test}
         features = {name: Features(_features(model, split, cfg, device), split.y, split.groups())
@@ -78,6 +82,7 @@ def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, 
                 split = splits[name]
                 out[name] = summarize(fit.predict(features[name].x), split.y, split.groups(), train_counts)
             out[method.name] = fit.details
+            predict = fit.predict  # the diagnostic measures the predictor whose test numbers are reported
     if method.analyzes_features():
         splits = {"train": data.stages[spec.stage].train, "val": val, "test": test}
         if data.mix is not None:  # a seeded sample: the class-only stream may be all of ImageNet
@@ -91,7 +96,20 @@ def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, 
         analysis = method.analyze_features(model, features, np.random.default_rng([cfg.seed, 8]))
         if analysis is not None:
             out.update(analysis)
+    if data.heldout is not None and len(data.heldout):
+        out[DIAGNOSTIC] = bg_diagnostic(lambda split: _features(model, split, cfg, device), predict, test,
+                                        data.heldout, train_counts, cfg.seed)
     return out
+
+
+def _head(model, device: torch.device):
+    """Features → predicted classes with the model's own linear head."""
+    @torch.no_grad()
+    def predict(features: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(features, dtype=torch.float32, device=device)
+        return model.head(x).argmax(1).cpu().numpy()
+
+    return predict
 
 
 def train_predictions(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, device: torch.device | None = None,

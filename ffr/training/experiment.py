@@ -17,6 +17,7 @@ import ffr.methods
 from ffr import backbones, runs, tracking, variants
 from ffr.datasets import DATASETS
 from ffr.errors import FFRError, unwrap_user_errors
+from ffr.groups import SOURCE_NAMES
 from ffr.runs.plots import run_artifacts
 from ffr.storage import filesystem, join, require_bucket
 from ffr.training import plan
@@ -27,16 +28,27 @@ from ffr.training.config import (
     parse,
     preliminary_stage,
     pretrain_stage,
+    resolve_executor,
+    resolve_paths,
     resolved,
 )
 from ffr.training.data import ExperimentData, load_experiment_data
 
 
 def _check_names(cfg: TrainConfig) -> None:
-    DATASETS.get(cfg.dataset)
+    DATASETS.options(cfg.dataset, cfg.dataset_options, "dataset_options")  # name and options, before the weights
     variants.VARIANTS.get(cfg.variant)
-    backbones.create_backbone(cfg.backbone, 2, pretrained=None, **cfg.backbone_options)  # name and options
+    # name and options through the registry: building a ResNet-50 only to check its name cost seconds
+    backbones.BACKBONES.options(cfg.backbone, cfg.backbone_options, "backbone_options")
     ffr.methods.create(cfg.method, **cfg.method_hparams)  # also validates the hyperparameters
+    check_weights(cfg)
+
+
+def check_weights(cfg: TrainConfig) -> None:
+    """The pretrained weights a stage starts from are reachable (FFRError naming the file otherwise). With an
+    init_checkpoint every trained stage starts from it, so ``pretrained`` is not read."""
+    if cfg.init_checkpoint is None:
+        backbones.check_pretrained(cfg.backbone, cfg.pretrained)
 
 
 def _log(message: str) -> None:
@@ -53,8 +65,9 @@ def _tracker(cfg: TrainConfig, spec: StageSpec) -> tracking.RunTracker | None:
 
 
 def _executor(cfg: TrainConfig):
-    """The module that trains and evaluates a stage: Ray Train (default) or this process (``executor: local``)."""
-    if cfg.executor == "local":
+    """The module that trains and evaluates a stage: Ray Train or this process (``executor: local``); ``auto`` is
+    resolved by :func:`run_experiment` before any stage runs."""
+    if resolve_executor(cfg)[0] == "local":
         from ffr.training import local
 
         return local
@@ -82,11 +95,10 @@ def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, stora
     from ffr.training import ray_train
 
     tracker.start(resolved(cfg, spec))
-    group_names = data.val.spec.group_names()
+    epochs = ray_train.MLflowEpochs(tracker.uri, tracker.run_id, data.val.spec.group_names(),
+                                    training_group_names(data, spec.stage), directory)
     try:
-        result = _train_and_evaluate(cfg, spec, data, storage_path, directory,
-                                     [*(callbacks or []), ray_train.MLflowEpochs(tracker.uri, tracker.run_id,
-                                                                                 group_names, directory)])
+        result = _train_and_evaluate(cfg, spec, data, storage_path, directory, [*(callbacks or []), epochs])
     except BaseException:
         tracker.fail()
         raise
@@ -95,6 +107,18 @@ def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, stora
     except Exception as e:  # noqa: BLE001 - the run itself is done and written; tracking is secondary
         _log(f"[{spec.run_name}] warning: could not finish the MLflow run ({e.__class__.__name__}: {e})")
     return result
+
+
+def training_group_names(data: ExperimentData, stage: int) -> list[str]:
+    """Names of a stage's training groups, the ones its draws are counted by: (class, bias, source) for USB/ASB;
+    a stage that trains on one source only (FFR's stage 1: synthetic) says which."""
+    stage_data = data.stages[stage]
+    names = stage_data.train_spec.group_names()
+    sources = set(stage_data.train.source.tolist())
+    if stage_data.train_spec.with_source or len(sources) != 1:
+        return names
+    source = SOURCE_NAMES[sources.pop()]
+    return [f"{name}/{source}" for name in names]
 
 
 def _train_and_evaluate(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, storage_path: str,
@@ -116,6 +140,9 @@ def _train_and_evaluate(cfg: TrainConfig, spec: StageSpec, data: ExperimentData,
               "group_names": {str(g): n for g, n in enumerate(data.val.spec.group_names())},
               "checkpoint": best, "init_checkpoint": spec.init_checkpoint, "storage_path": storage_path,
               "bad_images": cfg.bad_images, "bad_images_skipped": len(cfg.skipped_images or []),
+              # what made the synthetic images (read from their records): runs on another generator's output
+              # are another setting in `ffr report`, not another seed
+              **({"generator": data.generator} if data.generator else {}),
               **{k: v for k, v in evaluated.items() if k != "epoch"}}
     runs.write_result(directory, result)
     _log(f"[{spec.run_name}] done: best epoch {best_epoch}, val WGA {best_wga:.3f}, "
@@ -151,15 +178,17 @@ def _preliminary(cfg: TrainConfig, main: StageSpec, data: ExperimentData) -> dic
     return result
 
 
-@unwrap_user_errors
-def run_experiment(config: TrainConfig | dict, callbacks: list | None = None) -> dict:
-    """Run every stage of one experiment; returns the final (stage-2) result, plus ``stage1`` (None without).
-
-    ``callbacks`` (Ray Train UserCallbacks, e.g. Tune's TuneReportCallback) see the stage-2 run only."""
-    cfg = parse(config)
+def _prepare(config: TrainConfig | dict, log_executor: bool = True) -> tuple[TrainConfig, str | None, ExperimentData]:
+    """The config parsed, its executor chosen, and everything checked before Ray starts: the storage bucket (Ray
+    Train's storage layer would create a missing one), the init checkpoint, then the data (roots, files,
+    bad-image policy). ``log_executor``: print the executor ``auto`` chose (a sweep prints it once)."""
+    # Every path against the directory the command was started in, once, here on the driver: Ray Train
+    # workers and Tune trials run elsewhere (a no-op for the absolute paths a sweep's trial receives).
+    cfg = parse(resolve_paths(config))
     _check_names(cfg)
-    # Before Ray starts: the storage bucket (Ray Train's storage layer would create a missing one), the
-    # init checkpoint, then the data (roots, files, bad-image policy).
+    chose = cfg.executor == "auto"
+    executor, why = resolve_executor(cfg)
+    cfg = dataclasses.replace(cfg, executor=executor)
     fs, inner = filesystem(cfg.storage_path)
     require_bucket(fs, inner)
     init = runs.resolve_checkpoint(cfg.init_checkpoint, cfg.seed) if cfg.init_checkpoint else None
@@ -169,21 +198,50 @@ def run_experiment(config: TrainConfig | dict, callbacks: list | None = None) ->
         if data.skipped_images:
             _log(f"skipped {len(data.skipped_images)} unreadable image(s) (bad_images: skip), e.g. "
                  f"{data.skipped_images[0]!r}")
+    if chose and log_executor:  # after the checks: a bad config says only its one line
+        _log(f"executor: {executor} ({why})")
     if cfg.executor != "local":
         from ffr.ray_session import ensure_ray
 
         ensure_ray()
+    return cfg, init, data
+
+
+def _stage1(cfg: TrainConfig, data: ExperimentData) -> dict:
+    from ffr.training import stage_lease
+
+    stage1 = pretrain_stage(cfg)
+    # Shared by every method, trial and job of this seed and stage-1 setting: one trains it, others wait.
+    with stage_lease.hold(runs.run_dir(cfg.storage_path, stage1.run_name), stage1.run_name, _log):
+        return run_stage_job(cfg, stage1, data)
+
+
+@unwrap_user_errors
+def run_experiment(config: TrainConfig | dict, callbacks: list | None = None, log_executor: bool = True) -> dict:
+    """Run every stage of one experiment; returns the final (stage-2) result, plus ``stage1`` (None without).
+
+    ``callbacks`` (Ray Train UserCallbacks, e.g. Tune's TuneReportCallback) see the stage-2 run only.
+    ``log_executor``: print the executor ``auto`` chose (a sweep prints it once for all its trials)."""
+    cfg, init, data = _prepare(config, log_executor)
     stage1_result = None
     if variants.PRETRAIN_STAGE in data.stages:
-        from ffr.training import stage_lease
-
-        stage1 = pretrain_stage(cfg)
-        # Shared by every method, trial and job of this seed and stage-1 setting: one trains it, others wait.
-        with stage_lease.hold(runs.run_dir(cfg.storage_path, stage1.run_name), stage1.run_name, _log):
-            stage1_result = run_stage_job(cfg, stage1, data)
+        stage1_result = _stage1(cfg, data)
         init = stage1_result["checkpoint"]
     stage2 = method_stage(cfg, init)
     if stage2.epochs > 0:
         stage2.preliminary = _preliminary(cfg, stage2, data)
     result = run_stage_job(cfg, stage2, data, callbacks=callbacks)
     return {**result, "stage1": stage1_result}
+
+
+@unwrap_user_errors
+def run_pretrain(config: TrainConfig | dict) -> dict:
+    """Only the experiment's stage 1 (FFR's pretraining, shared by every stage-2 setting on top of it); its
+    result. ``ffr study`` trains it as a trial of its own, before the stage-2 trials that start from it."""
+    cfg = parse(resolve_paths(config))
+    stages = sorted(variants.create(cfg.variant).stages)
+    if variants.PRETRAIN_STAGE not in stages:
+        raise FFRError(f"variant {cfg.variant!r} has no stage {variants.PRETRAIN_STAGE} to pretrain (its stages: "
+                       f"{stages})")
+    cfg, _init, data = _prepare(dataclasses.replace(cfg, init_checkpoint=None), log_executor=False)
+    return _stage1(cfg, data)

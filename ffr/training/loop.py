@@ -13,8 +13,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
-from torchvision import transforms
 
+from ffr import backbones
+from ffr.backbones import Preprocessing
 from ffr.datasets.base import GroupedImageDataset, GroupedSplit
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
@@ -22,22 +23,16 @@ from ffr.methods.base import Method
 from ffr.runs import CHECKPOINT_FILE
 from ffr.storage import ensure_dir, filesystem, join
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
 
 def device(use_gpu: bool) -> torch.device:
     """CUDA when asked for and present; else CPU (GPU code paths must also run on CPU)."""
     return torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
-def make_transform(image_size: int, corrupt: Callable | None = None, augment: bool = False) -> Callable:
-    """FFR's preprocessing for train and eval alike: resize (no crop, no flip) and ImageNet normalization.
-    ``corrupt`` (PIL → PIL, e.g. ``ffr.corruptions.Corrupt``) runs after the resize, at the training size.
-    ``augment`` (training only): RandomResizedCrop + horizontal flip instead of the resize, as D3S trained."""
-    resize = ([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()] if augment
-              else [transforms.Resize((image_size, image_size))])
-    return transforms.Compose([*resize, *([corrupt] if corrupt else []),
-                               transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+def preprocessing(cfg) -> Preprocessing:
+    """A run's preprocessing, for train and eval alike: its backbone's (mean, std, interpolation; resize, no
+    crop, no flip) at the run's ``image_size``."""
+    return backbones.preprocessing(cfg.backbone).at(cfg.image_size)
 
 
 class InMemoryDataset(torch.utils.data.Dataset):
@@ -57,10 +52,48 @@ class InMemoryDataset(torch.utils.data.Dataset):
         return self.images[i], y, b, source, g, i
 
 
-def image_dataset(split: GroupedSplit, image_size: int, group_spec: GroupSpec | None = None,
+class CorruptedImageDataset(torch.utils.data.Dataset):
+    """Training images degraded as FFR's quality ablation does it: the corruption runs on the image at its own
+    (generated) size, *before* the resize, with fresh randomness for every draw.
+
+    Indexed by ``(epoch, position, index)`` — what :class:`ffr.training.sampling.EpochSampler` yields with
+    ``tagged=True`` — so draw ``position`` of ``epoch`` gets its own generator (``Corrupt.rng``): other noise every
+    epoch, the same in a rerun and under any number of DDP or loader workers. A plain index (evaluation) gets a
+    fixed generator per image. ``in_memory`` keeps the decoded images at their own size; the corruption and the
+    resize still run on every draw."""
+
+    def __init__(self, split: GroupedSplit, prep: Preprocessing, corrupt: Callable,
+                 group_spec: GroupSpec | None = None, in_memory: bool = False, augment: bool = False) -> None:
+        self.base = GroupedImageDataset(split, prep.transform(augment), group_spec)
+        self.corrupt = corrupt
+        self.groups = self.base.groups
+        self.decoded = [self._decode(i) for i in range(len(self.base))] if in_memory else None
+
+    def _decode(self, i: int) -> np.ndarray:
+        return np.asarray(self.base.split.load_image(self.base.keys[i]).convert("RGB"))
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item):
+        epoch, position, i = item if isinstance(item, tuple) else (-1, int(item), int(item))
+        from PIL import Image
+
+        pixels = self.decoded[i] if self.decoded is not None else self._decode(i)
+        corrupted = self.corrupt(Image.fromarray(pixels), self.corrupt.rng(epoch, position))
+        b = self.base
+        return b.transform(corrupted), int(b.y[i]), int(b.b[i]), int(b.source[i]), int(b.groups[i]), i
+
+
+def image_dataset(split: GroupedSplit, prep: Preprocessing, group_spec: GroupSpec | None = None,
                   in_memory: bool = False, corrupt: Callable | None = None,
                   augment: bool = False) -> torch.utils.data.Dataset:
-    ds = GroupedImageDataset(split, make_transform(image_size, corrupt, augment), group_spec)
+    """A split's images as tensors, through ``prep`` (:func:`preprocessing`); ``corrupt`` (an
+    ``ffr.corruptions.Corrupt``) degrades them before the resize, anew on every draw (index the dataset with a
+    tagged EpochSampler); ``augment`` (training only): RandomResizedCrop + flip instead of the resize (D3S)."""
+    if corrupt is not None:
+        return CorruptedImageDataset(split, prep, corrupt, group_spec, in_memory, augment)
+    ds = GroupedImageDataset(split, prep.transform(augment), group_spec)
     return InMemoryDataset(ds) if in_memory else ds
 
 

@@ -6,6 +6,8 @@ into each stage's run directory, ``plan.parquet``: one row per example of every 
 train / val / test and the stage's training set — with its key, labels and source, and where its bytes are
 (e.g. a shard's tar, offset and size). The Parquet's key-value metadata (``ffr.plan``) holds the rest as JSON:
 group specs, each table's split name and columns, the image loaders' descriptions and the skipped images.
+An experiment with synthetic data adds its held-out synthetic images (``synthetic/heldout``) to every stage's
+plan: the evaluation of each stage's checkpoint runs the (B, G) diagnostic on them.
 
 One file, written atomically: a worker never sees half a plan. ``splits.parquet`` stays what it was (the
 human-facing record of which examples a run used); the plan is what the code reads back.
@@ -33,6 +35,7 @@ FORMAT = 1
 _METADATA_KEY = b"ffr.plan"
 # Plan-only columns; "@" keeps them apart from any column a dataset reader keeps in its tables.
 _TABLE, _PART, _AT = "@table", "@part", "@"
+HELDOUT = "synthetic/heldout"  # held-out synthetic images, for the (B, G) diagnostic of every stage
 
 
 def plan_path(directory: str) -> str:
@@ -59,6 +62,8 @@ def plan_frame(data: ExperimentData, stage: int) -> tuple[pd.DataFrame, dict]:
     """The plan of one stage's run: rows of every table and the JSON header (see the module docstring)."""
     stage_data = data.stages[stage]
     named = {f"real/{name}": split for name, split in data.real.items()}
+    if data.heldout is not None:
+        named[HELDOUT] = data.heldout
     train = next((name for name, split in named.items() if split is stage_data.train), None)
     if train is None:
         train = "stage/train"
@@ -150,4 +155,5 @@ def read_plan(path: str) -> ExperimentData:
     stage = int(header["stage"])
     stage_data = StageData(stage, splits[header["train"]], GroupSpec.from_dict(header["train_spec"]))
     mix = splits[header["mix"]] if header.get("mix") else None
-    return ExperimentData(real, {stage: stage_data}, list(header["skipped_images"]), mix)
+    return ExperimentData(real, {stage: stage_data}, list(header["skipped_images"]), heldout=splits.get(HELDOUT),
+                          mix=mix)

@@ -103,7 +103,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 def _storage(storage_path: str) -> tuple[str, object | None]:
-    """Ray Train wants a bare path plus a pyarrow filesystem for S3 (ray_anchors §1.4)."""
+    """``RunConfig(storage_path, storage_filesystem)`` for Ray Train: a bare path, plus for S3 a pyarrow wrapper of
+    the filesystem ``ffr.storage`` configured (endpoint, credentials), so Ray Train writes where ffr reads."""
     if not is_remote(storage_path):
         return pyarrow_filesystem(storage_path)[1], None
     fs, inner = pyarrow_filesystem(storage_path)
@@ -158,8 +159,10 @@ class MLflowEpochs(ray.train.UserCallback):
     ``step_log``, written there by rank 0 before it reports) are logged too, at their global step, under
     ``step/<term>``. A tracking hiccup warns once and never stops training."""
 
-    def __init__(self, uri: str, run_id: str, group_names: list[str], run_directory: str | None = None) -> None:
-        self.uri, self.run_id, self.group_names, self._warned = uri, run_id, list(group_names), False
+    def __init__(self, uri: str, run_id: str, group_names: list[str], train_group_names: list[str],
+                 run_directory: str | None = None) -> None:
+        self.uri, self.run_id, self._warned = uri, run_id, False
+        self.group_names, self.train_group_names = list(group_names), list(train_group_names)
         self.run_directory = run_directory
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
@@ -169,7 +172,8 @@ class MLflowEpochs(ray.train.UserCallback):
             return
         record = metrics[0]
         try:
-            tracking.log_metrics(self.uri, self.run_id, tracking.epoch_metrics(record, self.group_names),
+            tracking.log_metrics(self.uri, self.run_id, tracking.epoch_metrics(record, self.group_names,
+                                                                                     self.train_group_names),
                                  step=int(record.get("epoch", 0)))
             if self.run_directory is not None and "train_steps" in record:
                 steps = runs.read_steps(self.run_directory, int(record["stage"]), int(record["epoch"]))

@@ -44,19 +44,27 @@ def worker_indices(n_examples: int, weights: np.ndarray | None, draws: int, seed
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """A DataLoader sampler yielding this worker's indices; call ``set_epoch`` before each epoch."""
+    """A DataLoader sampler yielding this worker's indices; call ``set_epoch`` before each epoch.
+
+    ``tagged``: yield ``(epoch, position, index)`` instead, ``position`` being the draw's place in the epoch's global
+    (padded) draw, for datasets whose items change from draw to draw (``loop.CorruptedImageDataset``). The sampler
+    runs in the training process, so the tag reaches persistent DataLoader workers with every index."""
 
     def __init__(self, n_examples: int, weights: np.ndarray | None, draws: int, seed: int,
-                 rank: int = 0, world_size: int = 1, stream: int = 0) -> None:
+                 rank: int = 0, world_size: int = 1, tagged: bool = False, stream: int = 0) -> None:
         self.n_examples, self.weights, self.draws, self.seed = n_examples, weights, draws, seed
-        self.rank, self.world_size, self.stream = rank, world_size, stream
+        self.rank, self.world_size, self.tagged, self.stream = rank, world_size, tagged, stream
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
         self.indices = worker_indices(self.n_examples, self.weights, self.draws, self.seed, epoch,
                                       self.rank, self.world_size, self.stream)
 
     def __iter__(self):
+        if self.tagged:
+            positions = self.rank + self.world_size * np.arange(len(self.indices))
+            return iter([(self.epoch, int(p), int(i)) for p, i in zip(positions, self.indices)])
         return iter(self.indices.tolist())
 
     def __len__(self) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import ffr.methods
-from ffr.backbones import create_backbone
+from ffr.backbones import create_backbone, describe
 from ffr.errors import FFRError
 from ffr.metrics import summarize
 from ffr.runs import SCORE, append_metrics, selection_score, write_steps
@@ -64,6 +64,8 @@ EPOCH_LINE_GROUPS = 16  # more groups than this (D3S: 1000 classes × 10 backgro
 
 
 def epoch_line(spec: StageSpec, record: dict, group_names: list[str]) -> str:
+    """The console line of one epoch; its number is the record's (1-based, as everywhere). With many groups
+    (D3S: 10,000) only the worst ones."""
     accs = [(name, record[f"val_acc_group_{g}"]) for g, name in enumerate(group_names)
             if f"val_acc_group_{g}" in record]
     more = ""
@@ -71,12 +73,19 @@ def epoch_line(spec: StageSpec, record: dict, group_names: list[str]) -> str:
         more = f"  (the worst {EPOCH_LINE_GROUPS // 2} of {len(accs)} groups)"
         accs = sorted(accs, key=lambda na: na[1])[:EPOCH_LINE_GROUPS // 2]
     groups = "  ".join(f"{name} {acc:.3f}" for name, acc in accs) + more
-    return (f"[{spec.run_name}] stage {spec.stage} epoch {record['epoch'] + 1}/{spec.epochs}  "
+    return (f"[{spec.run_name}] stage {spec.stage} epoch {record['epoch']}/{spec.epochs}  "
             f"loss {record['train_loss']:.4f}  val WGA {record['val_worst_group_acc']:.3f}  "
             f"mean {record['val_mean_group_acc']:.3f} | {groups}")
 
 
+def epochs_done(state: dict) -> int:
+    """How many epochs a checkpoint's state has trained. ``epochs_done`` is written since epochs are numbered
+    from 1; a checkpoint written before held only ``epoch``, the 0-based index of its last epoch."""
+    return int(state["epochs_done"]) if "epochs_done" in state else int(state["epoch"]) + 1
+
+
 def _fault_hook(cfg: TrainConfig, epoch: int, rank: int):
+    """``epoch``: the epoch's number (1-based, as ``kill_at_epoch`` counts)."""
     fi = cfg.fault_injection
     if fi is None or fi.kill_at_epoch != epoch or fi.rank != rank:
         return None
@@ -109,13 +118,14 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
     stage_data = data.stages[spec.stage]
     torch.manual_seed(cfg.seed)
     corrupt = None
-    if spec.corruption:  # FFR's stage 1 trains on synthetic images only: all of them are degraded
+    if spec.corruption:  # FFR's stage 1 trains on synthetic images only: all of them are degraded, at their own size
         from ffr.corruptions import Corrupt
 
         corrupt = Corrupt(spec.corruption, spec.corruption_severity, seed=cfg.seed)
-    train_set = loop.image_dataset(stage_data.train, cfg.image_size, stage_data.train_spec, cfg.cache_in_memory,
-                                   corrupt, cfg.augment)
-    val_set = loop.image_dataset(data.val, cfg.image_size, None, cfg.cache_in_memory)
+    prep = loop.preprocessing(cfg)  # the backbone's, at the run's image_size
+    train_set = loop.image_dataset(stage_data.train, prep, stage_data.train_spec, cfg.cache_in_memory, corrupt,
+                                   cfg.augment)
+    val_set = loop.image_dataset(data.val, prep, None, cfg.cache_in_memory)
     train_groups = stage_data.train.groups(stage_data.train_spec)
     val_y, val_groups = data.val.y, data.val.groups()
     group_names = data.val.spec.group_names()
@@ -131,15 +141,19 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
     model = method.build_model(model, stage_data.train_spec)  # e.g. D3S's fg/bg split with a second head
     extra = method.extra_modules(model)  # e.g. critics: trained, wrapped and checkpointed like the model
     state = session.restore()
-    start_epoch, attempt_start = 0, 0
+    done = 0  # epochs already trained (a resumed run's latest checkpoint says how many)
     if state is not None:
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
         for name, module in extra.items():
             module.load_state_dict(state["method_modules"][name])
-        start_epoch = attempt_start = int(state["epoch"]) + 1
+        done = epochs_done(state)
     elif spec.init_checkpoint:
         model.load_state_dict(loop.load_state(spec.init_checkpoint)["model"])
+    if cfg.sync_batchnorm and session.world_size > 1:  # FFR's BatchNorm saw the whole batch (ffr/training/batchnorm.py)
+        from ffr.training import batchnorm
+
+        model = batchnorm.convert(model)
     model = session.prepare_model(model)
     method.modules = {name: session.prepare_model(module) for name, module in extra.items()}
     optimizer = loop.build_optimizer(spec.optimizer, model.parameters(), spec.lr, spec.weight_decay, spec.momentum)
@@ -158,35 +172,38 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
     if cfg.steps_per_epoch is not None:  # step-based: a fixed number of batches per epoch on every worker
         draws = cfg.steps_per_epoch * local_batch * session.world_size
     sampler = EpochSampler(len(train_set), method.sampling_weights(train_groups), draws, cfg.seed, session.rank,
-                           session.world_size)
+                           session.world_size, tagged=corrupt is not None)  # a corrupted image: new noise every epoch
     batches = loop.loader(train_set, local_batch, sampler=sampler, workers=cfg.loader_workers)
     steps = len(batches)  # per worker and epoch, the same on every worker
     mix_sampler = mix_batches = None
     if data.mix is not None:  # a class-only stream: one of its batches joins each batch of the main stream
-        mix_set = loop.image_dataset(data.mix, cfg.image_size, None, cfg.cache_in_memory, None, cfg.augment)
+        mix_set = loop.image_dataset(data.mix, prep, None, cfg.cache_in_memory, None, cfg.augment)
         mix_local = -(-cfg.mix.batch_size // session.world_size)
         mix_sampler = EpochSampler(len(mix_set), None, steps * mix_local * session.world_size, cfg.seed,
                                    session.rank, session.world_size, stream=1)
         mix_batches = loop.loader(mix_set, mix_local, sampler=mix_sampler, workers=cfg.loader_workers)
     records = []
-    for epoch in range(start_epoch, spec.epochs):
-        sampler.set_epoch(epoch)
+    # Epochs are numbered from 1 wherever a person or a tool sees them (console, metrics.jsonl, the result's
+    # best_epoch, MLflow steps, checkpoint_epochNNNN, Tune iterations); ``index`` (from 0) only seeds sampling.
+    for index in range(done, spec.epochs):
+        epoch = index + 1
+        sampler.set_epoch(index)
         n_groups = stage_data.train_spec.n_groups
         epoch_batches = batches
         if mix_batches is not None:
-            mix_sampler.set_epoch(epoch)
+            mix_sampler.set_epoch(index)
             epoch_batches = loop.mixed_batches(batches, mix_batches)
         step_log: list[dict] = []
         started = time.perf_counter()
         totals = session.all_reduce(loop.train_one_epoch(model, epoch_batches, method, optimizer, session.device,
                                                          n_groups, _fault_hook(cfg, epoch, session.rank),
-                                                         spec.freeze_bn, step_log, epoch * steps).to(session.device))
+                                                         spec.freeze_bn, step_log, index * steps).to(session.device))
         train_seconds = time.perf_counter() - started
         session.sync_buffers(model)
         val = summarize(gather_predictions(model, val_set, session), val_y, val_groups)
         totals = totals.cpu()
         record = {"stage": spec.stage, "epoch": epoch, "train_loss": float(totals[0] / totals[1].clamp(min=1)),
-                  **{f"val_{k}": v for k, v in val.items()}, "attempt_start_epoch": attempt_start,
+                  **{f"val_{k}": v for k, v in val.items()}, "attempt_start_epoch": done + 1,
                   # all workers together: the method's draws (+ < world padding), class-only rows apart
                   "train_draws": int(totals[1] - totals[2]),
                   **{f"train_draws_group_{g}": int(totals[3 + g]) for g in range(n_groups)},
@@ -194,7 +211,7 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
         if mix_batches is not None:
             record["train_mix_draws"] = int(totals[2])
         if cfg.steps_per_epoch is not None or step_log:
-            record["train_steps"] = (epoch + 1) * steps  # global step at the end of this epoch
+            record["train_steps"] = epoch * steps  # global step at the end of this epoch
         record[SCORE] = selection_score(record["val_worst_group_acc"], epoch)
         checkpoint = None
         if session.rank == 0:
@@ -204,8 +221,10 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
                 append_metrics(run_directory, record)
             session.log(epoch_line(spec, record, group_names))
             checkpoint = {"model": loop.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                          "epoch": epoch, "method": method.state_dict(), "config": resolved(cfg, spec),
-                          "metrics": record}
+                          "epoch": epoch, "epochs_done": epoch, "method": method.state_dict(),
+                          "config": resolved(cfg, spec), "metrics": record,
+                          # self-describing: `ffr d3s eval checkpoint:RUN` rebuilds the model from these alone
+                          **describe(cfg.backbone, cfg.backbone_options, data.val.spec.class_names, prep)}
             if method.modules or method.optimizers:  # only then, so other methods' checkpoints keep their keys
                 checkpoint["method_modules"] = {k: loop.unwrap(m).state_dict() for k, m in method.modules.items()}
                 checkpoint["method_optimizers"] = {k: o.state_dict() for k, o in method.optimizers.items()}

@@ -18,6 +18,7 @@ import contextlib
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 
 import ray
@@ -31,6 +32,15 @@ POLL_S = 2.0
 ANSWER_S = 120.0  # the table answers in milliseconds; past this it is unreachable, and waiting longer hides why
 
 
+def _restarted() -> bool:
+    """Whether this actor is a restart. Ray 2.60's ``was_current_actor_reconstructed`` reads the deprecated
+    ``RuntimeContext.actor_id`` itself, so each call printed a 3-line RayDeprecationWarning on every
+    ``ffr train``; that warning is about Ray's own code, not ours, and is silenced for this one call."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # RayDeprecationWarning subclasses it
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
 # max_task_retries: a call made while the table restarts waits for it (acquire and release are idempotent).
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class RunLeases:
@@ -40,8 +50,7 @@ class RunLeases:
         self._held: dict[str, tuple[str, float]] = {}
         # A restarted table is empty while holders still train: grant nothing new until each holder has
         # renewed (re-entered its lease), i.e. for one TTL.
-        restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        self._grace_until = time.monotonic() + TTL_S if restarted else 0.0
+        self._grace_until = time.monotonic() + TTL_S if _restarted() else 0.0
 
     def acquire(self, name: str, holder: str, ttl_s: float, renewing: bool = False) -> str | None:
         """Take (or, ``renewing``, keep) the lease; returns None on success, else who holds it."""

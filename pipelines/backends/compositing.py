@@ -92,6 +92,16 @@ class CompositingBackend(GeneratorBackend):
         super().__init__(options, batch_size)
         self.noise, self.fg_scale = float(options.noise), float(options.fg_scale)
 
+    @classmethod
+    def prompt_warning(cls, recipe) -> str | None:
+        # What it was written for: D3S background templates (a texture per background label) and D3S-style
+        # guides (it pastes their foreground into the scene).
+        if recipe.name == "d3s-background-templates" or getattr(recipe, "guided", False):
+            return None
+        return (f"backend 'compositing' ignores the prompts and generator settings of recipe {recipe.name!r}: "
+                "without img2img guides (a D3S recipe with foreground_root) it makes a texture per bias label and "
+                "no object; backend diffusers makes images of the prompts")
+
     def generate(self, rows: list[dict], init_images: list[Image.Image] | None = None) -> list[Image.Image]:
         if init_images is None:
             return [self._finish(self._text_to_image(r), r) for r in rows]

@@ -6,7 +6,19 @@ random stroke width and a random affine (rotation, scale, shear, shift), antiali
 and downsampling, then put on the row's ``background_rgb`` in ``ink_rgb`` with faint pixel noise. Every
 random choice comes from the row's ``seed``: the image is a pure function of (settings, row).
 
-Two styles, chosen per row (``style``):
+A **generator signature** (``signature``, off by default) stands in for the artefacts a diffusion model leaves
+in every image it makes: a fixed, zero-mean 8×8 RGB pattern, tiled over the image and added at ``signature``
+gray levels (RMS). It copies what detectors of diffusion images find (Corvi et al., ICASSP 2023; Ricker et al.,
+2022): latent diffusion decodes through an autoencoder that upsamples by 8, which leaves a periodic pattern of
+that period (peaks in the image's spectrum) in every output, whatever it shows; like a GAN's fingerprint (Marra
+et al., 2019), it is the same across images, independent of the content, faint to a person and easy for a CNN.
+A colour cast would be a global shift that normalisation partly removes and that real photos vary in anyway;
+blockiness is a JPEG artefact that real images carry too. The pattern is the same in every row (one generator),
+so its strength is a dial for how visible "synthetic" (G in FFR's (B, G) argument) is: 0 leaves the images
+exactly as without it.
+
+Two styles, chosen per row (``style``), or for every row by the ``style`` setting (a generator of its own: the
+embedded benchmark's two-generator study compares them, docs/generators.md):
 
 - ``print`` (default): the glyph antialiased at the output size, with faint pixel noise — a crisp
   printed look.
@@ -24,14 +36,14 @@ import glob
 import math
 import os
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ffr import colored_digits
 from ffr.errors import FFRError
-from ffr.options import Field, Options
+from ffr.options import Field, Options, PathField
 from pipelines.backends.base import BACKENDS, GeneratorBackend
 
 SUPERSAMPLE = 4
@@ -66,10 +78,35 @@ def _rgb(value: Any, fallback: tuple[int, int, int]) -> np.ndarray:
 
 
 class ProceduralOptions(Options):
-    fonts: list[str] | None = Field(None, description="font files (.ttf/.otf) or 'default'; None = Pillow's "
-                                                      "default font plus the DejaVu faces found")
+    fonts: list[str] | None = PathField(None, keep=("default",), description="font files (.ttf/.otf) or 'default'; "
+                                        "None = Pillow's default font plus the DejaVu faces found")
     max_rotation: float = Field(18.0, ge=0, le=180, description="largest random rotation, in degrees")
     noise: float = Field(4.0, ge=0, description="std of the pixel noise added to 'print' glyphs")
+    style: Literal["print", "optdigits"] | None = Field(
+        None, description="draw every row in this style; None: each row's own (the recipe's)")
+    signature: float = Field(0.0, ge=0, le=128, description="strength (RMS, in gray levels) of the generator "
+                                                            "signature: a fixed 8-pixel-periodic pattern in every "
+                                                            "image, standing in for a diffusion decoder's artefacts")
+
+
+SIGNATURE_PERIOD, SIGNATURE_SEED = 8, 20230519  # the autoencoder's upsampling factor; one fixed "generator"
+
+
+@lru_cache(maxsize=1)
+def signature_tile() -> np.ndarray:
+    """The generator's fingerprint: a fixed (period, period, 3) pattern, zero mean and unit RMS."""
+    tile = np.random.default_rng(SIGNATURE_SEED).standard_normal((SIGNATURE_PERIOD, SIGNATURE_PERIOD, 3))
+    tile -= tile.mean()
+    return (tile / np.sqrt((tile ** 2).mean())).astype(np.float32)
+
+
+def add_signature(pixels: np.ndarray, strength: float) -> np.ndarray:
+    """``pixels`` (H, W, 3, float) plus the tiled signature at ``strength`` gray levels; unchanged at 0."""
+    if strength <= 0:
+        return pixels
+    h, w = pixels.shape[:2]
+    reps = (-(-h // SIGNATURE_PERIOD), -(-w // SIGNATURE_PERIOD), 1)
+    return pixels + strength * np.tile(signature_tile(), reps)[:h, :w]
 
 
 @BACKENDS.register("procedural")
@@ -84,6 +121,15 @@ class ProceduralBackend(GeneratorBackend):
             _font(f, 16)  # fail now, not in the middle of a shard
         self.max_rotation = float(options.max_rotation)
         self.noise = float(options.noise)
+        self.signature = float(options.signature)
+
+    @classmethod
+    def prompt_warning(cls, recipe) -> str | None:
+        if recipe.default_backend == cls.name:  # written for it (colored-digits): its rows carry the glyphs
+            return None
+        return (f"backend 'procedural' ignores the prompts and generator settings (steps, guidance) of recipe "
+                f"{recipe.name!r}: it draws each row's class index as a digit on a color per bias; backend "
+                "diffusers makes images of the prompts")
 
     def generate(self, rows: list[dict], init_images: list[Image.Image] | None = None) -> list[Image.Image]:
         return [self.render(row) for row in rows]
@@ -94,14 +140,14 @@ class ProceduralBackend(GeneratorBackend):
         glyph = str(row.get("glyph") or int(row.get("y", 0)) % 10)
         bg = _rgb(row.get("background_rgb"), PALETTE[int(row.get("b", 0)) % len(PALETTE)])
         fg = _rgb(row.get("ink_rgb"), DEFAULT_INK)
-        style = row.get("style") or "print"
+        style = self.options.style or row.get("style") or "print"
         if style not in STYLES:
             raise FFRError(f"procedural backend: style {style!r} is unknown; expected one of {', '.join(STYLES)}")
         if style == "optdigits":
             ink = colored_digits.upscale(self.optdigits_levels(glyph, rng), h)[..., None]
             if w != h:
                 ink = np.asarray(Image.fromarray(ink[..., 0]).resize((w, h), Image.Resampling.BILINEAR))[..., None]
-            pixels = ink * fg + (1.0 - ink) * bg
+            pixels = add_signature(ink * fg + (1.0 - ink) * bg, self.signature)
             return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB")
         W, H = w * SUPERSAMPLE, h * SUPERSAMPLE
         font = _font(self.fonts[int(rng.integers(len(self.fonts)))], int(H * rng.uniform(0.55, 0.8)))
@@ -112,7 +158,8 @@ class ProceduralBackend(GeneratorBackend):
         mask = mask.transform((W, H), Image.Transform.AFFINE, self._affine(rng, W, H),
                               resample=Image.Resampling.BILINEAR)
         ink = np.asarray(mask.resize((w, h), Image.Resampling.LANCZOS), dtype=np.float32)[..., None] / 255.0
-        pixels = ink * fg + (1.0 - ink) * bg + rng.normal(0.0, self.noise, size=(h, w, 3))
+        pixels = add_signature(ink * fg + (1.0 - ink) * bg + rng.normal(0.0, self.noise, size=(h, w, 3)),
+                               self.signature)
         return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB")
 
     def optdigits_levels(self, glyph: str, rng: np.random.Generator, canvas: int = 128) -> np.ndarray:

@@ -65,6 +65,10 @@ class Recipe:
         """Work needed before the images, once per output (D3S: generate the background templates)."""
         return None
 
+    def preparation_images(self) -> tuple[str, int, dict[str, Any]] | None:
+        """What :meth:`prepare` generates, for cost previews: (what, how many images, generator settings)."""
+        return None
+
     def generator_settings(self) -> dict[str, Any]:
         return {**GENERATOR_DEFAULTS, **self.generator}
 

@@ -23,7 +23,7 @@ from pydantic import StringConstraints
 from ffr.config import read_yaml_mapping
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
-from ffr.options import Field, Options
+from ffr.options import Field, Options, PathField
 from pipelines.recipes.base import RECIPES, Recipe, pick
 
 PLACEHOLDERS = {"class", "attribute"}
@@ -31,7 +31,7 @@ _Text = Annotated[str, StringConstraints(min_length=1)]
 
 
 class CustomOptions(Options):
-    file: str | None = Field(None, description="a YAML file holding these keys (inline keys override it)")
+    file: str | None = PathField(None, description="a YAML file holding these keys (inline keys override it)")
     classes: list[_Text] = Field(min_length=1, description="class names (y)")
     attributes: list[_Text] = Field(min_length=1, description="bias names (b)")
     templates: list[_Text] = Field(min_length=1, description="prompt templates with {class} and {attribute}")

@@ -29,7 +29,7 @@ import numpy as np
 
 from ffr.errors import FFRError
 from ffr.groups import GroupSpec
-from ffr.options import Field, Options
+from ffr.options import Field, Options, PathField
 from ffr.storage import join
 from pipelines.guides import TEMPLATES_DIR, class_folders, list_images, template_ref
 from pipelines.recipes.base import RECIPES, Recipe, load_data, pick
@@ -41,13 +41,13 @@ TEMPLATE_PROMPT = "a photo of an empty scene {phrase}"  # D3S never published ho
 
 class D3SOptions(Options):
     classes: list[int] | None = Field(None, description="class indices to use (None: every class of the table)")
-    class_table: str = Field(IMAGENET, description="'imagenet' (shipped), 'data/digit_classes.tsv', or a TSV "
-                                                   "path/URI")
+    class_table: str = PathField(IMAGENET, keep=(IMAGENET,), keep_prefixes=("data/",),
+                                 description="'imagenet' (shipped), 'data/digit_classes.tsv', or a TSV path/URI")
     definitions: bool = Field(True, description="D3S's prompt carries the WordNet gloss; false leaves it out")
     assignment: Literal["stratified", "uniform"] = Field(
         "stratified", description="stratified: equal count per (class, background); uniform: D3S's random draw")
-    foreground_root: str | None = Field(None, description="img2img guides: root/{wnid or index}/*.JPEG")
-    background_root: str | None = Field(None, description="img2img guides: root/{background label}/*.jpg")
+    foreground_root: str | None = PathField(None, description="img2img guides: root/{wnid or index}/*.JPEG")
+    background_root: str | None = PathField(None, description="img2img guides: root/{background label}/*.jpg")
     background_templates: int = Field(0, ge=0, strict=True, description="N > 0: generate N templates per "
                                                                         "background with the run's backend")
 
@@ -118,6 +118,12 @@ class _D3S(Recipe):
             counts = np.bincount(draws, minlength=n_bias)
             out.update({(y, b): int(counts[b]) for b in range(n_bias)})
         return out
+
+    def preparation_images(self) -> tuple[str, int, dict[str, Any]] | None:
+        n = self.options.background_templates
+        if not n:
+            return None
+        return ("background templates", n * len(self.axis["values"]), D3SBackgroundTemplates.generator)
 
     def prepare(self, cfg: Any) -> dict[str, Any] | None:
         if not self.options.background_templates:

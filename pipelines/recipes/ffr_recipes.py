@@ -27,14 +27,15 @@ _FACES = {"steps": 25, "guidance_scale": 7.5}  # FFR used 25 steps for faces, 50
 
 class _RealGroups(Recipe):
     """A recipe for a real dataset's groups: ``reader`` names the ffr.datasets module that defines them
-    (``CLASS_NAMES``, ``BIAS_NAMES``)."""
+    (``CLASS_NAMES``, ``BIAS_NAMES``, and ``POPULATED_GROUPS`` where some (class, bias) pairs do not exist)."""
 
     reader: ClassVar[str] = ""
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
         module = importlib.import_module(f"ffr.datasets.{self.reader}")
-        self.groups = GroupSpec(module.CLASS_NAMES, module.BIAS_NAMES)
+        self.groups = GroupSpec(module.CLASS_NAMES, module.BIAS_NAMES,
+                                populated=getattr(module, "POPULATED_GROUPS", None))
 
     def spec(self) -> GroupSpec:
         return self.groups
