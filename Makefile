@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-seeds gap-study d3s-demo test lint bench gpu-check gpu-check-smoke clean browser
+.PHONY: demo demo-seeds gap-study d3s-demo d3s-disentangle-demo test lint bench gpu-check gpu-check-smoke clean browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -43,6 +43,10 @@ gap-study: $(STAMP)
 d3s-demo: $(STAMP)
 	$(BIN)/ffr d3s demo --out d3s_demo_out
 
+# D3S's disentanglement and spurious-correlation experiments on the embedded D3S, 3 seeds, CPU (README's table).
+d3s-disentangle-demo: $(STAMP)
+	$(BIN)/ffr d3s disentangle-demo --out d3s_disentangle_out --seeds 0,1,2
+
 # The whole suite, after the linters: CI (.ci/run) runs `make test`, so a broken layer fails CI.
 test: lint browser
 	$(BIN)/python -m pytest -q --durations=15 tests
@@ -64,4 +68,4 @@ gpu-check-smoke: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py --smoke --out /tmp/ffr-gpu-check-smoke
 
 clean:
-	rm -rf $(VENV) demo_out gap_out d3s_demo_out .pytest_cache
+	rm -rf $(VENV) demo_out gap_out d3s_demo_out d3s_disentangle_out .pytest_cache

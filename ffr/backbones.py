@@ -1,8 +1,11 @@
 """Image classifiers, one registry: ``create_backbone(name, n_classes, pretrained=...)``.
 
 Every backbone is a :class:`Classifier`: ``forward(x) -> logits`` and ``features(x)`` (the penultimate
-layer, what DFR retrains a last layer on). A backbone declares its options (``backbone_options``) as an
-``Options`` model (ffr.options): typed, one line naming a bad key, listed by ``--show-config``.
+layer, what DFR retrains a last layer on). A backbone built from weights that include a classifier (ImageNet's
+fc) keeps that classifier as ``pretrained_head`` (weight, bias), outside its state: a method may start a head
+from it (D3S's fg head starts from the pretrained fc's columns of its features). A backbone declares its options
+(``backbone_options``) as an ``Options`` model (ffr.options): typed, one line naming a bad key, listed by
+``--show-config``.
 ImageNet weights (``pretrained: imagenet``) come from the torchvision hub cache, or ``pretrained`` names the file
 itself (a local path or an ``s3://`` copy) — never the network. Weights that cannot be found stop the run with one
 line naming the file and the ways to provide it (:func:`check_pretrained`, called on the driver before Ray starts,
@@ -52,12 +55,15 @@ class Preprocessing:
     def at(self, input_size: int) -> Preprocessing:
         return dataclasses.replace(self, input_size=int(input_size))
 
-    def transform(self) -> Callable:
-        """PIL image → normalized CHW float tensor."""
+    def transform(self, augment: bool = False) -> Callable:
+        """PIL image → normalized CHW float tensor; ``augment`` (training only): RandomResizedCrop + horizontal
+        flip instead of the resize, as D3S trained."""
         transforms = torchvision.transforms
         mode = transforms.InterpolationMode(self.interpolation)
-        return transforms.Compose([transforms.Resize((self.input_size, self.input_size), interpolation=mode),
-                                   transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
+        size = [transforms.RandomResizedCrop(self.input_size, interpolation=mode), transforms.RandomHorizontalFlip()]
+        if not augment:
+            size = [transforms.Resize((self.input_size, self.input_size), interpolation=mode)]
+        return transforms.Compose([*size, transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
 
     def to_dict(self) -> dict:
         return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
@@ -86,6 +92,9 @@ def _from_weights(weights_enum) -> Preprocessing:
 class Classifier(nn.Module):
     """A feature trunk plus a linear head; ``features`` is what the head sees."""
 
+    # (weight [classes, feature_dim], bias) of the pretrained weights' own classifier, when they have one.
+    pretrained_head: tuple[torch.Tensor, torch.Tensor] | None = None
+
     def __init__(self, trunk: nn.Module, feature_dim: int, n_classes: int) -> None:
         super().__init__()
         self.trunk = trunk
@@ -103,12 +112,17 @@ def _read_state(path: str) -> dict:
     from ffr.storage import filesystem
 
     fs, inner = filesystem(path)
+    if fs.isdir(inner) and fs.exists(f"{inner.rstrip('/')}/model.pt"):  # an ffr training checkpoint directory
+        inner = f"{inner.rstrip('/')}/model.pt"
     if not fs.exists(inner):
-        raise FFRError(f"pretrained weights file {path!r} does not exist; expected a torch state_dict (.pth)")
+        raise FFRError(f"pretrained weights file {path!r} does not exist; expected a torch state_dict (.pth) or an "
+                       "ffr checkpoint directory")
     with fs.open(inner, "rb") as f:
         state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    elif isinstance(state, dict) and isinstance(state.get("model"), dict):  # an ffr training checkpoint (model.pt)
+        state = state["model"]
     if not isinstance(state, dict):
         raise FFRError(f"pretrained weights file {path!r} does not hold a state_dict")
     return state
@@ -156,11 +170,12 @@ def check_pretrained(name: str, pretrained: str | None) -> str | None:
     return pretrained
 
 
-def _torchvision_weights(name: str, builder, weights_enum, pretrained: str | None) -> nn.Module:
-    """A torchvision model with ImageNet weights from ``pretrained`` (a file) or the hub cache; None: random."""
+def _torchvision_weights(name: str, builder, weights_enum, pretrained: str | None) -> tuple[nn.Module, bool]:
+    """A torchvision model with ImageNet weights from ``pretrained`` (a file) or the hub cache, or random init
+    (None); and whether weights were loaded."""
     model = builder(weights=None)
     if pretrained is None:
-        return model
+        return model, False
     if pretrained == IMAGENET:
         if not os.path.exists(_cached(weights_enum)):
             raise _missing_imagenet(name, weights_enum)
@@ -171,7 +186,7 @@ def _torchvision_weights(name: str, builder, weights_enum, pretrained: str | Non
     _, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         warnings.warn(f"{len(unexpected)} keys of {pretrained!r} were not used (e.g. {unexpected[0]!r})", stacklevel=3)
-    return model
+    return model, True
 
 
 def backbone(name: str, options: type[Options] = NoOptions, imagenet_weights=None,
@@ -197,10 +212,13 @@ def preprocessing(name: str) -> Preprocessing:
 
 
 def _resnet(name: str, builder, weights_enum, n_classes: int, pretrained: str | None) -> Classifier:
-    model = _torchvision_weights(name, builder, weights_enum, pretrained)
+    model, loaded = _torchvision_weights(name, builder, weights_enum, pretrained)
     dim = model.fc.in_features
     trunk = nn.Sequential(*(child for name, child in model.named_children() if name != "fc"))  # ends in avgpool
-    return Classifier(trunk, dim, n_classes)
+    classifier = Classifier(trunk, dim, n_classes)
+    if loaded:
+        classifier.pretrained_head = (model.fc.weight.detach().clone(), model.fc.bias.detach().clone())
+    return classifier
 
 
 @backbone("resnet50", imagenet_weights=torchvision.models.ResNet50_Weights.IMAGENET1K_V1)
@@ -236,6 +254,8 @@ def small_cnn(n_classes: int, pretrained: str | None, options: SmallCNNOptions) 
     elif pretrained is not None:
         state = _read_state(pretrained)
         model.trunk.load_state_dict({k.removeprefix("trunk."): v for k, v in state.items() if k.startswith("trunk.")})
+        if "head.weight" in state and state["head.weight"].shape[1] == model.feature_dim:
+            model.pretrained_head = (state["head.weight"].clone(), state["head.bias"].clone())
     return model
 
 

@@ -385,6 +385,26 @@ PAPER_NOTE = ("test worst-group accuracy (%), mean ± sample std over seeds, n =
               "setting except the seed")
 
 
+def probe_table(records: list[RunRecord]) -> tuple[list[str], list[list[str]]] | None:
+    """Runs whose result holds probes (a method's ``analyze_features``, e.g. D3S's four): one row per run, val
+    accuracy (%) per probe, its chance level in the header; None when no run has any."""
+    found = [r for r in records if r.finished and isinstance(r.result.get("probes"), dict) and r.result["probes"]]
+    if not found:
+        return None
+    names: dict[str, float | None] = {}
+    for record in found:
+        for name, probe in record.result["probes"].items():
+            names.setdefault(name, number(probe.get("chance")))
+    headers = ["run", "dataset", "method", "seed"] + [
+        f"{name} (chance {100 * chance:.1f})" if chance is not None else name for name, chance in names.items()]
+    rows = [[r.name, str(r.get("dataset", "?")), r.method_label, _cell(r.get("seed")),
+             *(_pct((r.result["probes"].get(name) or {}).get("val")) for name in names)] for r in found]
+    return headers, rows
+
+
+PROBE_NOTE = "probes on frozen features (val accuracy %; class/background from the fg or bg half of the features)"
+
+
 ORACLE_BANNER = "ORACLE SELECTION: hyperparameters chosen on TEST worst-group accuracy (an upper bound, not a result)"
 
 
@@ -404,12 +424,16 @@ def protocol_text(cells: list[Cell], selection: str, title: str = "dataset") -> 
     return "\n\n".join(parts)
 
 
-def render_text(table: pd.DataFrame, cells: list[Cell] | None = None, selection: str = "none") -> str:
+def render_text(table: pd.DataFrame, cells: list[Cell] | None = None, selection: str = "none",
+                records: list[RunRecord] | None = None) -> str:
     cells = cells if cells is not None else []
     parts = [protocol_text(cells, selection)] if cells or selection == "oracle" else []
     for dataset, headers, rows in _dataset_sections(table):
         parts.append(f"dataset: {dataset}  runs (accuracies in %, test groups by name, n = test images)\n"
                      f"{text_table(headers, rows)}")
+    probes = probe_table(records or [])
+    if probes is not None:
+        parts.append(f"{PROBE_NOTE}\n{text_table(*probes)}")
     summary = summary_table(table)
     if not summary.empty:
         parts.append("every setting: mean ± std over seeds (finished runs)\n" + text_table(*_summary_rows(summary)))
@@ -417,7 +441,8 @@ def render_text(table: pd.DataFrame, cells: list[Cell] | None = None, selection:
 
 
 def render_markdown(table: pd.DataFrame, paths: list[str], plots: dict[str, list[str]],
-                    cells: list[Cell] | None = None, selection: str = "none") -> str:
+                    cells: list[Cell] | None = None, selection: str = "none",
+                    records: list[RunRecord] | None = None) -> str:
     cells = cells if cells is not None else []
     parts = ["# FFR report", "", f"Runs from: {', '.join(f'`{p}`' for p in paths)}. Accuracies in %; "
              "WGA = worst-group accuracy; val WGA is at the best epoch (the checkpoint that was tested).", ""]
@@ -441,6 +466,9 @@ def render_markdown(table: pd.DataFrame, paths: list[str], plots: dict[str, list
     summary = summary_table(table)
     if not summary.empty:
         parts += ["## Every setting: mean ± std over seeds", "", markdown_table(*_summary_rows(summary)), ""]
+    probes = probe_table(records or [])
+    if probes is not None:
+        parts += ["## Probes", "", PROBE_NOTE[0].upper() + PROBE_NOTE[1:] + ".", "", markdown_table(*probes), ""]
     return "\n".join(parts)
 
 
@@ -559,7 +587,7 @@ def write_report(records: list[RunRecord], paths: list[str], out: str, selection
                 files[name] = image
                 plots.setdefault(dataset, []).append(name)
     files["report.csv"] = table.to_csv(index=False).encode()
-    files["report.md"] = render_markdown(table, paths, plots, cells, selection).encode()
+    files["report.md"] = render_markdown(table, paths, plots, cells, selection, records).encode()
     files.update(protocol_files(cells, selection))
     written = []
     for name, data in files.items():

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ffr.runs.protocol import select
 
     records = collect(args.paths)
-    print(render_text(runs_table(records), select(records, args.select), args.select))
+    print(render_text(runs_table(records), select(records, args.select), args.select, records))
     if args.out:
         written = write_report(records, args.paths, args.out, args.select)
         print(f"\nwrote {len(written)} files to {args.out}: {', '.join(w.rsplit('/', 1)[-1] for w in written)}")

@@ -32,7 +32,8 @@ from ffr.storage import is_remote, join
 
 RUN_NAME_TAG = "ffr.run_name"
 TAG_KEYS = ("dataset", "variant", "method", "stage", "seed")
-_BATCH = 100  # MLflow's limit of params/metrics per log_batch call
+_BATCH = 100  # MLflow's limit of params per log_batch call
+_STEP_BATCH = 1000  # ... and of metrics
 _MAX_PARAM = 6000
 
 
@@ -181,6 +182,10 @@ def final_metrics(result: dict) -> dict[str, float]:
     for key in ("best_epoch", "best_val_worst_group_acc"):
         if isinstance(result.get(key), (int, float)):
             out[key] = float(result[key])
+    for name, probe in (result.get("probes") or {}).items():  # a method's analyses (Method.analyze_features)
+        for key, value in probe.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"probe/{metric_key(name)}/{key}"] = float(value)
     out.update(diagnostic_metrics(result.get(DIAGNOSTIC) or {}))
     return out
 
@@ -201,6 +206,19 @@ def diagnostic_metrics(diagnostic: dict) -> dict[str, float]:
         if isinstance(value, (int, float)):
             out[f"diag_acc/{metric_key(name)}"] = float(value)
     return out
+
+
+def log_step_metrics(uri: str, run_id: str, steps: list[dict]) -> None:
+    """Per-step records ({"step": n, term: value}) → ``step/<term>`` metrics at step n, in as few batches as
+    MLflow allows."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(f"step/{k}", float(v), now, int(record["step"])) for record in steps
+             for k, v in record.items() if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)]
+    mlflow_client = client(uri)
+    for i in range(0, len(items), _STEP_BATCH):
+        mlflow_client.log_batch(run_id, metrics=items[i:i + _STEP_BATCH])
 
 
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:

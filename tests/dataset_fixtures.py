@@ -183,7 +183,31 @@ def build_d3s_shift(tmp_path: Path) -> dict:
     mapping = tmp_path / "identity.json"
     mapping.write_text(json.dumps({"names": [str(i) for i in range(10)], "classes": {str(i): i for i in range(10)}}))
     write_splits(out, seed=0, mapping=str(mapping), name="id")
-    return {"root": out, "split": "id"}
+    return {"root": out, "split": "id", "held_out_fraction": 0.5}  # 10 correlated images: keep val non-empty
+
+
+def build_d3s(tmp_path: Path) -> dict:
+    """The embedded D3S (digits on 10 procedural backgrounds, in-process): a train output and a val output."""
+    import pipelines
+    from ffr.d3s.embedded import generation_config, write_foregrounds
+
+    fg = write_foregrounds(tmp_path, per_class=1, size=32)
+    outs = {}
+    for name, seed in (("root", 0), ("val_root", 1)):
+        outs[name] = str(tmp_path / f"d3s-{name}")
+        pipelines.generate(generation_config(outs[name], fg, per_group=1, templates=1, size=32, runner="local",
+                                             seed=seed))
+    return outs
+
+
+def build_class_folder(tmp_path: Path, per_class: int = 4) -> dict:
+    """An ImageNet-layout folder: root/{wnid}/*.png for three classes (color = class), split 50/25/25."""
+    root = tmp_path / "imagenet" / "train"
+    for c, wnid in enumerate(("n01440764", "n01443537", "n01484850")):
+        (root / wnid).mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            Image.new("RGB", (8, 8), group_color(c, 0)).save(root / wnid / f"{wnid}_{k}.png")
+    return {"root": str(root), "fractions": (0.5, 0.25, 0.25)}
 
 
 FIXTURES: dict[str, Callable[[Path], dict]] = {
@@ -196,4 +220,6 @@ FIXTURES: dict[str, Callable[[Path], dict]] = {
     "colored-digits": lambda tmp_path: {"bias_ratio": 0.95},  # embedded data: no files
     "synthetic": lambda tmp_path: build_synthetic(tmp_path),
     "d3s-shift": build_d3s_shift,
+    "d3s": build_d3s,
+    "class-folder": build_class_folder,
 }

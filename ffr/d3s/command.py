@@ -1,9 +1,13 @@
 """``ffr d3s splits|eval|demo``: shift splits, per-background evaluation, and the embedded offline D3S.
 
     ffr d3s splits s3://bucket/d3s --seed 0                      # ImageNet-9 correlated / anti-correlated views
+    ffr d3s splits s3://bucket/d3s --assignment 2,8,4,9,1,6,7,3,0  # D3S's own super-class → background map
     ffr d3s eval --data s3://bucket/d3s --model resnet50 --model timm:vit_base_patch16_224 \\
         --reference s3://bucket/imagenet/val --out s3://bucket/d3s-eval --gpus-per-actor 1 --actors 8
     ffr d3s demo --out d3s_demo_out                              # digits on 10 procedural backgrounds, CPU
+    ffr d3s correlation --data s3://bucket/d3s --split imagenet9-2-8-4-9-1-6-7-3-0 \
+        --model erm=s3://bucket/runs/erm-run --model disentangled=s3://bucket/runs/dis-run:fg --out s3://bucket/corr
+    ffr d3s disentangle-demo --out d3s_disentangle_out           # the whole disentanglement study, offline, CPU
 """
 
 from __future__ import annotations
@@ -23,10 +27,16 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="d3s_command", metavar="{splits,eval,demo}", required=True)
+    sub = parser.add_subparsers(dest="d3s_command", metavar="{splits,eval,demo,correlation,disentangle-demo}",
+                                required=True)
     s = sub.add_parser("splits", help="write correlated / anti-correlated Parquet views over a D3S output")
     s.add_argument("data", help="a generation output root (local or s3://)")
     s.add_argument("--seed", type=int, default=0, help="seed of the background permutation")
+    s.add_argument("--draw", choices=["ffr", "d3s"], default="ffr",
+                   help="how the seed draws it: ffr's generator, or D3S's np.random.seed(seed); np.random.choice "
+                        "(its seed 0 gives D3S's committed 2,8,4,9,1,6,7,3,0)")
+    s.add_argument("--assignment", default=None, metavar="B0,B1,...",
+                   help="explicit background index per super-class instead of a draw (D3S: 2,8,4,9,1,6,7,3,0)")
     s.add_argument("--mapping", default="imagenet9", help="'imagenet9' or a JSON {names, classes} file")
     s.add_argument("--name", default=None, help="view name under DATA/splits/ (default: imagenet9-seed{SEED})")
     s.add_argument("--review", choices=["accepted"], default=None, help="only images accepted in review")
@@ -56,6 +66,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--epochs", type=int, default=12, help="epochs of the plain-background classifier")
     d.add_argument("--seed", type=int, default=0, help="seed of the images, the split views and the classifier")
     d.add_argument("--local", action="store_true", help="generate and evaluate without Ray")
+    c = sub.add_parser("correlation", help="D3S's spurious-correlation experiment: linear heads on frozen features, "
+                                           "trained on correlated, tested on correlated and anti-correlated")
+    c.add_argument("--data", required=True, help="a D3S output with split views (local or s3://)")
+    c.add_argument("--split", required=True, help="the view name under DATA/splits/ (ffr d3s splits)")
+    c.add_argument("--model", action="append", required=True, dest="models", metavar="LABEL=RUN[:all|fg|bg]",
+                   help="an ffr train run directory or checkpoint and which features its head reads; repeatable")
+    c.add_argument("--out", required=True, help="output folder (local or s3://)")
+    c.add_argument("--val-data", default=None, help="a second D3S output for the held-out views (D3S's val set)")
+    c.add_argument("--held-out-fraction", type=float, default=0.2,
+                   help="without --val-data: the share of DATA held out (the d3s reader's rule)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the held-out share and of the heads")
+    c.add_argument("--steps", type=int, default=20000, help="SGD steps per head (D3S: 100000)")
+    c.add_argument("--eval-every", type=int, default=1000, help="steps between selection scores")
+    c.add_argument("--review", choices=["accepted"], default=None, help="only images accepted in review")
+    m = sub.add_parser("disentangle-demo", help="the embedded disentanglement study end to end (CPU, offline)")
+    m.add_argument("--out", default="d3s_disentangle_out")
+    m.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
 
 
 def _existing(path: str) -> str:
@@ -73,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         from ffr.datasets.d3s_splits import write_splits
 
         print(json.dumps(write_splits(absolute(args.data), args.seed, _existing(args.mapping), args.name,
-                                      args.review), indent=2))
+                                      args.review, args.assignment, args.draw), indent=2))
     elif args.d3s_command == "eval":
         from ffr.d3s.evaluate import EvalConfig, evaluate
         from ffr.d3s.models import resolve_spec
@@ -98,6 +125,26 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(cfg)
         print(_read_text(args.out, "summary.md"), end="")
         print(json.dumps(result["timing"]))
+    elif args.d3s_command == "correlation":
+        from ffr.d3s.correlation import CorrelationConfig, markdown, run_correlation
+
+        result = run_correlation(CorrelationConfig(
+            data=absolute(args.data), split=args.split, models=args.models, output=absolute(args.out),
+            val_data=absolute(args.val_data),
+            held_out_fraction=args.held_out_fraction, seed=args.seed, review=args.review,
+            head={"steps": args.steps, "eval_every": args.eval_every}))
+        print(markdown(result), end="")
+    elif args.d3s_command == "disentangle-demo":
+        from ffr.d3s.disentangle_demo import run_study
+        from ffr.errors import FFRError
+
+        try:
+            seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+        except ValueError:
+            raise FFRError(f"--seeds {args.seeds!r}; expected comma-separated integers, e.g. 0,1,2") from None
+        if not seeds:
+            raise FFRError("--seeds is empty; expected comma-separated integers, e.g. 0,1,2")
+        print(run_study(args.out, seeds=seeds)["markdown"], end="")
     else:
         from ffr.d3s.embedded import run_demo
 

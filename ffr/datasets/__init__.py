@@ -9,7 +9,9 @@ from typing import Any
 
 # Reader modules register themselves on import; add one import line per new reader module.
 import ffr.datasets.celeba_hq  # noqa: F401
+import ffr.datasets.class_folder  # noqa: F401
 import ffr.datasets.colored_digits  # noqa: F401
+import ffr.datasets.d3s_backgrounds  # noqa: F401
 import ffr.datasets.d3s_shift  # noqa: F401
 import ffr.datasets.folder  # noqa: F401
 import ffr.datasets.spuco_animals  # noqa: F401

@@ -2,9 +2,17 @@
 as grouped data.
 
 Class = super-class (ImageNet-9 by default), bias = background, so a group is (super-class, background) and
-worst-group accuracy means what D3S's experiment measures. ``train`` is the correlated view (each super-class
-on its one assigned background); ``val`` and ``test`` split the anti-correlated view (every other background)
-by the seed, ``val_fraction`` to val. Images are read from the shards the views point into.
+worst-group accuracy means what D3S's experiment measures. As D3S ran it (``validation: correlated``, the
+default): ``train`` is the correlated view (each super-class on its one assigned background), ``val`` the
+correlated view of held-out images and ``test`` the anti-correlated view of held-out images (every other
+background), so model selection never sees the test distribution. Held-out images are those of a second
+output ``val_root`` (D3S's val set, with a view of the same name and assignment), or, without one, a share
+``held_out_fraction`` of ``root`` chosen by a hash of (seed, image id) (:func:`~ffr.datasets.d3s_splits.held_out`,
+the rule of the ``d3s`` reader and of ``ffr d3s correlation``).
+
+``validation: anti-correlated`` keeps the earlier protocol for comparison: train on the whole correlated view,
+``val`` and ``test`` two halves (``val_fraction``) of the anti-correlated view — selection then sees the test
+distribution. Images are read from the shards the views point into.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import pandas as pd
 
 from ffr.datasets.base import GroupedSplit, ReferenceCounts, reader
 from ffr.datasets.synthetic import ShardImages
+from ffr.errors import FFRError
 from ffr.groups import SYNTHETIC, GroupSpec
 from ffr.options import Field, Options, PathField
 from ffr.shards import ShardReader
@@ -29,9 +38,17 @@ def _table(view: pd.DataFrame) -> pd.DataFrame:
 class D3SShiftOptions(Options):
     root: str = PathField(description="a D3S generation output (local or s3://)")
     split: str = Field(description="the split views' name under root/splits/ (ffr d3s splits --name)")
+    validation: Literal["correlated", "anti-correlated"] = Field(
+        "correlated", description="correlated: val = held-out correlated images, test = held-out anti-correlated "
+                                  "(D3S); anti-correlated: val and test = halves of the anti-correlated view")
+    val_root: str | None = PathField(None, description="a second D3S output holding the held-out images (with a view "
+                                                   "of the same name and assignment)")
+    held_out_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="without val_root: the share of root held "
+                                                                       "out (by a hash of seed and image id)")
     bias_ratio: float | None = Field(None, description="ignored: the views fix the correlation")
-    seed: int = Field(0, ge=0, strict=True, description="seed of the val/test split of the anti-correlated view")
-    val_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="share of the anti-correlated view going to val")
+    seed: int = Field(0, ge=0, strict=True, description="seed of the held-out share (or of the val/test halves)")
+    val_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="validation anti-correlated only: share of the "
+                                                                 "anti-correlated view going to val")
     review: Literal["accepted"] | None = Field(None, description="'accepted': only images human review accepted")
 
 
@@ -66,33 +83,74 @@ def _reference(options: D3SShiftOptions) -> ReferenceCounts | None:
     per_superclass = np.bincount(list(mapping["classes"].values()), minlength=len(mapping["names"])) * D3S_PER_CELL
     assigned = assign_backgrounds(len(mapping["names"]), len(labels), int(match[1]))
     unused = set(range(len(labels))) - {int(a) for a in assigned}
-    train = {(s, int(a)): int(per_superclass[s]) for s, a in enumerate(assigned)}
+    correlated = {(s, int(a)): int(per_superclass[s]) for s, a in enumerate(assigned)}
     anti = {(s, b): int(per_superclass[s]) for s in range(len(assigned)) for b in range(len(labels))
             if b != assigned[s] and b not in unused}
+    if options.validation == "anti-correlated":
+        splits = {"train": correlated, "val": {g: round(n * options.val_fraction) for g, n in anti.items()},
+                  "test": {g: n - round(n * options.val_fraction) for g, n in anti.items()}}
+    elif options.val_root is None:  # the held-out share of the one output, in expectation
+        share = options.held_out_fraction
+        splits = {"train": {g: n - round(n * share) for g, n in correlated.items()},
+                  "val": {g: round(n * share) for g, n in correlated.items()},
+                  "test": {g: round(n * share) for g, n in anti.items()}}
+    else:
+        return None  # val and test come from another output, of a size the config does not say
     return ReferenceCounts(
         f"the views of configs/generate-d3s-background.yaml's 120K images ({D3S_PER_CELL} per class × background, "
         "ImageNet-9's 370 classes), split by `ffr d3s splits`", GroupSpec(tuple(mapping["names"]), labels),
-        {"train": train, "val": {g: round(n * options.val_fraction) for g, n in anti.items()},
-         "test": {g: n - round(n * options.val_fraction) for g, n in anti.items()}}, pixels=512 * 512)
+        splits, pixels=512 * 512)
 
 
-@reader("d3s-shift", D3SShiftOptions, reference=_reference)
-def d3s_shift(options: D3SShiftOptions) -> dict[str, GroupedSplit]:
-    """Views ``split`` (a name under ``root/splits/``) of the D3S output ``root``."""
+def load_views(root: str, split: str, review: str | None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(correlated, anti-correlated, record) of one output, restricted to accepted images when asked."""
     from ffr.datasets.d3s_splits import read_view
 
-    root, seed, val_fraction = options.root, options.seed, options.val_fraction
-    correlated, record = read_view(root, options.split, "correlated")
-    anti, _ = read_view(root, options.split, "anti-correlated")
-    if options.review == "accepted":
+    correlated, record = read_view(root, split, "correlated")
+    anti, _ = read_view(root, split, "anti-correlated")
+    if review == "accepted":
         from ffr.datasets.reviewed import accepted_ids
 
         keep = accepted_ids(root)
         correlated, anti = (v[v["id"].astype(str).isin(keep)] for v in (correlated, anti))
-    shards = ShardReader(root)
-    spec = GroupSpec(tuple(record["superclasses"]), shards.spec.bias_names)
-    anti_table = _table(anti)
-    to_val = np.random.default_rng([int(seed), 5]).random(len(anti_table)) < float(val_fraction)
-    parts = {"train": _table(correlated), "val": anti_table[to_val], "test": anti_table[~to_val]}
-    load = ShardImages.of(shards)
-    return {name: GroupedSplit(spec, part, load, name) for name, part in parts.items()}
+    return correlated, anti, record
+
+
+def held_out_views(root: str, split: str, val_root: str | None, held_out_fraction: float, seed: int,
+                   review: str | None = None) -> tuple[dict[str, pd.DataFrame], dict, dict[str, str]]:
+    """D3S's three sets as views: ``train`` (correlated, not held out), ``val`` (correlated, held out) and ``test``
+    (anti-correlated, held out); the record, and the output each set's images live in."""
+    from ffr.datasets.d3s_splits import held_out
+
+    correlated, anti, record = load_views(root, split, review)
+    if val_root is None:
+        out_c = held_out(correlated["id"], seed, held_out_fraction)
+        out_a = held_out(anti["id"], seed, held_out_fraction)
+        views = {"train": correlated[~out_c], "val": correlated[out_c], "test": anti[out_a]}
+        return views, record, {"train": root, "val": root, "test": root}
+    val_correlated, val_anti, val_record = load_views(val_root, split, review)
+    if val_record["assigned_background"] != record["assigned_background"]:
+        raise FFRError(f"d3s-shift: view {split!r} of val_root {val_root!r} assigns {val_record['assigned_background']}"
+                       f"; expected root's {record['assigned_background']} (run ffr d3s splits with one assignment)")
+    return ({"train": correlated, "val": val_correlated, "test": val_anti}, record,
+            {"train": root, "val": val_root, "test": val_root})
+
+
+@reader("d3s-shift", D3SShiftOptions)
+def d3s_shift(options: D3SShiftOptions) -> dict[str, GroupedSplit]:
+    """Views ``split`` (a name under ``root/splits/``) of the D3S output ``root`` (and ``val_root``)."""
+    root, seed = options.root, options.seed
+    if options.validation == "anti-correlated":
+        correlated, anti, record = load_views(root, options.split, options.review)
+        anti_table = _table(anti)
+        to_val = np.random.default_rng([int(seed), 5]).random(len(anti_table)) < float(options.val_fraction)
+        tables = {"train": _table(correlated), "val": anti_table[to_val], "test": anti_table[~to_val]}
+        where = {name: root for name in tables}
+    else:
+        views, record, where = held_out_views(root, options.split, options.val_root, options.held_out_fraction, seed,
+                                              options.review)
+        tables = {name: _table(view) for name, view in views.items()}
+    readers = {uri: ShardReader(uri) for uri in set(where.values())}
+    loaders = {uri: ShardImages.of(shards) for uri, shards in readers.items()}
+    spec = GroupSpec(tuple(record["superclasses"]), readers[root].spec.bias_names)
+    return {name: GroupedSplit(spec, table, loaders[where[name]], name) for name, table in tables.items()}

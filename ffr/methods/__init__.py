@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ffr.methods import dfr, erm, groupdro, jtt, resample, reweight  # noqa: F401  (registration)
+from ffr.methods import dfr, disentangle, erm, groupdro, jtt, resample, reweight  # noqa: F401  (registration)
 from ffr.methods.base import FeatureFit, Features, Method, PreliminaryRun, search_spaces, searchable
 from ffr.methods.registry import METHODS
 

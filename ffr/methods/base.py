@@ -12,7 +12,16 @@ knows no method by name:
   penultimate features of that model (DFR's last-layer retraining); its head then gives val/test numbers;
 - ``extra_modules(model)``, ``extra_optimizers(modules, lr, weight_decay)`` and ``train_step(...)``
   (optional): modules trained beside the model (critics, adversaries) with their own optimiser steps. The
-  loop moves, wraps and checkpoints them and calls ``train_step`` once per batch.
+  loop moves, wraps and checkpoints them and calls ``train_step`` once per batch;
+- ``build_model(model, spec)`` (optional): the model the method trains, made from the registered backbone
+  (e.g. D3S's fg/bg feature split with a second head); the same call rebuilds it for evaluation;
+- ``model_optimizers(model)`` (optional): further optimisers over the model's own parameters that the
+  method steps itself (e.g. a warm-up optimiser), checkpointed with the extra ones;
+- ``step_log()`` (optional): the last ``train_step``'s loss terms, logged per step (``steps.jsonl``, MLflow);
+- ``mixes_class_only`` (a class flag): the method accepts batches where some rows come from a class-only
+  stream (``mix`` in the training config; their group id is -1);
+- ``analyze_features(model, features, rng)`` (optional): after the best checkpoint is chosen, analyses on
+  its frozen features (e.g. linear probes) that do not replace its head; written to the result as they are.
 
 Options are declared once, beside the method, as an ``Options`` model (``ffr.options``). An option that
 sweeps may search carries its Tune space: ``searchable(default, ("loguniform", lo, hi), ge=...)``; ``tune/``
@@ -32,6 +41,7 @@ from torch import nn
 
 from ffr import options
 from ffr.errors import FFRError
+from ffr.groups import GroupSpec
 
 SPACE_KINDS = ("loguniform", "uniform", "choice", "randint")
 SPACE = "search_space"  # the key under a Field's json_schema_extra
@@ -84,6 +94,8 @@ class FeatureFit:
 class Method:
     name: ClassVar[str] = ""
     Options: ClassVar[type[options.Options]] = options.NoOptions
+    # True: train_step copes with rows of a class-only stream (group id -1) mixed into the batches.
+    mixes_class_only: ClassVar[bool] = False
     # Set by the training loop under DDP: sums a tensor over workers (identity on one process).
     all_reduce: Callable[[torch.Tensor], torch.Tensor] = staticmethod(lambda t: t)
 
@@ -136,6 +148,35 @@ class Method:
                          weight_decay: float) -> dict[str, torch.optim.Optimizer]:
         """Optimisers of the extra modules (already on the device); checkpointed by the loop."""
         return {}
+
+    # --- the model the method trains ------------------------------------------------------------------
+    def build_model(self, model: nn.Module, spec: GroupSpec) -> nn.Module:
+        """The model to train, made from the registered backbone ``model`` (an ffr.backbones.Classifier with
+        ``spec.n_classes`` outputs) before any checkpoint is restored; evaluation calls it again to rebuild
+        the same model. The default trains the backbone as it is."""
+        return model
+
+    def model_optimizers(self, model: nn.Module) -> dict[str, torch.optim.Optimizer]:
+        """Optimisers over ``model``'s own parameters that ``train_step`` uses besides the loop's (e.g. a
+        warm-up optimiser); checkpointed with the extra optimisers (names must differ from theirs)."""
+        return {}
+
+    def step_log(self) -> dict[str, float] | None:
+        """The last ``train_step``'s terms to log at this step (floats), or None (nothing logged per step)."""
+        return None
+
+    # --- analyses of the trained model's features (e.g. probes) ----------------------------------------
+    def analyze_features(self, model: nn.Module, features: Mapping[str, Features],
+                         rng: np.random.Generator) -> dict[str, Any] | None:
+        """After the best checkpoint is chosen: analyses on its frozen penultimate features of ``train``,
+        ``val``, ``test`` (and ``mix``, the class-only stream, when the run has one). Returns JSON-able
+        results for the result file (a ``probes`` entry there is also logged to MLflow and shown by
+        ``ffr report``), or None. Unlike ``fit_on_features`` it leaves the model's val/test numbers alone."""
+        return None
+
+    @classmethod
+    def analyzes_features(cls) -> bool:
+        return cls.analyze_features is not Method.analyze_features
 
     # --- preliminary run (e.g. JTT's identification) --------------------------------------------------
     def preliminary_run(self) -> PreliminaryRun | None:

@@ -44,6 +44,7 @@ LEGACY_RESULT = "result.json"  # ffr's result file before it was renamed (see ab
 STOPPED = "stopped.json"  # written by the sweep driver for a trial its scheduler (ASHA) stopped early
 DIAGNOSTIC = "bg_diagnostic"  # the result file's (B, G) diagnostic (ffr.training.diagnostic)
 CHECKPOINT_PREFIX, CHECKPOINT_FILE = "checkpoint_epoch", "model.pt"
+STEPS_DIR = "steps"  # per-step loss terms of a method that logs them (Method.step_log): one JSON-lines file per epoch
 # A folder holding this file, and everything below it, holds no runs (MLflow's artifact store keeps copies of
 # every run's files; see ffr.tracking). Discovery skips it.
 NOT_RUNS_MARKER = ".ffr-not-runs"
@@ -154,6 +155,36 @@ def append_metrics(directory: str, record: dict) -> None:
     ensure_dir(fs, inner.rsplit("/", 1)[0])
     with fs.open(inner, "w") as f:
         f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+
+
+def steps_path(directory: str, stage: int, epoch: int) -> str:
+    return join(directory, STEPS_DIR, f"stage{stage}_epoch{epoch:04d}.jsonl")
+
+
+def write_steps(directory: str, stage: int, epoch: int, records: list[dict]) -> None:
+    """One epoch's per-step records ({"step": n, term: value, ...}); a resumed run rewrites the epochs it redoes."""
+    text = "".join(json.dumps(_clean(r), sort_keys=True) + "\n" for r in records)
+    path = steps_path(directory, stage, epoch)
+    fs, inner = filesystem(path)
+    ensure_dir(fs, inner.rsplit("/", 1)[0])
+    write_atomic(fs, inner, text.encode())
+
+
+def read_steps(directory: str, stage: int | None = None, epoch: int | None = None) -> list[dict]:
+    """Per-step records of a run (all, or one stage's / one epoch's), in step order."""
+    fs, inner = filesystem(join(directory, STEPS_DIR))
+    fs.invalidate_cache(inner)
+    if not fs.isdir(inner):
+        return []
+    pattern = re.compile(r"stage(\d+)_epoch(\d+)\.jsonl")
+    records = []
+    for path in sorted(fs.ls(inner, detail=False)):
+        match = pattern.fullmatch(str(path).rstrip("/").rsplit("/", 1)[-1])
+        if match is None or (stage is not None and int(match.group(1)) != stage) or \
+                (epoch is not None and int(match.group(2)) != epoch):
+            continue
+        records += [json.loads(line) for line in fs.cat_file(path).decode().splitlines() if line.strip()]
+    return sorted(records, key=lambda r: r.get("step", 0))
 
 
 def write_result(directory: str, result: dict) -> None:

@@ -73,6 +73,18 @@ class FaultInjection:
 
 
 @dataclass
+class MixStream:
+    """A second, class-only training stream mixed into every batch (D3S's 32 ImageNet images beside 32 D3S
+    images): a registered dataset whose ``train`` split carries the same class indices as the main one and no
+    bias label. ``batch_size`` (global) of its images join each batch of ``batch_size`` main images; only a
+    method that declares ``mixes_class_only`` accepts them (their group id is -1)."""
+
+    dataset: str = "class-folder"
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 32
+
+
+@dataclass
 class DiagnosticOptions:
     """FFR's (B, G) diagnostic (ffr.training.diagnostic) of every run whose experiment trains on synthetic
     images: the tested checkpoint on up to ``holdout_per_group`` held-out synthetic images per group (ones no
@@ -106,6 +118,13 @@ class TrainConfig:
     momentum: float = 0.9  # SGD only
     epochs: int = 50
     batch_size: int = 128  # global: split over workers
+    # step-based training: every epoch (one validation, one checkpoint) is this many batches, drawn from
+    # reshuffled passes over the training set; null = one pass over it
+    steps_per_epoch: int | None = None
+    mix: MixStream | None = None  # a class-only stream mixed into every batch (see MixStream)
+    # training images get RandomResizedCrop(image_size) + horizontal flip (D3S) instead of the plain resize;
+    # evaluation always resizes
+    augment: bool = False
     stage1: StageOptions = field(default_factory=lambda: StageOptions(lr=1e-4))
     # stage 2 (FFR's --freeze_bn ablation): BatchNorm layers keep the running statistics they start with
     # (stage 1's, or ImageNet's) and normalize with them; their affine weights still train
@@ -168,6 +187,19 @@ class TrainConfig:
             self._need_stage1("stage1.per_group sizes the stage-1 synthetic set")
         if self.lr <= 0:
             raise FFRError(f"lr = {self.lr!r} must be > 0")
+        if self.augment and self.cache_in_memory:
+            raise FFRError("augment: true draws a new crop every time an image is read; cache_in_memory: true "
+                           "transforms each image once. Expected one of them off")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise FFRError(f"steps_per_epoch = {self.steps_per_epoch!r}; expected a positive integer or null")
+        if self.mix is not None:
+            if self.mix.batch_size < 1:
+                raise FFRError(f"mix.batch_size = {self.mix.batch_size!r}; expected a positive integer")
+            from ffr.methods import METHODS
+
+            if not METHODS.get(self.method).mixes_class_only:
+                raise FFRError(f"method {self.method!r} cannot train on mixed batches (mix: a class-only stream); "
+                               "expected a method that accepts them, e.g. erm or disentangle")
         if self.diagnostic.holdout_per_group < 2:
             raise FFRError(f"diagnostic.holdout_per_group = {self.diagnostic.holdout_per_group!r}; expected an "
                            "integer >= 2 (the probe fits on half of each group's images and scores the other half)")
@@ -227,7 +259,8 @@ class StageSpec:
 def resolve_paths(config: TrainConfig | dict, base: str | None = None) -> dict[str, Any]:
     """The config as a dict with every path a user gave made absolute against ``base`` (default: the directory
     the command was started in): ``storage_path``, ``synthetic_root``, ``init_checkpoint`` (also after
-    ``best:``), a ``pretrained`` weights file, the dataset's path options (its ``root``), a fault-injection
+    ``best:``), a ``pretrained`` weights file, the dataset's path options (its ``root``) and the class-only
+    stream's (``mix``), a fault-injection
     marker and a relative ``sqlite:///`` tracking URI. Done once, on the driver, before Ray starts: Ray Train
     workers and Tune trials run in other working directories. URIs stay as they are."""
     import copy
@@ -257,6 +290,13 @@ def resolve_paths(config: TrainConfig | dict, base: str | None = None) -> dict[s
             reader = DATASETS.get(dataset)
             if hasattr(reader, "Options"):
                 data["dataset_options"] = resolve_option_paths(reader.Options, data["dataset_options"], base)
+    mix = data.get("mix")
+    if isinstance(mix, dict) and isinstance(mix.get("dataset_options"), dict):  # the class-only stream's root too
+        from ffr.datasets import DATASETS
+
+        name = mix.get("dataset", MixStream.dataset)
+        if isinstance(name, str) and name in DATASETS and hasattr(DATASETS.get(name), "Options"):
+            mix["dataset_options"] = resolve_option_paths(DATASETS.get(name).Options, mix["dataset_options"], base)
     return data
 
 
@@ -281,8 +321,9 @@ def _digest(obj: Any) -> str:
 
 # Keys that enter a run's name only when they differ from their default, so runs named before they existed keep
 # their names: bad_images; sync_batchnorm (its default makes BatchNorm independent of num_workers, as the run name
-# already is); stage1.per_group (None = FFR's k).
-_NAMED_WHEN_SET = {"bad_images": "fail", "sync_batchnorm": True}
+# already is); stage1.per_group (None = FFR's k); steps_per_epoch, mix and augment (D3S's training).
+_NAMED_WHEN_SET = {"bad_images": "fail", "sync_batchnorm": True, "steps_per_epoch": None, "mix": None,
+                   "augment": False}
 # A corruption runs on the image at its generated size with new noise every draw (before: after the resize, the
 # same noise every epoch), so runs with a corruption are named apart from those trained the old way.
 CORRUPTION_AT = "generated size, new noise per draw"

@@ -23,6 +23,7 @@ class ExperimentData:
     generator: str | None = None  # the synthetic images' generator label(s), for results and report grouping
     # synthetic images no variant of this seed trains on, for the (B, G) diagnostic (ffr.training.diagnostic)
     heldout: GroupedSplit | None = None
+    mix: GroupedSplit | None = None  # the class-only stream mixed into every batch (TrainConfig.mix)
 
     @property
     def val(self) -> GroupedSplit:
@@ -66,7 +67,21 @@ def load_experiment_data(cfg: TrainConfig, stage: int | None = None) -> Experime
     if synthetic is not None and cfg.diagnostic.enabled:
         heldout = heldout_synthetic(synthetic, real["train"], [d.train for d in by_stage.values()], data_seed,
                                     cfg.diagnostic.holdout_per_group)
-    return ExperimentData(real, by_stage, list(skipped), generator, heldout)
+    return ExperimentData(real, by_stage, list(skipped), generator, heldout, load_mix(cfg, real["train"]))
+
+
+def load_mix(cfg: TrainConfig, main_train: GroupedSplit) -> GroupedSplit | None:
+    """The ``train`` split of ``cfg.mix``'s dataset, checked to share the main data's class indices."""
+    if cfg.mix is None:
+        return None
+    mix = ffr.datasets.create(cfg.mix.dataset, **cfg.mix.dataset_options)["train"]
+    if len(mix) == 0:
+        raise FFRError(f"mix: dataset {cfg.mix.dataset!r} has no training images")
+    n_main, n_mix = main_train.spec.n_classes, mix.spec.n_classes
+    if n_mix != n_main:
+        raise FFRError(f"mix: dataset {cfg.mix.dataset!r} has {n_mix} classes but {cfg.dataset!r} has {n_main}; "
+                       "expected one class index space (e.g. class-folder option 'classes': a class table)")
+    return mix
 
 
 _DECODE_THREADS = 16  # decoding is mostly waiting on storage (S3 latency); PIL releases the GIL while decoding

@@ -96,7 +96,7 @@ def run_stage_job(cfg: TrainConfig, spec: StageSpec, data: ExperimentData, stora
 
     tracker.start(resolved(cfg, spec))
     epochs = ray_train.MLflowEpochs(tracker.uri, tracker.run_id, data.val.spec.group_names(),
-                                    training_group_names(data, spec.stage))
+                                    training_group_names(data, spec.stage), directory)
     try:
         result = _train_and_evaluate(cfg, spec, data, storage_path, directory, [*(callbacks or []), epochs])
     except BaseException:

@@ -63,8 +63,8 @@ class CorruptedImageDataset(torch.utils.data.Dataset):
     resize still run on every draw."""
 
     def __init__(self, split: GroupedSplit, prep: Preprocessing, corrupt: Callable,
-                 group_spec: GroupSpec | None = None, in_memory: bool = False) -> None:
-        self.base = GroupedImageDataset(split, prep.transform(), group_spec)
+                 group_spec: GroupSpec | None = None, in_memory: bool = False, augment: bool = False) -> None:
+        self.base = GroupedImageDataset(split, prep.transform(augment), group_spec)
         self.corrupt = corrupt
         self.groups = self.base.groups
         self.decoded = [self._decode(i) for i in range(len(self.base))] if in_memory else None
@@ -86,13 +86,14 @@ class CorruptedImageDataset(torch.utils.data.Dataset):
 
 
 def image_dataset(split: GroupedSplit, prep: Preprocessing, group_spec: GroupSpec | None = None,
-                  in_memory: bool = False, corrupt: Callable | None = None) -> torch.utils.data.Dataset:
+                  in_memory: bool = False, corrupt: Callable | None = None,
+                  augment: bool = False) -> torch.utils.data.Dataset:
     """A split's images as tensors, through ``prep`` (:func:`preprocessing`); ``corrupt`` (an
     ``ffr.corruptions.Corrupt``) degrades them before the resize, anew on every draw (index the dataset with a
-    tagged EpochSampler)."""
+    tagged EpochSampler); ``augment`` (training only): RandomResizedCrop + flip instead of the resize (D3S)."""
     if corrupt is not None:
-        return CorruptedImageDataset(split, prep, corrupt, group_spec, in_memory)
-    ds = GroupedImageDataset(split, prep.transform(), group_spec)
+        return CorruptedImageDataset(split, prep, corrupt, group_spec, in_memory, augment)
+    ds = GroupedImageDataset(split, prep.transform(augment), group_spec)
     return InMemoryDataset(ds) if in_memory else ds
 
 
@@ -122,23 +123,41 @@ def freeze_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
+def mixed_batches(batches, mix_batches):
+    """Each batch of ``batches`` followed by one of the class-only stream ``mix_batches`` (as many): the rows of
+    the second keep their image and class, and get bias and group -1 (no label) so no group counts them."""
+    for (x, y, b, source, g, idx), (mx, my, mb, msource, _mg, midx) in zip(batches, mix_batches, strict=True):
+        unknown = torch.full_like(mb, -1)
+        yield (torch.cat([x, mx]), torch.cat([y, my]), torch.cat([b, unknown]), torch.cat([source, msource]),
+               torch.cat([g, unknown]), torch.cat([idx, midx]))
+
+
 def train_one_epoch(model: nn.Module, batches, method: Method, optimizer, device: torch.device, n_groups: int,
-                    on_batch: Callable[[int], None] | None = None, freeze_bn: bool = False) -> torch.Tensor:
-    """One pass over ``batches``. Returns this worker's float64 tensor [loss sum, examples, draws of group
-    0, ..., draws of group G-1], ready to be all-reduced (loss sum = per-batch loss × batch size).
-    ``freeze_bn``: BatchNorm statistics stay as they are (FFR's frozen-BN ablation)."""
+                    on_batch: Callable[[int], None] | None = None, freeze_bn: bool = False,
+                    step_log: list[dict] | None = None, first_step: int = 0) -> torch.Tensor:
+    """One pass over ``batches``. Returns this worker's float64 tensor [loss sum, rows, rows of a class-only
+    stream (group -1), draws of group 0, ..., draws of group G-1], ready to be all-reduced (loss sum =
+    per-batch loss × batch size). ``freeze_bn``: BatchNorm statistics stay as they are (FFR's frozen-BN
+    ablation). ``step_log``: the method's per-step terms (``Method.step_log``) are appended to it, each with
+    its global step number (``first_step`` + 1 for the first batch)."""
     model.train()
     for module in method.modules.values():
         module.train()
     if freeze_bn:
         freeze_batchnorm(model)
-    totals = torch.zeros(2 + n_groups, dtype=torch.float64)
+    totals = torch.zeros(3 + n_groups, dtype=torch.float64)
     for i, (x, y, _b, _source, g, _idx) in enumerate(batches):
         x, y, g = x.to(device, non_blocking=True), y.to(device), g.to(device)
         loss = method.train_step(model, x, y, g, optimizer)  # the method's step(s): the model's, its critics'
         totals[0] += float(loss.detach()) * len(y)
         totals[1] += len(y)
-        totals[2:] += torch.bincount(g.cpu(), minlength=n_groups).to(torch.float64)
+        known = g[g >= 0].cpu()
+        totals[2] += len(y) - len(known)
+        totals[3:] += torch.bincount(known, minlength=n_groups).to(torch.float64)
+        if step_log is not None:
+            terms = method.step_log()
+            if terms is not None:
+                step_log.append({"step": first_step + i + 1, **terms})
         if on_batch is not None:
             on_batch(i)
     return totals

@@ -68,6 +68,8 @@ def plan_frame(data: ExperimentData, stage: int) -> tuple[pd.DataFrame, dict]:
     if train is None:
         train = "stage/train"
         named[train] = stage_data.train
+    if data.mix is not None:
+        named["mix/train"] = data.mix
     loaders: list[dict] = []
     tables: dict[str, dict] = {}
     frames = []
@@ -91,7 +93,8 @@ def plan_frame(data: ExperimentData, stage: int) -> tuple[pd.DataFrame, dict]:
                         "dtypes": {str(c): str(t) for c, t in split.table.dtypes.items()}}
         frames.append(frame)
     header = {"format": FORMAT, "stage": stage, "train": train, "train_spec": stage_data.train_spec.to_dict(),
-              "skipped_images": list(data.skipped_images), "tables": tables, "loaders": loaders}
+              "skipped_images": list(data.skipped_images), "tables": tables, "loaders": loaders,
+              **({"mix": "mix/train"} if data.mix is not None else {})}
     frame = pd.concat(frames, ignore_index=True)
     for column in frame.columns:  # address columns of several loaders mix types; keep Parquet typed
         if column.startswith(_AT) and column not in (_TABLE, _PART) and frame[column].dtype == object:
@@ -151,4 +154,6 @@ def read_plan(path: str) -> ExperimentData:
     real = {name.split("/", 1)[1]: split for name, split in splits.items() if name.startswith("real/")}
     stage = int(header["stage"])
     stage_data = StageData(stage, splits[header["train"]], GroupSpec.from_dict(header["train_spec"]))
-    return ExperimentData(real, {stage: stage_data}, list(header["skipped_images"]), heldout=splits.get(HELDOUT))
+    mix = splits[header["mix"]] if header.get("mix") else None
+    return ExperimentData(real, {stage: stage_data}, list(header["skipped_images"]), heldout=splits.get(HELDOUT),
+                          mix=mix)

@@ -155,14 +155,18 @@ def fit_stage(cfg: TrainConfig, spec: StageSpec, storage_path: str, run_director
 
 class MLflowEpochs(ray.train.UserCallback):
     """Logs each epoch's record (rank 0's report) to the run's MLflow run, live, from the Train controller;
-    group metrics are keyed by group name. A tracking hiccup warns once and never stops training."""
+    group metrics are keyed by group name. With ``run_directory``, the epoch's per-step terms (a method's
+    ``step_log``, written there by rank 0 before it reports) are logged too, at their global step, under
+    ``step/<term>``. A tracking hiccup warns once and never stops training."""
 
-    def __init__(self, uri: str, run_id: str, group_names: list[str], train_group_names: list[str]) -> None:
+    def __init__(self, uri: str, run_id: str, group_names: list[str], train_group_names: list[str],
+                 run_directory: str | None = None) -> None:
         self.uri, self.run_id, self._warned = uri, run_id, False
         self.group_names, self.train_group_names = list(group_names), list(train_group_names)
+        self.run_directory = run_directory
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        from ffr import tracking
+        from ffr import runs, tracking
 
         if not metrics:
             return
@@ -171,6 +175,9 @@ class MLflowEpochs(ray.train.UserCallback):
             tracking.log_metrics(self.uri, self.run_id, tracking.epoch_metrics(record, self.group_names,
                                                                                      self.train_group_names),
                                  step=int(record.get("epoch", 0)))
+            if self.run_directory is not None and "train_steps" in record:
+                steps = runs.read_steps(self.run_directory, int(record["stage"]), int(record["epoch"]))
+                tracking.log_step_metrics(self.uri, self.run_id, steps)
         except Exception as e:  # noqa: BLE001 - tracking must not kill a training run
             if not self._warned:
                 warnings.warn(f"MLflow logging to {self.uri} failed: {e}", stacklevel=2)

@@ -15,14 +15,18 @@ import torch
 from ffr.errors import FFRError
 
 
-def global_draw(n_examples: int, weights: np.ndarray | None, draws: int, seed: int, epoch: int) -> np.ndarray:
-    """The epoch's draws over all workers, before padding and slicing."""
+def global_draw(n_examples: int, weights: np.ndarray | None, draws: int, seed: int, epoch: int,
+                stream: int = 0) -> np.ndarray:
+    """The epoch's draws over all workers, before padding and slicing. Without weights: successive
+    reshuffled passes (step-based epochs may draw more than one pass). ``stream`` > 0 gives an independent
+    draw for a second data stream of the same run (e.g. the class-only stream mixed into each batch)."""
     if n_examples == 0:
         raise FFRError("the training set is empty; check the dataset options and variant")
-    rng = np.random.default_rng([int(seed), int(epoch), 7])
+    rng = np.random.default_rng([int(seed), int(epoch), 7, *([int(stream)] if stream else [])])
     if weights is None:
-        order = rng.permutation(n_examples)
-        return order if draws == n_examples else np.resize(order, draws)
+        passes = [rng.permutation(n_examples) for _ in range(max(1, -(-int(draws) // n_examples)))]
+        order = passes[0] if len(passes) == 1 else np.concatenate(passes)
+        return order if draws == n_examples else order[:draws]
     w = np.asarray(weights, dtype=np.float64)
     if len(w) != n_examples or np.any(w < 0) or w.sum() <= 0:
         raise FFRError(f"sampling weights must be {n_examples} non-negative numbers with a positive sum")
@@ -30,11 +34,11 @@ def global_draw(n_examples: int, weights: np.ndarray | None, draws: int, seed: i
 
 
 def worker_indices(n_examples: int, weights: np.ndarray | None, draws: int, seed: int, epoch: int,
-                   rank: int, world_size: int) -> np.ndarray:
+                   rank: int, world_size: int, stream: int = 0) -> np.ndarray:
     """This worker's share of the epoch's draws (``ceil(draws / world_size)`` indices)."""
     if not 0 <= rank < world_size:
         raise FFRError(f"rank {rank} is outside world size {world_size}")
-    drawn = global_draw(n_examples, weights, draws, seed, epoch)
+    drawn = global_draw(n_examples, weights, draws, seed, epoch, stream)
     padded = np.resize(drawn, -(-len(drawn) // world_size) * world_size)
     return padded[rank::world_size]
 
@@ -47,15 +51,15 @@ class EpochSampler(torch.utils.data.Sampler):
     runs in the training process, so the tag reaches persistent DataLoader workers with every index."""
 
     def __init__(self, n_examples: int, weights: np.ndarray | None, draws: int, seed: int,
-                 rank: int = 0, world_size: int = 1, tagged: bool = False) -> None:
+                 rank: int = 0, world_size: int = 1, tagged: bool = False, stream: int = 0) -> None:
         self.n_examples, self.weights, self.draws, self.seed = n_examples, weights, draws, seed
-        self.rank, self.world_size, self.tagged = rank, world_size, tagged
+        self.rank, self.world_size, self.tagged, self.stream = rank, world_size, tagged, stream
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
         self.indices = worker_indices(self.n_examples, self.weights, self.draws, self.seed, epoch,
-                                      self.rank, self.world_size)
+                                      self.rank, self.world_size, self.stream)
 
     def __iter__(self):
         if self.tagged:

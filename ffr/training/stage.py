@@ -17,8 +17,9 @@ import torch
 
 import ffr.methods
 from ffr.backbones import create_backbone, describe
+from ffr.errors import FFRError
 from ffr.metrics import summarize
-from ffr.runs import SCORE, append_metrics, selection_score
+from ffr.runs import SCORE, append_metrics, selection_score, write_steps
 from ffr.storage import filesystem
 from ffr.training import loop
 from ffr.training.config import StageSpec, TrainConfig, resolved
@@ -59,10 +60,19 @@ class Session:
         print(line, flush=True)
 
 
+EPOCH_LINE_GROUPS = 16  # more groups than this (D3S: 1000 classes × 10 backgrounds): the worst ones only
+
+
 def epoch_line(spec: StageSpec, record: dict, group_names: list[str]) -> str:
-    """The console line of one epoch; its number is the record's (1-based, as everywhere)."""
-    groups = "  ".join(f"{name} {record[f'val_acc_group_{g}']:.3f}" for g, name in enumerate(group_names)
-                       if f"val_acc_group_{g}" in record)
+    """The console line of one epoch; its number is the record's (1-based, as everywhere). With many groups
+    (D3S: 10,000) only the worst ones."""
+    accs = [(name, record[f"val_acc_group_{g}"]) for g, name in enumerate(group_names)
+            if f"val_acc_group_{g}" in record]
+    more = ""
+    if len(accs) > EPOCH_LINE_GROUPS:
+        more = f"  (the worst {EPOCH_LINE_GROUPS // 2} of {len(accs)} groups)"
+        accs = sorted(accs, key=lambda na: na[1])[:EPOCH_LINE_GROUPS // 2]
+    groups = "  ".join(f"{name} {acc:.3f}" for name, acc in accs) + more
     return (f"[{spec.run_name}] stage {spec.stage} epoch {record['epoch']}/{spec.epochs}  "
             f"loss {record['train_loss']:.4f}  val WGA {record['val_worst_group_acc']:.3f}  "
             f"mean {record['val_mean_group_acc']:.3f} | {groups}")
@@ -113,7 +123,8 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
 
         corrupt = Corrupt(spec.corruption, spec.corruption_severity, seed=cfg.seed)
     prep = loop.preprocessing(cfg)  # the backbone's, at the run's image_size
-    train_set = loop.image_dataset(stage_data.train, prep, stage_data.train_spec, cfg.cache_in_memory, corrupt)
+    train_set = loop.image_dataset(stage_data.train, prep, stage_data.train_spec, cfg.cache_in_memory, corrupt,
+                                   cfg.augment)
     val_set = loop.image_dataset(data.val, prep, None, cfg.cache_in_memory)
     train_groups = stage_data.train.groups(stage_data.train_spec)
     val_y, val_groups = data.val.y, data.val.groups()
@@ -127,6 +138,7 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
 
     model = create_backbone(cfg.backbone, data.val.spec.n_classes,
                             pretrained=None if spec.init_checkpoint else cfg.pretrained, **cfg.backbone_options)
+    model = method.build_model(model, stage_data.train_spec)  # e.g. D3S's fg/bg split with a second head
     extra = method.extra_modules(model)  # e.g. critics: trained, wrapped and checkpointed like the model
     state = session.restore()
     done = 0  # epochs already trained (a resumed run's latest checkpoint says how many)
@@ -146,16 +158,30 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
     method.modules = {name: session.prepare_model(module) for name, module in extra.items()}
     optimizer = loop.build_optimizer(spec.optimizer, model.parameters(), spec.lr, spec.weight_decay, spec.momentum)
     method.optimizers = method.extra_optimizers(method.modules, spec.lr, spec.weight_decay)
+    own = method.model_optimizers(model)  # e.g. the optimiser a method switches to after a warm-up
+    if set(own) & set(method.optimizers):
+        raise FFRError(f"method {spec.method!r} names optimisers {sorted(set(own) & set(method.optimizers))} twice")
+    method.optimizers.update(own)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         for name, extra_optimizer in method.optimizers.items():
             extra_optimizer.load_state_dict(state["method_optimizers"][name])
 
-    sampler = EpochSampler(len(train_set), method.sampling_weights(train_groups),
-                           method.draws_per_epoch(len(train_set)), cfg.seed, session.rank, session.world_size,
-                           tagged=corrupt is not None)  # a corrupted image draws new noise every epoch
-    batches = loop.loader(train_set, -(-spec.batch_size // session.world_size), sampler=sampler,
-                          workers=cfg.loader_workers)
+    local_batch = -(-spec.batch_size // session.world_size)
+    draws = method.draws_per_epoch(len(train_set))
+    if cfg.steps_per_epoch is not None:  # step-based: a fixed number of batches per epoch on every worker
+        draws = cfg.steps_per_epoch * local_batch * session.world_size
+    sampler = EpochSampler(len(train_set), method.sampling_weights(train_groups), draws, cfg.seed, session.rank,
+                           session.world_size, tagged=corrupt is not None)  # a corrupted image: new noise every epoch
+    batches = loop.loader(train_set, local_batch, sampler=sampler, workers=cfg.loader_workers)
+    steps = len(batches)  # per worker and epoch, the same on every worker
+    mix_sampler = mix_batches = None
+    if data.mix is not None:  # a class-only stream: one of its batches joins each batch of the main stream
+        mix_set = loop.image_dataset(data.mix, prep, None, cfg.cache_in_memory, None, cfg.augment)
+        mix_local = -(-cfg.mix.batch_size // session.world_size)
+        mix_sampler = EpochSampler(len(mix_set), None, steps * mix_local * session.world_size, cfg.seed,
+                                   session.rank, session.world_size, stream=1)
+        mix_batches = loop.loader(mix_set, mix_local, sampler=mix_sampler, workers=cfg.loader_workers)
     records = []
     # Epochs are numbered from 1 wherever a person or a tool sees them (console, metrics.jsonl, the result's
     # best_epoch, MLflow steps, checkpoint_epochNNNN, Tune iterations); ``index`` (from 0) only seeds sampling.
@@ -163,23 +189,35 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
         epoch = index + 1
         sampler.set_epoch(index)
         n_groups = stage_data.train_spec.n_groups
+        epoch_batches = batches
+        if mix_batches is not None:
+            mix_sampler.set_epoch(index)
+            epoch_batches = loop.mixed_batches(batches, mix_batches)
+        step_log: list[dict] = []
         started = time.perf_counter()
-        totals = session.all_reduce(loop.train_one_epoch(model, batches, method, optimizer, session.device, n_groups,
-                                                         _fault_hook(cfg, epoch, session.rank),
-                                                         spec.freeze_bn).to(session.device))
+        totals = session.all_reduce(loop.train_one_epoch(model, epoch_batches, method, optimizer, session.device,
+                                                         n_groups, _fault_hook(cfg, epoch, session.rank),
+                                                         spec.freeze_bn, step_log, index * steps).to(session.device))
         train_seconds = time.perf_counter() - started
         session.sync_buffers(model)
         val = summarize(gather_predictions(model, val_set, session), val_y, val_groups)
         totals = totals.cpu()
         record = {"stage": spec.stage, "epoch": epoch, "train_loss": float(totals[0] / totals[1].clamp(min=1)),
                   **{f"val_{k}": v for k, v in val.items()}, "attempt_start_epoch": done + 1,
-                  "train_draws": int(totals[1]),  # all workers together: the method's draws (+ < world padding)
-                  **{f"train_draws_group_{g}": int(totals[2 + g]) for g in range(n_groups)},
+                  # all workers together: the method's draws (+ < world padding), class-only rows apart
+                  "train_draws": int(totals[1] - totals[2]),
+                  **{f"train_draws_group_{g}": int(totals[3 + g]) for g in range(n_groups)},
                   "train_seconds": train_seconds, "train_samples_per_s": float(totals[1]) / max(train_seconds, 1e-9)}
+        if mix_batches is not None:
+            record["train_mix_draws"] = int(totals[2])
+        if cfg.steps_per_epoch is not None or step_log:
+            record["train_steps"] = epoch * steps  # global step at the end of this epoch
         record[SCORE] = selection_score(record["val_worst_group_acc"], epoch)
         checkpoint = None
         if session.rank == 0:
             if run_directory is not None:
+                if step_log:  # before the epoch's record: whoever sees the record finds its steps
+                    write_steps(run_directory, spec.stage, epoch, step_log)
                 append_metrics(run_directory, record)
             session.log(epoch_line(spec, record, group_names))
             checkpoint = {"model": loop.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
@@ -187,7 +225,7 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
                           "config": resolved(cfg, spec), "metrics": record,
                           # self-describing: `ffr d3s eval checkpoint:RUN` rebuilds the model from these alone
                           **describe(cfg.backbone, cfg.backbone_options, data.val.spec.class_names, prep)}
-            if method.modules:  # only then, so checkpoints of methods without extra modules keep their keys
+            if method.modules or method.optimizers:  # only then, so other methods' checkpoints keep their keys
                 checkpoint["method_modules"] = {k: loop.unwrap(m).state_dict() for k, m in method.modules.items()}
                 checkpoint["method_optimizers"] = {k: o.state_dict() for k, o in method.optimizers.items()}
         session.report(record, checkpoint, epoch)
