@@ -92,7 +92,12 @@ def test_split_views_point_into_the_shards_and_train_by_superclass_and_backgroun
     splits = create("d3s-shift", root=out, split="lh", seed=0)
     train = splits["train"]
     assert train.spec.class_names == ("low", "high") and len(train.spec.bias_names) == 10
-    assert len(train) == 20 and len(splits["val"]) + len(splits["test"]) == 20
+    # D3S's protocol (the default): a held-out share of the correlated view validates; the anti-correlated images
+    # of the same held-out ids test; training never sees either
+    assert len(train) + len(splits["val"]) == 20 and 0 < len(splits["val"]) < 20
+    assert not set(train.table["key"]) & (set(splits["val"].table["key"]) | set(splits["test"].table["key"]))
+    earlier = create("d3s-shift", root=out, split="lh", seed=0, validation="anti-correlated")
+    assert len(earlier["train"]) == 20 and len(earlier["val"]) + len(earlier["test"]) == 20
     assert set(train.groups()) == {s * 10 + train.spec.bias_names.index(record["assigned_background"][n])
                                    for s, n in enumerate(("low", "high"))}
     assert train.load_image(train.table["key"].iloc[0]).size == (32, 32)

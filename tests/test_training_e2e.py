@@ -79,7 +79,9 @@ def test_stage1_trains_on_balanced_synthetic_data_with_two_workers(ffr_setup):
 def test_stage2_from_stage1_with_each_method(ffr_setup, method):
     config, stage1 = ffr_setup
     workers = 2 if method == "resample" else 1  # one real 2-worker check of distributed resampling
-    result = run_experiment({**config, "method": method, "num_workers": workers})
+    # disentangle's defaults are D3S's ResNet-50 sizes (250 bg features); the small CNN here pools 32
+    hparams = {"bg_features": 8, "warmup_steps": 2, "probe": {"steps": 20}} if method == "disentangle" else {}
+    result = run_experiment({**config, "method": method, "num_workers": workers, "method_hparams": hparams})
     assert result["stage1"]["run_name"] == stage1["run_name"]  # finished stage 1 is reused, not retrained
     assert result["init_checkpoint"] == stage1["checkpoint"]
     assert result["stage"] == 2 and result["method"] == method and result["variant"] == "ffr"

@@ -71,17 +71,25 @@ def _background_labels() -> tuple[str, ...]:
 
 def _reference(options: D3SShiftOptions) -> ReferenceCounts | None:
     """The views ``ffr d3s splits`` makes of the shipped 120K D3S config (12 images per class × background),
-    for ImageNet-9 split names ``imagenet9-seed<N>``."""
+    for ImageNet-9 split names ``imagenet9-seed<N>`` (a seeded draw) and ``imagenet9-<a0>-...-<a8>`` (an explicit
+    ``--assignment``, e.g. D3S's ``imagenet9-2-8-4-9-1-6-7-3-0``)."""
     import re
 
     from ffr.datasets.d3s_splits import assign_backgrounds, load_mapping
 
-    match = re.fullmatch(r"imagenet9-seed(\d+)", options.split)
-    if match is None:
+    seeded = re.fullmatch(r"imagenet9-(d3s-)?seed(\d+)", options.split)
+    explicit = re.fullmatch(r"imagenet9((?:-\d+)+)", options.split)
+    if seeded is None and explicit is None:
         return None
     mapping, labels = load_mapping(), _background_labels()
     per_superclass = np.bincount(list(mapping["classes"].values()), minlength=len(mapping["names"])) * D3S_PER_CELL
-    assigned = assign_backgrounds(len(mapping["names"]), len(labels), int(match[1]))
+    if seeded is not None:
+        assigned = assign_backgrounds(len(mapping["names"]), len(labels), int(seeded[2]),
+                                      "d3s" if seeded[1] else "ffr")
+    else:
+        assigned = [int(a) for a in explicit[1].strip("-").split("-")]
+        if len(assigned) != len(mapping["names"]) or not all(0 <= a < len(labels) for a in assigned):
+            return None
     unused = set(range(len(labels))) - {int(a) for a in assigned}
     correlated = {(s, int(a)): int(per_superclass[s]) for s, a in enumerate(assigned)}
     anti = {(s, b): int(per_superclass[s]) for s in range(len(assigned)) for b in range(len(labels))
@@ -136,7 +144,7 @@ def held_out_views(root: str, split: str, val_root: str | None, held_out_fractio
             {"train": root, "val": val_root, "test": val_root})
 
 
-@reader("d3s-shift", D3SShiftOptions)
+@reader("d3s-shift", D3SShiftOptions, reference=_reference)
 def d3s_shift(options: D3SShiftOptions) -> dict[str, GroupedSplit]:
     """Views ``split`` (a name under ``root/splits/``) of the D3S output ``root`` (and ``val_root``)."""
     root, seed = options.root, options.seed

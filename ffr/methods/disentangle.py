@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ffr.groups import GroupSpec
-from ffr.methods.base import Features, Method
+from ffr.methods.base import Features, Method, searchable
 from ffr.methods.dependence import DependenceCritic, critic_step, dependence
 from ffr.methods.probes import ProbeOptions, accuracy, fit_linear_head, majority_rate
 from ffr.methods.registry import METHODS
@@ -63,8 +63,9 @@ class DisentangleOptions(Options):
     bg_features: int = Field(250, ge=1, description="pooled features that form the bg part, the last ones "
                                                     "(D3S: 250 of ResNet-50's 2048)")
     fg_features: int | None = Field(None, ge=1, description="the fg part, the first ones (default: all the others)")
-    penalty_weight: float = Field(1.0, ge=0, description="weight of the two dependence estimates in the model's "
-                                                         "loss (D3S: 1; 0 = the same schedule without the penalty)")
+    penalty_weight: float = searchable(1.0, ("loguniform", 0.1, 30.0), ge=0,
+                                       description="weight of the two dependence estimates in the model's loss "
+                                                   "(D3S: 1; 0 = the same schedule without the penalty)")
     ce_weight: float = Field(1.0, ge=0, description="alpha: weight of the class + background CE (D3S: 1)")
     gp_weight: float = Field(10.0, ge=0, description="lambda of the critics' gradient penalty (D3S: 10)")
     embedding_fraction: float = Field(0.2, gt=0, description="label embedding width / feature width (D3S: 0.2)")
@@ -72,8 +73,10 @@ class DisentangleOptions(Options):
     warmup_steps: int = Field(2000, ge=0, description="CE-only steps with the run's optimiser first (D3S: 2000)")
     model_every: int = Field(5, ge=2, description="after warm-up: critic steps until the step is a multiple of "
                                                   "this, then one model step (D3S: 5)")
-    model_lr: float = Field(5e-3, gt=0, description="Adam lr of the model after warm-up (D3S: 5e-3)")
-    critic_lr: float = Field(5e-3, gt=0, description="Adam lr of the critics (D3S: 5e-3)")
+    model_lr: float = searchable(5e-3, ("loguniform", 1e-4, 1e-2), gt=0,
+                                 description="Adam lr of the model after warm-up (D3S: 5e-3)")
+    critic_lr: float = searchable(5e-3, ("loguniform", 1e-4, 1e-2), gt=0,
+                                  description="Adam lr of the critics (D3S: 5e-3)")
     adam_betas: tuple[float, float] = Field((0.0, 0.9), description="Adam betas of model and critics "
                                                                      "(D3S: 0, 0.9)")
     probe: ProbeOptions = Field(default_factory=ProbeOptions, description="the linear probes after training "

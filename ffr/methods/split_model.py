@@ -53,6 +53,10 @@ class SplitClassifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.features(x)
 
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Class logits from the whole pooled features (what evaluation extracts): the fg head on the fg part."""
+        return self.head(self.split(features)[0])
+
     def split(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return features[:, :self.fg_dim], features[:, self.feature_dim - self.bg_dim:]
 

@@ -170,6 +170,11 @@ def _config_runs(cfg: TrainConfig, est: _Estimator) -> tuple[list[RunEstimate], 
             draws = int(method.draws_per_epoch(n_train))
         except FFRError:  # known only after a preliminary run (JTT)
             draws = n_train
+        if cfg.steps_per_epoch is not None:  # step-based epochs: so many batches, plus the mix stream's share
+            draws = cfg.steps_per_epoch * (cfg.batch_size + (cfg.mix.batch_size if cfg.mix is not None else 0))
+            if cfg.mix is not None:
+                est.note(f"mix: {cfg.mix.batch_size} class-only images join every batch of {cfg.batch_size}; "
+                         "counted as training images")
         jobs.append((spec.run_name, f"stage {stage}: {spec.method} on {source}", spec.epochs, draws, final, stored))
         for name, what, epochs, draws_, final_, stored_ in jobs:
             evaluated = epochs * n_val + final_

@@ -138,9 +138,19 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
 
     model = create_backbone(cfg.backbone, data.val.spec.n_classes,
                             pretrained=None if spec.init_checkpoint else cfg.pretrained, **cfg.backbone_options)
+    state = session.restore()
+    init = loop.load_state(spec.init_checkpoint)["model"] if state is None and spec.init_checkpoint else None
+    if init is not None and set(init) == set(model.state_dict()):
+        # a plain backbone's checkpoint (e.g. FFR's stage 1) goes into the backbone before the method builds its
+        # model from it, so a method's own model (D3S's fg/bg split) starts from it, head included, as from
+        # pretrained weights
+        model.load_state_dict(init)
+        head = getattr(model, "head", None)
+        if getattr(head, "weight", None) is not None and getattr(head, "bias", None) is not None:
+            model.pretrained_head = (head.weight.detach().clone(), head.bias.detach().clone())
+        init = None
     model = method.build_model(model, stage_data.train_spec)  # e.g. D3S's fg/bg split with a second head
     extra = method.extra_modules(model)  # e.g. critics: trained, wrapped and checkpointed like the model
-    state = session.restore()
     done = 0  # epochs already trained (a resumed run's latest checkpoint says how many)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -148,8 +158,8 @@ def run_stage(cfg: TrainConfig, spec: StageSpec, session: Session, run_directory
         for name, module in extra.items():
             module.load_state_dict(state["method_modules"][name])
         done = epochs_done(state)
-    elif spec.init_checkpoint:
-        model.load_state_dict(loop.load_state(spec.init_checkpoint)["model"])
+    elif init is not None:  # a checkpoint of the method's own model
+        model.load_state_dict(init)
     if cfg.sync_batchnorm and session.world_size > 1:  # FFR's BatchNorm saw the whole batch (ffr/training/batchnorm.py)
         from ffr.training import batchnorm
 
