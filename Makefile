@@ -36,7 +36,7 @@ demo-seeds: $(STAMP)
 
 # FFR's (B, G) argument as an experiment: every variant × ERM/GroupDRO × 3 seeds at 3 generator-signature
 # strengths of the synthetic renderer (0 = today's), test WGA against strength with the (B, G) diagnostic beside
-# it (gap_out/report/gap.md, gap.png). About 17 min on an idle 2-core machine.
+# it (gap_out/report/gap.md, gap.png). About 17 min on an idle 2-core machine (estimated from the demo's rate).
 gap-study: $(STAMP)
 	$(BIN)/ffr demo --out gap_out --seeds 0,1,2 --gap-study 0,8,24
 
