@@ -104,8 +104,12 @@ class Classifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.trunk(x), 1)
 
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Class logits from what :meth:`features` gives (evaluation extracts features once, then reads both)."""
+        return self.head(features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.logits_from_features(self.features(x))
 
 
 def _read_state(path: str) -> dict:

@@ -49,24 +49,18 @@ def _reference(options: D3SOptions) -> ReferenceCounts:
     """The shipped 120K D3S config's counts (12 per class × background); with ``val_root``, a second output of the
     same config (as the walk-through in docs/d3s.md makes it), halved into val and test."""
     import csv
-    import pathlib
 
-    from ffr.datasets.d3s_shift import _background_labels
+    from ffr.datasets.d3s_shift import background_labels, recipe_data
     from ffr.groups import GroupSpec
 
-    # read by path: the class table ships with the recipes, and datasets sit below generation (no import)
-    table = pathlib.Path(__file__).resolve().parents[2] / "pipelines" / "recipes" / "data" / "imagenet_classes.tsv"
-    with table.open() as f:
+    with recipe_data("imagenet_classes.tsv").open() as f:
         names = tuple(row["name"] for row in csv.DictReader(f, delimiter="\t"))
-    labels = _background_labels()
+    labels = background_labels()
     cells = [(c, b) for c in range(len(names)) for b in range(len(labels))]
-    if options.val_root is None:
-        held = round(D3S_PER_CELL * options.val_fraction)
-        train, half = D3S_PER_CELL - held, held / 2
-    else:
-        train, half = D3S_PER_CELL, D3S_PER_CELL / 2
-    splits = {"train": dict.fromkeys(cells, train), "val": dict.fromkeys(cells, int(half)),
-              "test": dict.fromkeys(cells, int(round(half + 0.01)))}
+    held = D3S_PER_CELL if options.val_root else round(D3S_PER_CELL * options.val_fraction)  # val + test per cell
+    train = D3S_PER_CELL if options.val_root else D3S_PER_CELL - held
+    splits = {"train": dict.fromkeys(cells, train), "val": dict.fromkeys(cells, held // 2),
+              "test": dict.fromkeys(cells, held - held // 2)}
     where = "and as many in val_root, halved" if options.val_root else f"{options.val_fraction:g} of it held out"
     return ReferenceCounts(f"configs/generate-d3s-background.yaml's 120K images ({D3S_PER_CELL} per class × "
                            f"background), {where}", GroupSpec(names, labels), splits, pixels=512 * 512)

@@ -55,14 +55,19 @@ class D3SShiftOptions(Options):
 D3S_PER_CELL = 12  # configs/generate-d3s-background.yaml: 1000 classes × 10 backgrounds × 12 = 120K
 
 
-def _background_labels() -> tuple[str, ...]:
-    """The D3S background labels, from the recipe's word list (a data file of the pipelines package, read, not
-    imported: datasets sit below generation)."""
+def recipe_data(name: str):
+    """A data file shipped with the D3S recipes (pipelines/recipes/data/), read by path, not imported: datasets
+    sit below generation."""
     import pathlib
 
+    return pathlib.Path(__file__).resolve().parents[2] / "pipelines" / "recipes" / "data" / name
+
+
+def background_labels() -> tuple[str, ...]:
+    """The D3S background labels, from the recipe's word list."""
     from ffr.config import load_yaml
 
-    path = pathlib.Path(__file__).resolve().parents[2] / "pipelines" / "recipes" / "data" / "d3s_shifts.yaml"
+    path = recipe_data("d3s_shifts.yaml")
     try:
         return tuple(load_yaml(path.read_text())["background"]["values"])
     except (OSError, KeyError, TypeError):
@@ -81,7 +86,7 @@ def _reference(options: D3SShiftOptions) -> ReferenceCounts | None:
     explicit = re.fullmatch(r"imagenet9((?:-\d+)+)", options.split)
     if seeded is None and explicit is None:
         return None
-    mapping, labels = load_mapping(), _background_labels()
+    mapping, labels = load_mapping(), background_labels()
     per_superclass = np.bincount(list(mapping["classes"].values()), minlength=len(mapping["names"])) * D3S_PER_CELL
     if seeded is not None:
         assigned = assign_backgrounds(len(mapping["names"]), len(labels), int(seeded[2]),

@@ -213,8 +213,12 @@ def select(records: list[RunRecord], selection: str = DEFAULT_SELECTION) -> list
                 cell.test[metric] = Stat.of([number(((r.result or {}).get("test") or {}).get(metric))
                                              for r in members])
             out.append(cell)
+    generators: dict[str, set[str]] = defaultdict(set)
     for cell in out:
-        cell.several_generators = len({c.generator for c in out if c.dataset == cell.dataset} - {None}) > 1
+        if cell.generator is not None:
+            generators[cell.dataset].add(cell.generator)
+    for cell in out:
+        cell.several_generators = len(generators[cell.dataset]) > 1
     return out
 
 

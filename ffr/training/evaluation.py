@@ -103,13 +103,11 @@ def evaluate_checkpoint(cfg: TrainConfig, spec: StageSpec, checkpoint_dir: str, 
 
 
 def _head(model, device: torch.device):
-    """Features → predicted classes with the model's own linear head (a split model's reads its fg part)."""
-    logits = getattr(model, "logits_from_features", None) or model.head
-
+    """Features → predicted classes with the model's own head (a split model's reads its fg part)."""
     @torch.no_grad()
     def predict(features: np.ndarray) -> np.ndarray:
         x = torch.as_tensor(features, dtype=torch.float32, device=device)
-        return logits(x).argmax(1).cpu().numpy()
+        return model.logits_from_features(x).argmax(1).cpu().numpy()
 
     return predict
 
